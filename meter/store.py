@@ -1,0 +1,277 @@
+"""The durable store: accepted and rejected events in one SQLite file, through aiosqlite.
+
+WAL, `synchronous=FULL` by default, schema versioned by `PRAGMA user_version`. Accepted events
+are unique on (account, id): the database, not the caller, absorbs redeliveries. A batch is one
+transaction; nothing is acknowledged by callers until `add` has returned.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import aiosqlite
+
+from meter.errors import StoreError
+from meter.events import Event
+
+__all__ = ["MIGRATIONS", "BatchResult", "RejectedMessage", "Store", "StoredEvent"]
+
+#: Schema migrations, applied in order; `PRAGMA user_version` is how many have run.
+#: Append new steps; never edit a step that has shipped.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: accepted and rejected events
+    """
+    CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY,        -- arrival order
+        account     TEXT    NOT NULL,
+        id          TEXT    NOT NULL,
+        type        TEXT    NOT NULL,
+        user        TEXT    NOT NULL,
+        pool        TEXT,
+        session     TEXT,
+        ts_us       INTEGER NOT NULL,           -- event time, microseconds since epoch, UTC
+        received_us INTEGER NOT NULL,           -- receive time, same unit
+        raw         BLOB    NOT NULL,           -- the payload as received, unknown fields kept
+        UNIQUE (account, id)
+    );
+    CREATE INDEX events_by_time ON events (account, ts_us);
+    CREATE TABLE rejected (
+        seq         INTEGER PRIMARY KEY,
+        received_us INTEGER NOT NULL,
+        topic       TEXT,
+        account     TEXT,
+        reason      TEXT    NOT NULL,
+        detail      TEXT    NOT NULL,
+        raw         BLOB    NOT NULL
+    );
+    """,
+    # 2: a line of a file rejected again on re-ingest is stored once (`meter ingest` names the
+    # line in `topic` as file:PATH:LINE or stdin:LINE). Broker messages keep every copy.
+    """
+    DELETE FROM rejected
+     WHERE (topic LIKE 'file:%' OR topic LIKE 'stdin:%')
+       AND seq NOT IN (SELECT min(seq) FROM rejected
+                        WHERE topic LIKE 'file:%' OR topic LIKE 'stdin:%'
+                        GROUP BY topic, raw);
+    CREATE UNIQUE INDEX rejected_file_line ON rejected (topic, raw)
+     WHERE topic LIKE 'file:%' OR topic LIKE 'stdin:%';
+    """,
+    # 3: finalized reports (`meter report --finalize`): each account's period frozen as rendered.
+    # Events with seq > cutoff_seq arrived after finalization; they adjust the next period.
+    """
+    CREATE TABLE finalized (
+        account         TEXT    NOT NULL,
+        period_start_us INTEGER NOT NULL,
+        period_end_us   INTEGER NOT NULL,
+        report          TEXT    NOT NULL,   -- the account's report JSON, canonical text
+        charts          TEXT    NOT NULL,   -- the c(t) and E(t) series the HTML draws
+        input_hash      TEXT    NOT NULL,
+        cutoff_seq      INTEGER NOT NULL,   -- the last event seq known when it was finalized
+        finalized_us    INTEGER NOT NULL,   -- wall clock, kept beside the report, never in it
+        PRIMARY KEY (account, period_start_us)
+    );
+    """,
+)
+
+# ON CONFLICT DO NOTHING, not INSERT OR IGNORE: only a uniqueness conflict (a duplicate) is
+# skipped; OR IGNORE would also drop a row violating NOT NULL and count it as a duplicate.
+_INSERT_EVENT: Final = (
+    "INSERT INTO events "
+    "(account, id, type, user, pool, session, ts_us, received_us, raw) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_INSERT_REJECTED: Final = (
+    "INSERT INTO rejected (received_us, topic, account, reason, detail, raw) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    """A refused message, kept whole so nothing sent is ever lost."""
+
+    received_us: int
+    topic: str | None
+    account: str | None
+    reason: str
+    detail: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one committed batch did."""
+
+    new: int
+    duplicates: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An accepted event as stored (times in microseconds since the epoch, UTC)."""
+
+    seq: int
+    account: str
+    id: str
+    type: str
+    user: str
+    pool: str | None
+    session: str | None
+    ts_us: int
+    received_us: int
+
+
+def _retriable(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL,
+                    sqlite3.SQLITE_IOERR) or "locked" in str(exc) or "full" in str(exc)
+
+
+class Store:
+    """An open store. Use `await Store.open(path)` and `await store.close()` (or `async with`)."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "FULL",
+                   busy_timeout_ms: int = 5000) -> Store:
+        """Open (creating if needed) and migrate the database at `path`."""
+        path = Path(path)
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open database: {exc}") from None
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            await cls._migrate(db, path)
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreError(f"{path}: cannot prepare database: {exc}",
+                             retriable=_retriable(exc)) from None
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, path)
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{path}: schema version {version} is newer than this meter "
+                             f"({len(MIGRATIONS)}); upgrade the meter")
+        for step in range(version, len(MIGRATIONS)):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {step + 1}")
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def schema_version(self) -> int:
+        """The applied schema version."""
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def add(self, events: Sequence[Event],
+                  rejected: Sequence[RejectedMessage] = (),
+                  *, received_us: int = 0) -> BatchResult:
+        """Insert a batch in one transaction; duplicates of (account, id) are ignored and counted.
+
+        Returns only after COMMIT; on any error the whole batch is rolled back and `StoreError`
+        says whether a retry can succeed.
+        """
+        rows = [
+            (e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, received_us, e.raw)
+            for e in events
+        ]
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                if rows:
+                    await self._db.executemany(_INSERT_EVENT, rows)
+                new = self._db.total_changes - before
+                if rejected:
+                    await self._db.executemany(_INSERT_REJECTED, [
+                        (r.received_us, r.topic, r.account, r.reason, r.detail, r.raw)
+                        for r in rejected
+                    ])
+                await self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: batch not stored: {exc}",
+                             retriable=_retriable(exc)) from None
+        return BatchResult(new=new, duplicates=len(rows) - new, rejected=len(rejected))
+
+    async def events(self, account: str | None = None, start_us: int | None = None,
+                     end_us: int | None = None) -> list[StoredEvent]:
+        """Accepted events, optionally of one account and with `start_us <= ts_us < end_us`,
+        in event-time order (ties by arrival)."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if account is not None:
+            clauses.append("account = ?")
+            params.append(account)
+        if start_us is not None:
+            clauses.append("ts_us >= ?")
+            params.append(start_us)
+        if end_us is not None:
+            clauses.append("ts_us < ?")
+            params.append(end_us)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = ("SELECT seq, account, id, type, user, pool, session, ts_us, received_us "  # noqa: S608 - clauses are fixed strings, values are bound
+               f"FROM events {where} ORDER BY ts_us, seq")
+        async with self._db.execute(sql, params) as cur:
+            return [StoredEvent(*row) for row in await cur.fetchall()]
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts: accepted `events` and `rejected`."""
+        out = {}
+        for table in ("events", "rejected"):
+            async with self._db.execute(f"SELECT count(*) FROM {table}") as cur:  # noqa: S608 - fixed names
+                row = await cur.fetchone()
+            out[table] = int(row[0]) if row else 0
+        return out
+
+    async def rejected_by_reason(self) -> dict[str, int]:
+        """Rejected messages counted by reason."""
+        async with self._db.execute(
+            "SELECT reason, count(*) FROM rejected GROUP BY reason ORDER BY reason"
+        ) as cur:
+            return {str(r): int(n) for r, n in await cur.fetchall()}
+
+    async def execute_fetchall(self, sql: str, params: Iterable[object] = ()) -> list[tuple[object, ...]]:
+        """Run a read-only query with bound parameters (for reports and tests)."""
+        async with self._db.execute(sql, tuple(params)) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
