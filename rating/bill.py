@@ -1,0 +1,516 @@
+"""The account's bill for one period: pools, named seats, add-ons, seat changes, overage, total.
+
+It owns the assembly of the other rating modules into one `AccountBill`, the late-event
+`adjustment` lines of a finalized period, and right-sizing (the licence count that would have cost
+least for the period's concurrency curve under the pool's grace rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+
+from rating.contracts import Account, Pool
+from rating.coverage import cover
+from rating.money import format_money, format_price, round_money
+from rating.named import build_rosters, rate_named
+from rating.periods import Period
+from rating.pool import PoolJob, PoolRating, rate_pools
+from rating.seatchanges import SeatLedger, Steps, apply_orders, licensed_at
+from rating.timeline import Timeline
+from rating.usage import KINDS, EventColumns, UsageEvent, from_us, to_us
+
+__all__ = [
+    "RATING_VERSION",
+    "AccountBill",
+    "AddonUse",
+    "Episode",
+    "Line",
+    "NamedUse",
+    "PoolUse",
+    "RightSizing",
+    "adjustments",
+    "rate_account",
+    "rate_rows",
+    "resolve_pools",
+    "right_size",
+]
+
+#: Bumped whenever a rule change can change a bill: it is part of every report's input hash,
+#: so a report made under other rules never verifies as reproducible.
+RATING_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """A maximal stretch `[start, end)` with c(t) above E(t), and what the grace rule made of it."""
+
+    start: datetime
+    end: datetime
+    peak_excess: int
+    sustained_level: int
+    within_grace: bool
+
+    @property
+    def duration(self) -> timedelta:
+        """How long the excess lasted."""
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUse:
+    """One pool in one period.
+
+    `licensed` is the highest quantity in force in the period. `concurrency` is c(t) on the
+    period (arrays, not objects: a busy month has thousands of steps per pool) and
+    `licensed_steps` E(t) as (from, value) steps clipped to the period. Named pools carry their
+    raw concurrency (peak) but never overage: they are billed by quantity.
+    """
+
+    pool: Pool
+    licensed: int
+    peak: int
+    peak_at: datetime | None
+    billable_peak: int | None
+    overage_seats: int
+    overage_amount: Decimal
+    episodes: tuple[Episode, ...]
+    users: int
+    concurrency: Timeline | None
+    licensed_steps: Steps
+
+
+@dataclass(frozen=True, slots=True)
+class NamedUse:
+    """Seat holding and use of a named pool (see `rating.named.NamedUsage`)."""
+
+    pool: str
+    licensed: int
+    assigned: int
+    active_users: int
+    unlicensed_users: int
+    refused_assigns: int
+    idle_seats: int
+    unlicensed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AddonUse:
+    """How many of an add-on the period's use required, how many were bought, the shortfall."""
+
+    addon: str
+    required: int
+    purchased: int
+    shortfall: int
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One bill line: `seat_add`, `switch_credit`, `overage` or `adjustment`.
+
+    `amount` is already rounded to the currency's minor unit (negative for a credit).
+    `for_period` is the finalized period an `adjustment` corrects.
+    """
+
+    kind: str
+    target: str
+    quantity: int
+    amount: Decimal
+    description: str
+    at: datetime | None = None
+    unit_price: Decimal | None = None
+    for_period: Period | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedOrder:
+    """A seat order (or an assign) refused, with its reason."""
+
+    kind: str  # "order" or "assign"
+    target: str
+    at: datetime
+    quantity: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RightSizing:
+    """What a constant licence count would have cost for this period's use.
+
+    With E(t) constant at L, level k of the excess is billable exactly when level L + k of c(t)
+    is, so the overage is max(0, billable_peak - L) under either grace mode, and the cost is
+    L x price + max(0, billable_peak - L) x overage price (the monthly share of an annual price).
+    """
+
+    pool: str
+    licensed: int
+    billable_peak: int
+    recommended: int
+    current_cost: Decimal
+    recommended_cost: Decimal
+    saving: Decimal
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBill:
+    """Everything an account owes or used in one period. `total` is the sum of `charges`."""
+
+    account: Account
+    period: Period
+    pools: tuple[PoolUse, ...]
+    named: tuple[NamedUse, ...]
+    addons: tuple[AddonUse, ...]
+    charges: tuple[Line, ...]
+    refused: tuple[RefusedOrder, ...]
+    right_sizing: tuple[RightSizing, ...]
+    total: Decimal
+    unresolved_events: int = 0
+
+
+def _seats(n: int) -> str:
+    return f"{n} seat" if n == 1 else f"{n} seats"
+
+
+def _iso(instant: datetime) -> str:
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+def _duration_text(span: timedelta) -> str:
+    seconds = span // timedelta(seconds=1)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def grace_text(pool: Pool) -> str:
+    """The pool's grace rule in words, as the report states it."""
+    minutes = _duration_text(pool.grace)
+    if pool.grace_mode == "cumulative":
+        return (f"cumulative: a level is billed when its total time in the period reaches "
+                f"{minutes}")
+    return f"continuous: a level is billed when held for one unbroken stretch longer than {minutes}"
+
+
+def monthly_price(account: Account, pool: Pool) -> Decimal:
+    """The pool's price per seat per monthly period (an annual price spread over 12 months)."""
+    return pool.price if account.billing == "monthly" else pool.price / 12
+
+
+# --- pool resolution ------------------------------------------------------------------------------
+
+
+def resolve_pools(account: Account, events: Sequence[UsageEvent],
+                  steps: Mapping[str, Steps] | None = None) -> tuple[tuple[UsageEvent, ...], int]:
+    """Give every session event a pool, as DESIGN section 3 says, and count those left without.
+
+    An event without a pool belongs to the named pool its user holds a seat of at its time, or
+    else to the account's single concurrent pool; with neither it stays without a pool and is
+    counted (it cannot be rated). Seat events keep theirs (`rating.named` resolves them).
+    """
+    if all(e.pool is not None for e in events):
+        return tuple(events), 0
+    rosters = build_rosters(account, events, steps)
+    concurrent = [p.id for p in account.pools if p.model == "concurrent"]
+    named = [p.id for p in account.pools if p.model == "named"]
+    out: list[UsageEvent] = []
+    unresolved = 0
+    for event in events:
+        if event.pool is not None or event.type in ("assign", "unassign"):
+            out.append(event)
+            continue
+        pool = rosters.assigned_pool(event.user, event.ts)
+        if pool is None and len(concurrent) == 1:
+            pool = concurrent[0]
+        if pool is None and len(named) == 1 and not concurrent:
+            pool = named[0]  # unlicensed use of the only pool there is
+        if pool is None:
+            unresolved += 1
+        out.append(replace(event, pool=pool) if pool is not None else event)
+    return tuple(out), unresolved
+
+
+# --- right-sizing ---------------------------------------------------------------------------------
+
+
+def right_size(account: Account, use: PoolUse, paid: Decimal) -> RightSizing:
+    """The constant licence count that would have cost least for `use`, and the saving.
+
+    `paid` is what the period's licences actually cost (seats in force at the start at the
+    monthly price, plus the period's seat-add charges); the current cost adds the overage billed.
+    Ties go to the larger count (fewer overage seats for the same money). A recommendation that
+    would cost more than what happened (seats bought late in the period are prorated) keeps the
+    current count.
+    """
+    pool = use.pool
+    exp = account.exponent
+    price = monthly_price(account, pool)
+    over = pool.overage_price or Decimal(0)
+    peak = use.billable_peak or 0
+
+    def cost(licences: int) -> Decimal:
+        return round_money(licences * price + max(0, peak - licences) * over, exp)
+
+    # cost(L) is linear below the billable peak and rising above it: the optimum is 0 or the peak.
+    recommended = peak if price <= over else 0
+    current = round_money(paid + use.overage_amount, exp)
+    best = cost(recommended)
+    how = (f"{_seats(recommended)} x {format_price(price, exp)} + "
+           f"{_seats(max(0, peak - recommended))} overage x {format_price(over, exp)}")
+    grace = f"billable peak {peak} under the {pool.grace_mode} grace of {_duration_text(pool.grace)}"
+    if best >= current:
+        rule = (f"keep {use.licensed}: the period cost least as it was; {how} would cost "
+                f"{format_money(best, exp)}; {grace}")
+        recommended, best = use.licensed, current
+    else:
+        rule = f"{how} = {format_money(best, exp)}; {grace}"
+    return RightSizing(
+        pool=pool.id, licensed=use.licensed, billable_peak=peak, recommended=recommended,
+        current_cost=current, recommended_cost=best, saving=current - best, rule=rule,
+    )
+
+
+# --- assembly -------------------------------------------------------------------------------------
+
+
+def _pool_use(account: Account, rating: PoolRating) -> PoolUse:
+    pool = rating.pool
+    licensed_steps = rating.licensed.points()
+    concurrent = pool.model == "concurrent"
+    overage_seats = rating.overage_seats if concurrent else 0
+    overage = round_money(rating.overage_amount, account.exponent) if concurrent else Decimal(0)
+    episodes = tuple(
+        Episode(start=e.start, end=e.end, peak_excess=e.peak_excess,
+                sustained_level=e.sustained_level, within_grace=e.within_grace)
+        for e in rating.episodes
+    ) if concurrent else ()
+    return PoolUse(
+        pool=pool, licensed=max(q for _, q in licensed_steps), peak=rating.peak,
+        peak_at=rating.peak_at, billable_peak=rating.billable_peak if concurrent else None,
+        overage_seats=overage_seats, overage_amount=overage, episodes=episodes,
+        users=rating.users, concurrency=rating.concurrency,
+        licensed_steps=licensed_steps,
+    )
+
+
+def _overage_line(account: Account, use: PoolUse, period: Period) -> Line:
+    pool = use.pool
+    price = pool.overage_price or Decimal(0)
+    billed = [e for e in use.episodes if not e.within_grace]
+    worst = max(billed, key=lambda e: (e.sustained_level, e.duration), default=None)
+    if pool.grace_mode == "cumulative":
+        where = f"; {len(billed)} billed episodes, cumulative grace {_duration_text(pool.grace)}"
+    elif worst is not None:
+        where = f"; sustained {_duration_text(worst.duration)} from {_iso(worst.start)}"
+    else:
+        where = ""
+    return Line(
+        kind="overage", target=pool.id, quantity=use.overage_seats, amount=use.overage_amount,
+        unit_price=price, at=period.end,
+        description=(f"{_seats(use.overage_seats)} over the licensed quantity x "
+                     f"{format_price(price, account.exponent)} (billable peak "
+                     f"{use.billable_peak} against {use.licensed} licensed{where})"),
+    )
+
+
+#: One stored event as the report reads it: (id, type, user, pool, session, ts_us).
+Row = tuple[str, str, str, str | None, str | None, int]
+_SEAT = ("assign", "unassign")
+
+
+def _rows(events: Iterable[UsageEvent], account: str) -> list[Row]:
+    return [(e.id, e.type, e.user, e.pool, e.session, to_us(e.ts))
+            for e in events if e.account == account]
+
+
+def _event(account: str, row: Row, pool: str | None) -> UsageEvent:
+    return UsageEvent(id=row[0], type=row[1], account=account,  # type: ignore[arg-type]
+                      user=row[2], ts=from_us(row[5]), pool=pool, session=row[4])
+
+
+def _resolve_rows(account: Account, rows: Sequence[Row],
+                  steps: Mapping[str, Steps]) -> tuple[list[Row], list[UsageEvent], int]:
+    """Session rows with their pools resolved (as `resolve_pools`), the events named seats need
+    (seat events, and use of named pools), and how many rows stayed without a pool."""
+    named = [p.id for p in account.pools if p.model == "named"]
+    concurrent = [p.id for p in account.pools if p.model == "concurrent"]
+    fallback = concurrent[0] if len(concurrent) == 1 else (
+        named[0] if len(named) == 1 and not concurrent else None)
+    seat_events = [_event(account.id, r, r[3]) for r in rows if r[1] in _SEAT] if named else []
+    rosters = build_rosters(account, seat_events, steps) if named else None
+    out: list[Row] = []
+    named_use: list[UsageEvent] = []
+    unresolved = 0
+    named_set = set(named)
+    for row in rows:
+        kind, pool = row[1], row[3]
+        if kind in _SEAT:
+            continue
+        if pool is None:
+            if rosters is not None:
+                pool = rosters.assigned_pool(row[2], from_us(row[5])) or fallback
+            else:
+                pool = fallback
+            if pool is None:
+                unresolved += 1
+                continue
+            row = (row[0], kind, row[2], pool, row[4], row[5])  # noqa: PLW2901 - the resolved copy
+        out.append(row)
+        if pool in named_set:
+            named_use.append(_event(account.id, row, pool))
+    return out, seat_events + named_use, unresolved
+
+
+def _columns(account: str, rows: Sequence[Row]) -> EventColumns:
+    """One account's session rows (every one with a pool) as `EventColumns`.
+
+    The same coding as `EventColumns.from_rows` (users, pools, members, sessions per member)
+    built with one dict lookup per row and column and numpy for the pairs, since the report
+    codes millions of rows; members and sessions are numbered in sorted order of their codes.
+    """
+    n = len(rows)
+    users: dict[str, int] = {}
+    pools: dict[str | None, int] = {}
+    texts: dict[str, int] = {}
+    user = np.fromiter((users.setdefault(r[2], len(users)) for r in rows), np.int64, n)
+    pool = np.fromiter((pools.setdefault(r[3], len(pools)) for r in rows), np.int64, n)
+    text = np.fromiter((-1 if r[4] is None else texts.setdefault(r[4], len(texts)) for r in rows),
+                       np.int64, n)
+    kind = np.fromiter((KINDS[r[1]] for r in rows), np.int8, n)
+    ts = np.fromiter((r[5] for r in rows), np.int64, n)
+    width = max(len(users), 1)
+    pairs, member = np.unique(pool * width + user, return_inverse=True)
+    member = member.reshape(-1)
+    spread = max(len(texts), 1)
+    named = text >= 0
+    keys, code = np.unique(member[named] * spread + text[named], return_inverse=True)
+    session = np.full(n, -1, np.int32)
+    session[named] = code.reshape(-1)
+    by_code = list(texts)
+    return EventColumns(
+        ts=ts, kind=kind, pool=pool.astype(np.int32), user=user.astype(np.int32),
+        member=member.astype(np.int32), session=session,
+        pools=tuple((account, str(p)) for p in pools), users=tuple((account, u) for u in users),
+        member_pool=(pairs // width).astype(np.int32), member_user=(pairs % width).astype(np.int32),
+        sessions=tuple(by_code[k % spread] for k in keys.tolist()),
+        ids=tuple(r[0] for r in rows),
+    )
+
+
+def rate_account(account: Account, events: Sequence[UsageEvent], period: Period, *,
+                 ledger: SeatLedger | None = None,
+                 adjustment_lines: Iterable[Line] = ()) -> AccountBill:
+    """Rate `account` for `period` from its `events`.
+
+    `events` must cover the period's input window `[start - session_timeout, end +
+    session_timeout)` (and, for named pools, every assign/unassign since the anchor) so sessions
+    straddling the start and timeouts near the end come out right. `adjustment_lines` are the
+    late-event corrections of earlier finalized periods (see `adjustments`), billed here.
+    """
+    return rate_rows(account, _rows(events, account.id), period, ledger=ledger,
+                     adjustment_lines=adjustment_lines)
+
+
+def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
+              ledger: SeatLedger | None = None,
+              adjustment_lines: Iterable[Line] = ()) -> AccountBill:
+    """`rate_account` from the account's stored rows (id, type, user, pool, session, ts_us).
+
+    The report's path: the rows go into one `EventColumns` and every pool of the account is
+    rated in one vectorised `rate_pools` call; only seat events and named-pool use become
+    `UsageEvent` objects.
+    """
+    ledger = ledger or apply_orders(account)
+    steps = {p.id: ledger.licensed_steps(p.id) for p in account.pools}
+    resolved, named_events, unresolved = _resolve_rows(account, rows, steps)
+    cols = _columns(account.id, resolved)
+    jobs = [PoolJob(account.id, pool, period, steps[pool.id], account.session_timeout)
+            for pool in account.pools]
+    pools = tuple(_pool_use(account, rating) for rating in rate_pools(cols, jobs))
+    named_usage = (rate_named(account, named_events, period, steps)
+                   if any(p.model == "named" for p in account.pools) else ())
+    named = tuple(
+        NamedUse(pool=n.pool, licensed=n.licensed, assigned=n.assigned,
+                 active_users=n.active_users, unlicensed_users=n.unlicensed_users,
+                 refused_assigns=n.refused_assigns, idle_seats=n.idle_seats,
+                 unlicensed=n.unlicensed)
+        for n in named_usage
+    )
+    users = {u.pool.id: u.users for u in pools}
+    licensed = {u.pool.id: u.licensed for u in pools}
+    purchased = {a.id: ledger.licensed_max(a.id, period) for a in account.addons}
+    addons = tuple(
+        AddonUse(addon=c.addon, required=c.required, purchased=c.purchased, shortfall=c.shortfall)
+        for c in cover(account, users, licensed=licensed, purchased=purchased)
+    )
+
+    charges: list[Line] = [
+        Line(kind=c.kind, target=c.target, quantity=c.quantity, amount=c.amount,
+             description=c.description, at=c.at, unit_price=c.unit_price)
+        for c in ledger.charges_in(period)
+    ]
+    charges += [_overage_line(account, u, period) for u in pools if u.overage_seats]
+    charges += list(adjustment_lines)
+
+    refused = [
+        RefusedOrder(kind="order", target=r.target, at=r.order.at, quantity=r.order.quantity,
+                     reason=r.reason)
+        for r in ledger.refused_in(period)
+    ]
+    refused += [
+        RefusedOrder(kind="assign", target=r.pool, at=r.at, quantity=None,
+                     reason=f"assign of {r.user!r} (event {r.event_id}): {r.reason}")
+        for n in named_usage for r in n.refused
+    ]
+
+    sizing = []
+    for use in pools:
+        if use.pool.model != "concurrent":
+            continue
+        paid = licensed_at(use.licensed_steps, period.start) * monthly_price(account, use.pool)
+        paid += sum((c.amount for c in charges if c.kind == "seat_add" and c.target == use.pool.id),
+                    Decimal(0))
+        sizing.append(right_size(account, use, paid))
+
+    total = sum((c.amount for c in charges), Decimal(0))
+    return AccountBill(
+        account=account, period=period, pools=pools, named=named, addons=addons,
+        charges=tuple(charges), refused=tuple(sorted(refused, key=lambda r: (r.at, r.target))),
+        right_sizing=tuple(sizing), total=round_money(total, account.exponent),
+        unresolved_events=unresolved,
+    )
+
+
+# --- late events ----------------------------------------------------------------------------------
+
+
+def adjustments(account: Account, finalized: Period, billed: Mapping[str, tuple[int, Decimal]],
+                recomputed: AccountBill, *, late_events: int,
+                label: str) -> tuple[Line, ...]:
+    """Adjustment lines for a finalized period: what its recomputation owes beyond what was billed.
+
+    `billed` maps each pool to the (overage seats, overage amount) already billed for
+    `finalized` (the finalized report plus earlier adjustments); `recomputed` is the period
+    rated again with every event now known. Only overage depends on events, so only overage is
+    adjusted; a negative line is a credit.
+    """
+    lines = []
+    for use in recomputed.pools:
+        seats, amount = billed.get(use.pool.id, (0, Decimal(0)))
+        delta = use.overage_amount - amount
+        if not delta and use.overage_seats == seats:
+            continue
+        lines.append(Line(
+            kind="adjustment", target=use.pool.id, quantity=use.overage_seats - seats,
+            amount=round_money(delta, account.exponent), unit_price=use.pool.overage_price,
+            at=finalized.end, for_period=finalized,
+            description=(f"late events for finalized period {label} ({late_events} received after "
+                         f"finalization): overage {seats} -> {use.overage_seats} seats, billed "
+                         f"{format_money(amount, account.exponent)}, now "
+                         f"{format_money(use.overage_amount, account.exponent)}"),
+        ))
+    return tuple(lines)

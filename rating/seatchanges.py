@@ -1,0 +1,486 @@
+"""Seat changes: an account's dated orders walked under its policy into charges, credits and refusals.
+
+It owns the seat-change rules of DESIGN section 2 (seeds 000-002): `prorate`, `packs` and billing
+switches, and the licensed quantity in force over time that concurrency and named seats rate against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from rating.contracts import Account, Order
+from rating.errors import PolicyViolation
+from rating.money import format_money, format_price, round_money
+from rating.periods import Period, local_midnight, term
+
+__all__ = [
+    "PACK_SIZE",
+    "RENEWAL_WINDOW_DAYS",
+    "Change",
+    "Charge",
+    "Quote",
+    "Refusal",
+    "SeatLedger",
+    "Steps",
+    "apply_orders",
+    "describe_total",
+    "format_span",
+    "licensed_at",
+    "quote",
+]
+
+#: Seed 002: "Additional licenses can be purchased in groups of 5 licenses".
+PACK_SIZE = 5
+#: Seed 002: "Your renewal period begins 30 days before your subscription's expiration date".
+RENEWAL_WINDOW_DAYS = 30
+
+ChargeKind = Literal["seat_add", "switch_credit"]
+TargetKind = Literal["pool", "addon"]
+#: The licensed quantity as a step function: (from, quantity) pairs, times ascending; each
+#: quantity holds from its time until the next pair's.
+Steps = tuple[tuple[datetime, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One bill line made by a seat order: a charge (amount > 0) or a credit (amount < 0).
+
+    `amount` is exact-then-rounded half-up to the currency's minor unit, once for this line.
+    """
+
+    kind: ChargeKind
+    account: str
+    target: str
+    target_kind: TargetKind
+    at: datetime
+    quantity: int
+    unit_price: Decimal
+    amount: Decimal
+    currency: str
+    description: str
+
+    @property
+    def pool(self) -> str | None:
+        """The pool the line is for, if it is for a pool."""
+        return self.target if self.target_kind == "pool" else None
+
+    @property
+    def addon(self) -> str | None:
+        """The add-on the line is for, if it is for an add-on."""
+        return self.target if self.target_kind == "addon" else None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An accepted order and what it did.
+
+    `before` and `after` are the quantities in force just before and just after `at`; `renews` is
+    the quantity the next term starts with. `added` seats were bought (and charged),
+    `restored` seats were taken back from a scheduled removal (free), `removing` seats leave at
+    `removal_at` (the end of the term).
+    """
+
+    order: Order
+    account: str
+    target: str
+    at: datetime
+    before: int
+    after: int
+    renews: int
+    added: int = 0
+    restored: int = 0
+    removing: int = 0
+    removal_at: datetime | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An order its policy refuses; nothing of it was applied."""
+
+    order: Order
+    account: str
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeatLedger:
+    """What an account's orders did: accepted changes, refusals, bill lines, quantities in force."""
+
+    account: str
+    currency: str
+    exponent: int
+    changes: tuple[Change, ...]
+    refused: tuple[Refusal, ...]
+    charges: tuple[Charge, ...]
+    #: (target id, steps) per pool and add-on, pools first, in contract order.
+    steps: tuple[tuple[str, Steps], ...]
+
+    def licensed_steps(self, target_id: str) -> Steps:
+        """The quantity of pool (or add-on) `target_id` in force over time, from the anchor.
+
+        Additions count from purchase, removals from the end of their term; refused orders change
+        nothing. Raises KeyError for an id the account does not have.
+        """
+        for target, steps in self.steps:
+            if target == target_id:
+                return steps
+        raise KeyError(f"account {self.account!r} has no pool or add-on {target_id!r}")
+
+    def licensed_at(self, target_id: str, instant: datetime) -> int:
+        """The quantity of `target_id` in force at `instant` (0 before the anchor)."""
+        return licensed_at(self.licensed_steps(target_id), instant)
+
+    def licensed_max(self, target_id: str, period: Period) -> int:
+        """The highest quantity of `target_id` in force at any instant of `period`."""
+        steps = self.licensed_steps(target_id)
+        inside = [q for t, q in steps if period.start < t < period.end]
+        return max([licensed_at(steps, period.start), *inside])
+
+    def charges_in(self, period: Period) -> tuple[Charge, ...]:
+        """The bill lines of orders placed within `period` (half-open), in time order."""
+        return tuple(c for c in self.charges if c.at in period)
+
+    def refused_in(self, period: Period) -> tuple[Refusal, ...]:
+        """The orders placed within `period` that were refused."""
+        return tuple(r for r in self.refused if r.order.at in period)
+
+    def changes_in(self, period: Period) -> tuple[Change, ...]:
+        """The orders placed within `period` that were accepted."""
+        return tuple(c for c in self.changes if c.at in period)
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What one order would do now, without doing it: its bill lines, or why it is refused."""
+
+    account: str
+    order: Order
+    currency: str
+    exponent: int
+    change: Change | None
+    charges: tuple[Charge, ...]
+    reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """True when the policy accepts the order."""
+        return self.reason is None
+
+    @property
+    def total(self) -> Decimal:
+        """The sum of the order's lines (each already rounded): > 0 is owed, < 0 is credited."""
+        return sum((c.amount for c in self.charges), Decimal(0))
+
+
+def licensed_at(steps: Steps, instant: datetime) -> int:
+    """The quantity a step function gives at `instant` (0 before its first step)."""
+    quantity = 0
+    for start, value in steps:
+        if start > instant:
+            break
+        quantity = value
+    return quantity
+
+
+def format_span(span: timedelta, *, compact: bool = False) -> str:
+    """A duration to the second as "14d 0h 0m 0s", or compact ("30d", "30d 23h") for a period."""
+    seconds = span // timedelta(seconds=1)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    if compact:
+        text = " ".join(f"{n}{unit}" for n, unit in parts if n)
+        return text or "0s"
+    return " ".join(f"{n}{unit}" for n, unit in parts)
+
+
+def _seats(n: int) -> str:
+    return f"{n} seat" if n == 1 else f"{n} seats"
+
+
+def _iso(instant: datetime) -> str:
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class _Seat:
+    """Working state of one pool or add-on while the orders are walked (private, mutable)."""
+
+    kind: TargetKind
+    id: str
+    base_price: Decimal
+    #: Usable now. Under both policies this is also the highest quantity paid for in the term,
+    #: because removals wait for the term's end.
+    in_force: int
+    #: What the next term starts with: the last accepted total, never above `in_force`.
+    renews: int
+    steps: list[tuple[datetime, int]] = field(default_factory=list)
+
+    def set_in_force(self, instant: datetime, quantity: int) -> None:
+        if quantity == self.in_force:
+            return
+        self.in_force = quantity
+        if self.steps and self.steps[-1][0] == instant:
+            self.steps[-1] = (instant, quantity)
+        else:
+            self.steps.append((instant, quantity))
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    change: Change | None
+    charges: tuple[Charge, ...]
+    refusal: Refusal | None
+
+
+class _Walk:
+    """Applies orders one at a time, in time order, rolling terms over as time passes."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.start = local_midnight(account.anchor, account.tz)
+        self.billing: str = account.billing
+        self.term_anchor: date = account.anchor
+        self.term: Period = term(account, self.start)
+        self.seats: dict[tuple[TargetKind, str], _Seat] = {}
+        for pool in account.pools:
+            self.seats["pool", pool.id] = _Seat("pool", pool.id, pool.price, pool.quantity,
+                                                pool.quantity, [(self.start, pool.quantity)])
+        for addon in account.addons:
+            self.seats["addon", addon.id] = _Seat("addon", addon.id, addon.price, addon.quantity,
+                                                  addon.quantity, [(self.start, addon.quantity)])
+        self.changes: list[Change] = []
+        self.refused: list[Refusal] = []
+        self.charges: list[Charge] = []
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def roll(self, instant: datetime) -> None:
+        """Advance through every term that ends at or before `instant`; removals take effect."""
+        while instant >= self.term.end:
+            end = self.term.end
+            self._end_term(end)
+            self.term = term(self.account, end, anchor=self.term_anchor, billing=self.billing)
+
+    def _end_term(self, end: datetime) -> None:
+        for seat in self.seats.values():
+            seat.set_in_force(end, seat.renews)
+
+    def renewal_window(self) -> datetime:
+        """Start of the current term's renewal window: 30 local days before its end."""
+        end_day = self.term.end.astimezone(self.account.tz).date()
+        return local_midnight(end_day - timedelta(days=RENEWAL_WINDOW_DAYS), self.account.tz)
+
+    def price(self, seat: _Seat) -> Decimal:
+        """Price per seat per current billing period.
+
+        Contract prices are per period of the contract's billing frequency; after a switch the
+        other frequency's price is 12 times (or a twelfth of) it, with no discount modelled.
+        """
+        if self.billing == self.account.billing:
+            return seat.base_price
+        if self.billing == "annual":
+            return seat.base_price * 12
+        return seat.base_price / 12
+
+    # --- orders -------------------------------------------------------------------------------
+
+    def apply(self, order: Order) -> _Outcome:
+        self.roll(order.at)
+        try:
+            if order.at < self.start:
+                raise PolicyViolation(
+                    f"order at {_iso(order.at)} is before the contract starts "
+                    f"({_iso(self.start)}, anchor {self.account.anchor.isoformat()})")
+            if order.billing is not None:
+                charges = self._switch(order)
+                return _Outcome(None, charges, None)
+            return self._seat_order(order)
+        except PolicyViolation as exc:
+            refusal = Refusal(order, self.account.id, order.target, exc.reason)
+            self.refused.append(refusal)
+            return _Outcome(None, (), refusal)
+
+    def _seat_order(self, order: Order) -> _Outcome:
+        kind: TargetKind = "pool" if order.pool is not None else "addon"
+        seat = self.seats.get((kind, order.target))
+        if seat is None:
+            raise PolicyViolation(f"account {self.account.id!r} has no {kind} {order.target!r}")
+        if order.quantity is None or order.quantity < 0:
+            raise PolicyViolation(f"an order states the new total quantity (>= 0), "
+                                  f"got {order.quantity!r}")
+        total = order.quantity
+        added = max(0, total - seat.in_force)
+        restored = max(0, min(total, seat.in_force) - seat.renews)
+        removing = max(0, seat.in_force - total)
+        packs = self.account.policy == "packs"
+        if packs:
+            window = self.renewal_window()
+            if added and added % PACK_SIZE:
+                raise PolicyViolation(
+                    f"packs policy: seats are sold in whole packs of {PACK_SIZE}; "
+                    f"{seat.in_force} -> {total} adds {added}")
+            if added and order.at >= window:
+                raise PolicyViolation(
+                    f"packs policy: no purchases in the last {RENEWAL_WINDOW_DAYS} days of the term "
+                    f"(renewal window from {_iso(window)} to {_iso(self.term.end)}); renew first")
+            if total < seat.renews and order.at < window:
+                raise PolicyViolation(
+                    f"packs policy: seats cannot be removed during the term "
+                    f"({seat.renews} -> {total}); removals are taken in the renewal window "
+                    f"from {_iso(window)}")
+
+        charges: tuple[Charge, ...] = ()
+        if added:
+            charges = (self._add_charge(order, seat, added, packs=packs),)
+        before = seat.in_force
+        seat.set_in_force(order.at, max(seat.in_force, total))
+        seat.renews = total
+        parts = []
+        if added and packs:
+            parts.append(f"{_seats(added)} added, charged the full price of the term ending "
+                         f"{_iso(self.term.end)}")
+        elif added:
+            parts.append(f"{_seats(added)} added, charged for the rest of the billing period "
+                         f"ending {_iso(self.term.end)}")
+        if restored:
+            parts.append(f"{_seats(restored)} restored from a scheduled removal at no charge")
+        if removing:
+            parts.append(f"{_seats(removing)} to be removed at the end of the term "
+                         f"{_iso(self.term.end)}, usable until then, no refund")
+        change = Change(
+            order=order, account=self.account.id, target=seat.id, at=order.at, before=before,
+            after=seat.in_force, renews=total, added=added, restored=restored, removing=removing,
+            removal_at=self.term.end if removing else None,
+            description="; ".join(parts) or f"no change: {_seats(total)} already in force",
+        )
+        self.changes.append(change)
+        self.charges.extend(charges)
+        return _Outcome(change, charges, None)
+
+    def _add_charge(self, order: Order, seat: _Seat, added: int, *, packs: bool) -> Charge:
+        price = self.price(seat)
+        exp = self.account.exponent
+        if packs:
+            # Seed 002: the price of the term's package, the same whatever time is left.
+            exact = price * added
+            how = (f"{_seats(added)} x {format_price(price, exp)} "
+                   f"({added // PACK_SIZE} x pack of {PACK_SIZE}, full term price, not prorated)")
+        else:
+            left = self.term.end - order.at
+            # To the second (DESIGN): sub-second parts of a timestamp are not billed.
+            left_s = left // timedelta(seconds=1)
+            whole_s = self.term.duration // timedelta(seconds=1)
+            exact = price * added * left_s / whole_s
+            how = (f"{_seats(added)} x {format_price(price, exp)} x "
+                   f"{format_span(left)} / {format_span(self.term.duration, compact=True)}")
+        return Charge(
+            kind="seat_add", account=self.account.id, target=seat.id, target_kind=seat.kind,
+            at=order.at, quantity=added, unit_price=price, amount=round_money(exact, exp),
+            currency=self.account.currency, description=how,
+        )
+
+    def _switch(self, order: Order) -> tuple[Charge, ...]:
+        new = order.billing
+        assert new is not None
+        if new == self.billing:
+            raise PolicyViolation(f"the account is already billed {new}; nothing to switch")
+        if self.account.policy == "packs" and order.at < self.renewal_window():
+            raise PolicyViolation(
+                "packs policy: the billing frequency can change only in the renewal window "
+                f"from {_iso(self.renewal_window())} to {_iso(self.term.end)}")
+        exp = self.account.exponent
+        left = self.term.end - order.at
+        left_s = left // timedelta(seconds=1)
+        whole_s = self.term.duration // timedelta(seconds=1)
+        old_name = "month" if self.billing == "monthly" else "year"
+        toward = ("toward the annual price" if new == "annual"
+                  else "to the account balance for the monthly plan")
+        credits: list[Charge] = []
+        for seat in self.seats.values():
+            price = self.price(seat)
+            if not seat.in_force or not price:
+                continue
+            exact = price * seat.in_force * left_s / whole_s
+            credits.append(Charge(
+                kind="switch_credit", account=self.account.id, target=seat.id,
+                target_kind=seat.kind, at=order.at, quantity=seat.in_force, unit_price=price,
+                amount=-round_money(exact, exp), currency=self.account.currency,
+                description=(f"unused part of the {old_name}, credited {toward}: "
+                             f"{_seats(seat.in_force)} x {format_price(price, exp)} x "
+                             f"{format_span(left)} / "
+                             f"{format_span(self.term.duration, compact=True)}"),
+            ))
+        # The switch ends the term: scheduled removals take effect now, and a new term of the
+        # new frequency starts on the switch's local day.
+        self._end_term(order.at)
+        self.billing = new
+        self.term_anchor = order.at.astimezone(self.account.tz).date()
+        self.term = term(self.account, order.at, anchor=self.term_anchor, billing=new)
+        self.charges.extend(credits)
+        return tuple(credits)
+
+    # --- results ------------------------------------------------------------------------------
+
+    def ledger(self) -> SeatLedger:
+        """The results so far; removals already scheduled appear as steps at their term's end."""
+        steps: list[tuple[str, Steps]] = []
+        for seat in self.seats.values():
+            pairs = list(seat.steps)
+            if seat.renews != seat.in_force:
+                pairs.append((self.term.end, seat.renews))
+            steps.append((seat.id, tuple(pairs)))
+        return SeatLedger(
+            account=self.account.id, currency=self.account.currency,
+            exponent=self.account.exponent, changes=tuple(self.changes),
+            refused=tuple(self.refused), charges=tuple(self.charges), steps=tuple(steps),
+        )
+
+
+def apply_orders(account: Account, until: datetime | None = None) -> SeatLedger:
+    """Walk the account's orders placed before `until` (all when None) under its policy.
+
+    Orders are taken in time order (orders at the same instant in file order). Each is accepted
+    whole or refused whole with a reason. The policy applies alike to pools and add-ons.
+    """
+    walk = _Walk(account)
+    for order in sorted(account.orders, key=lambda o: o.at):
+        if until is not None and order.at >= until:
+            break
+        walk.apply(order)
+    return walk.ledger()
+
+
+def quote(account: Account, order: Order) -> Quote:
+    """What `order` would charge or credit, after the account's orders placed up to its time.
+
+    Nothing is changed: the account's own orders are replayed and the new one is tried last.
+    """
+    walk = _Walk(account)
+    for existing in sorted(account.orders, key=lambda o: o.at):
+        if existing.at > order.at:
+            break
+        walk.apply(existing)
+    outcome = walk.apply(order)
+    return Quote(
+        account=account.id, order=order, currency=account.currency, exponent=account.exponent,
+        change=outcome.change, charges=outcome.charges,
+        reason=outcome.refusal.reason if outcome.refusal else None,
+    )
+
+
+def describe_total(q: Quote) -> str:
+    """One line: what the order costs or credits in total, with the currency."""
+    amount = format_money(q.total, q.exponent)
+    if q.total > 0:
+        return f"charge {amount} {q.currency}"
+    if q.total < 0:
+        return f"credit {format_money(-q.total, q.exponent)} {q.currency}"
+    return f"no charge ({amount} {q.currency})"
+

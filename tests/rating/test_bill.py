@@ -1,0 +1,337 @@
+"""Account bills: pools, named seats, seat changes, overage lines, adjustments and right-sizing."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rating.bill import (
+    AccountBill,
+    PoolUse,
+    adjustments,
+    rate_account,
+    resolve_pools,
+    right_size,
+)
+from rating.contracts import Account, Pool, parse_contracts
+from rating.periods import Period, period_of_month
+from rating.pool import rate_pool
+from rating.usage import UsageEvent
+
+NOV = Period(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+_ids = itertools.count()
+
+
+def account(*, policy: str = "prorate", grace_mode: str = "continuous", price: str = "100.00",
+            overage: str = "150.00", quantity: int = 2, orders: str = "",
+            extra_pool: str = "") -> Account:
+    """acme (UTC, monthly from 1 November): concurrent `agents`, named `leads`, add-on wfm."""
+    text = f"""
+[[account]]
+id = "acme"
+timezone = "UTC"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-11-01"
+policy = "{policy}"
+
+  [[account.pool]]
+  id = "agents"
+  tier = "elite"
+  model = "concurrent"
+  quantity = {quantity}
+  price = "{price}"
+  overage_price = "{overage}"
+  grace = "30m"
+  grace_mode = "{grace_mode}"
+
+  [[account.pool]]
+  id = "leads"
+  tier = "elite"
+  model = "named"
+  quantity = 1
+  price = "50.00"
+{extra_pool}
+  [[account.addon]]
+  id = "wfm"
+  quantity = 0
+  price = "25.00"
+{orders}
+"""
+    return parse_contracts(text, "test.toml").accounts[0]
+
+
+def at(day: int, hhmm: str, sec: int = 0) -> datetime:
+    """A UTC instant in November 2026."""
+    h, m = (int(x) for x in hhmm.split(":"))
+    return datetime(2026, 11, day, h, m, sec, tzinfo=UTC)
+
+
+def ev(kind: str, user: str, when: datetime, pool: str | None = "agents",
+       session: str | None = None) -> UsageEvent:
+    """One acme event with a fresh id."""
+    return UsageEvent(id=f"e{next(_ids)}", type=kind, account="acme", user=user,  # type: ignore[arg-type]
+                      ts=when, pool=pool, session=session)
+
+
+def stay(user: str, start: datetime, end: datetime, pool: str | None = "agents") -> list[UsageEvent]:
+    """A login at `start` and a logout at `end`."""
+    return [ev("login", user, start, pool, "s"), ev("logout", user, end, pool, "s")]
+
+
+def crowd(n: int, start: datetime, end: datetime) -> list[UsageEvent]:
+    """`n` users u0..u(n-1) signed in over [start, end)."""
+    return [e for i in range(n) for e in stay(f"u{i}", start, end)]
+
+
+def agents(bill: AccountBill) -> PoolUse:
+    """The bill's `agents` pool."""
+    return next(p for p in bill.pools if p.pool.id == "agents")
+
+
+def test_sustained_excess_is_an_overage_line_in_the_total() -> None:
+    """Three users for an hour on two licences: one overage seat at the overage price."""
+    bill = rate_account(account(), crowd(3, at(10, "10:00"), at(10, "11:00")), NOV)
+    use = agents(bill)
+    assert (3, 3, 1, Decimal("150.00")) == (use.peak, use.billable_peak, use.overage_seats,
+                                            use.overage_amount)
+    assert at(10, "10:00") == use.peak_at
+    assert [("overage", "agents", 1, Decimal("150.00"))] == [
+        (c.kind, c.target, c.quantity, c.amount) for c in bill.charges]
+    assert Decimal("150.00") == bill.total
+    assert 1 == len(use.episodes)
+    assert not use.episodes[0].within_grace
+
+
+@pytest.mark.parametrize(("minutes", "seconds", "seats"), [
+    (30, 0, 0),   # exactly the grace: free
+    (30, 1, 1),   # one second longer: billed
+    (29, 59, 0),
+])
+def test_continuous_grace_boundary_decides_the_overage_line(minutes: int, seconds: int,
+                                                            seats: int) -> None:
+    """An excess of exactly 30:00 is free; 30:01 is billed (DESIGN section 2)."""
+    end = at(10, "10:00") + timedelta(minutes=minutes, seconds=seconds)
+    bill = rate_account(account(), crowd(3, at(10, "10:00"), end), NOV)
+    assert seats == agents(bill).overage_seats
+    assert Decimal(150 * seats).quantize(Decimal("0.01")) == bill.total
+    assert [bool(seats == 0)] == [e.within_grace for e in agents(bill).episodes]
+
+
+def test_seat_add_of_the_period_is_charged_prorated() -> None:
+    """2 -> 3 seats at the middle of the month: one seat at half the monthly price."""
+    acct = account(orders='\n  [[account.order]]\n  at = "2026-11-16T00:00:00Z"\n'
+                          '  pool = "agents"\n  quantity = 3\n')
+    bill = rate_account(acct, [], NOV)
+    assert [("seat_add", "agents", 1, Decimal("50.00"))] == [
+        (c.kind, c.target, c.quantity, c.amount) for c in bill.charges]
+    assert Decimal("50.00") == bill.total
+    assert 3 == agents(bill).licensed
+    assert ((NOV.start, 2), (at(16, "00:00"), 3)) == agents(bill).licensed_steps
+
+
+def test_purchase_mid_period_raises_e_before_the_excess() -> None:
+    """Seats bought before a crowd arrives cover it: no overage, only the seat charge."""
+    acct = account(orders='\n  [[account.order]]\n  at = "2026-11-16T00:00:00Z"\n'
+                          '  pool = "agents"\n  quantity = 3\n')
+    bill = rate_account(acct, crowd(3, at(20, "10:00"), at(20, "12:00")), NOV)
+    assert 0 == agents(bill).overage_seats
+    assert ["seat_add"] == [c.kind for c in bill.charges]
+
+
+def test_refused_orders_of_the_period_are_listed_with_their_reason() -> None:
+    """Under packs, 2 -> 4 seats is not a whole pack: refused, never charged."""
+    acct = account(policy="packs", orders='\n  [[account.order]]\n  at = "2026-11-05T00:00:00Z"\n'
+                                          '  pool = "agents"\n  quantity = 4\n')
+    bill = rate_account(acct, [], NOV)
+    assert [("order", "agents", 4)] == [(r.kind, r.target, r.quantity) for r in bill.refused]
+    assert "whole packs of 5" in bill.refused[0].reason
+    assert () == bill.charges
+    assert Decimal("0.00") == bill.total
+
+
+def test_refused_assign_is_listed_beside_refused_orders() -> None:
+    """A second assign on a one-seat named pool is refused and reported."""
+    events = [ev("assign", "lead1", at(2, "09:00"), "leads"),
+              ev("assign", "lead2", at(3, "09:00"), "leads")]
+    bill = rate_account(account(), events, NOV)
+    assert [("assign", "leads")] == [(r.kind, r.target) for r in bill.refused]
+    assert "lead2" in bill.refused[0].reason
+    assert 1 == bill.named[0].refused_assigns
+
+
+def test_events_without_pool_go_to_the_users_named_seat_else_the_concurrent_pool() -> None:
+    """A lead with a seat uses `leads`; anyone else uses the single concurrent pool."""
+    acct = account()
+    events = [ev("assign", "lead1", at(2, "09:00"), "leads"),
+              ev("login", "lead1", at(3, "09:00"), None, "a"),
+              ev("login", "agent1", at(3, "09:00"), None, "b"),
+              ev("login", "lead1", at(1, "08:00"), None, "c")]  # before the seat was assigned
+    resolved, unresolved = resolve_pools(acct, events)
+    assert ["leads", "leads", "agents", "agents"] == [e.pool for e in resolved]
+    assert 0 == unresolved
+    bill = rate_account(acct, events, NOV)
+    assert (1, 0) == (bill.named[0].active_users, bill.named[0].unlicensed_users)
+    assert 2 == agents(bill).users
+
+
+def test_events_without_pool_and_no_single_concurrent_pool_are_counted_unresolved() -> None:
+    """With two concurrent pools and no seat, a pool-less login cannot be placed."""
+    extra = ('\n  [[account.pool]]\n  id = "support"\n  tier = "essentials"\n'
+             '  model = "concurrent"\n  quantity = 1\n  price = "10.00"\n'
+             '  overage_price = "10.00"\n')
+    acct = account(extra_pool=extra)
+    _, unresolved = resolve_pools(acct, [ev("login", "x", at(3, "09:00"), None)])
+    assert 1 == unresolved
+    bill = rate_account(acct, [ev("login", "x", at(3, "09:00"), None)], NOV)
+    assert 1 == bill.unresolved_events
+
+
+def test_session_straddling_the_period_start_counts_from_the_start() -> None:
+    """A login on 31 October still open on 1 November counts in November (input window)."""
+    events = crowd(3, datetime(2026, 10, 31, 23, 0, tzinfo=UTC), at(1, "01:00"))
+    use = agents(rate_account(account(), events, NOV))
+    assert (3, NOV.start, 1) == (use.peak, use.peak_at, use.overage_seats)
+
+
+def test_elite_concurrent_users_beyond_licences_need_wfm() -> None:
+    """5 distinct users on 2 Elite concurrent licences: 3 wfm required, none bought."""
+    events = [e for i in range(5) for e in stay(f"u{i}", at(4 + i, "10:00"), at(4 + i, "11:00"))]
+    bill = rate_account(account(), events, NOV)
+    wfm = next(a for a in bill.addons if a.addon == "wfm")
+    assert (3, 0, 3) == (wfm.required, wfm.purchased, wfm.shortfall)
+
+
+@pytest.mark.parametrize(("billed", "now", "expected"), [
+    ((1, Decimal("150.00")), 2, [(1, Decimal("150.00"))]),   # late events add a seat
+    ((1, Decimal("150.00")), 1, []),                          # nothing changed
+    ((2, Decimal("300.00")), 1, [(-1, Decimal("-150.00"))]),  # late logouts: a credit
+    ((0, Decimal("0.00")), 0, []),
+])
+def test_adjustments_bill_the_difference_with_what_was_billed(
+        billed: tuple[int, Decimal], now: int, expected: list[tuple[int, Decimal]]) -> None:
+    """An adjustment is the recomputed overage minus what the finalized report billed."""
+    again = rate_account(account(), crowd(2 + now, at(10, "10:00"), at(10, "12:00")), NOV)
+    assert now == agents(again).overage_seats
+    lines = adjustments(account(), NOV, {"agents": billed}, again, late_events=4, label="2026-11")
+    assert expected == [(ln.quantity, ln.amount) for ln in lines]
+    assert all(ln.kind == "adjustment" and ln.for_period == NOV for ln in lines)
+
+
+def test_adjustment_lines_are_billed_in_the_total() -> None:
+    """Adjustments handed to the next period's bill add to its total."""
+    again = rate_account(account(), crowd(4, at(10, "10:00"), at(10, "12:00")), NOV)
+    lines = adjustments(account(), NOV, {"agents": (1, Decimal("150.00"))}, again,
+                        late_events=1, label="2026-11")
+    dec = Period(NOV.end, datetime(2027, 1, 1, tzinfo=UTC))
+    bill = rate_account(account(), [], dec, adjustment_lines=lines)
+    assert Decimal("150.00") == bill.total
+    assert "late events for finalized period 2026-11" in bill.charges[0].description
+
+
+# --- right-sizing -------------------------------------------------------------------------------
+
+
+def use_of(acct: Account, billable_peak: int, licensed: int, overage: Decimal) -> PoolUse:
+    """A PoolUse with just what right-sizing reads."""
+    pool = acct.pools[0]
+    return PoolUse(pool=pool, licensed=licensed, peak=billable_peak, peak_at=None,
+                   billable_peak=billable_peak, overage_seats=max(0, billable_peak - licensed),
+                   overage_amount=overage, episodes=(), users=0, concurrency=None,
+                   licensed_steps=((NOV.start, licensed),))
+
+
+@pytest.mark.parametrize(("prices", "peak", "licensed", "expected"), [
+    (("100.00", "150.00"), 8, 12, (8, "800.00", "400.00")),   # idle licences: buy the peak
+    (("100.00", "150.00"), 8, 6, (8, "800.00", "100.00")),    # overage dearer than licences
+    (("100.00", "100.00"), 8, 8, (8, "800.00", "0.00")),      # already right
+    (("100.00", "80.00"), 8, 8, (0, "640.00", "160.00")),     # overage cheaper: pay overage
+])
+def test_right_size_picks_the_cheapest_constant_count(
+        prices: tuple[str, str], peak: int, licensed: int, expected: tuple[int, str, str]) -> None:
+    """cost(L) = L x price + max(0, billable peak - L) x overage price, minimised."""
+    price, over = prices
+    recommended, cost, saving = expected
+    acct = account(price=price, overage=over, quantity=licensed)
+    paid = Decimal(price) * licensed
+    overage = Decimal(over) * max(0, peak - licensed)
+    sizing = right_size(acct, use_of(acct, peak, licensed, overage), paid)
+    assert (recommended, Decimal(cost), Decimal(saving)) == (
+        sizing.recommended, sizing.recommended_cost, sizing.saving)
+
+
+def test_right_size_keeps_the_count_when_the_period_was_cheaper() -> None:
+    """Seats bought late in the period cost less than any constant count: keep them."""
+    acct = account()
+    sizing = right_size(acct, use_of(acct, 3, 3, Decimal(0)), Decimal("250.00"))
+    assert (3, Decimal("250.00"), Decimal("0.00")) == (sizing.recommended, sizing.recommended_cost,
+                                                       sizing.saving)
+    assert sizing.rule.startswith("keep 3")
+
+
+spans = st.lists(st.tuples(st.integers(0, 240), st.integers(1, 120)), min_size=1, max_size=7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(spans=spans, mode=st.sampled_from(["continuous", "cumulative"]),
+       prices=st.sampled_from([("100", "150"), ("100", "100"), ("100", "60")]))
+def test_right_size_matches_brute_force_over_every_licence_count(
+        spans: list[tuple[int, int]], mode: str, prices: tuple[str, str]) -> None:
+    """The recommendation costs what the cheapest L costs when each L is rated for real."""
+    acct = account(grace_mode=mode, price=prices[0], overage=prices[1])
+    base = at(10, "08:00")
+    events = [e for i, (start, length) in enumerate(spans)
+              for e in stay(f"u{i}", base + timedelta(minutes=start),
+                            base + timedelta(minutes=start + length))]
+    pool = acct.pools[0]
+    costs = []
+    for licences in range(len(spans) + 2):
+        fixed = Pool(pool.id, pool.tier, pool.model, licences, pool.price, pool.overage_price,
+                     pool.grace, pool.grace_mode)
+        rating = rate_pool(fixed, events, NOV, ((NOV.start, licences),), account="acme")
+        costs.append(licences * pool.price + rating.overage_seats * (pool.overage_price or 0))
+    bill = rate_account(acct, events, NOV)
+    sizing = right_size(acct, agents(bill), Decimal("1e9"))  # paid a fortune: always resize
+    assert min(costs) == sizing.recommended_cost
+    assert costs[sizing.recommended] == sizing.recommended_cost
+
+
+def test_sample_period_of_month_is_what_report_rates() -> None:
+    """--period 2026-11 for an account anchored on the 1st is November, local midnight."""
+    assert NOV == period_of_month(account(), 2026, 11)
+
+
+event_rows = st.lists(
+    st.tuples(st.sampled_from(["login", "logout", "heartbeat"]), st.integers(0, 5),
+              st.sampled_from([None, "a", "b"]), st.sampled_from(["agents", "leads"]),
+              st.integers(0, 600)),
+    max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=event_rows)
+def test_account_columns_rate_like_each_pool_alone(
+        rows: list[tuple[str, int, str | None, str, int]]) -> None:
+    """The report's one-batch coding of an account's events rates every pool exactly as
+    `rate_pool` does from the same pool's events on their own (the oracle)."""
+    acct = account()
+    base = at(10, "08:00")
+    events = [UsageEvent(id=f"r{i}", type=kind, account="acme", user=f"u{user}",  # type: ignore[arg-type]
+                         ts=base + timedelta(minutes=minute), pool=pool, session=session)
+              for i, (kind, user, session, pool, minute) in enumerate(rows)]
+    bill = rate_account(acct, events, NOV)
+    for use in bill.pools:
+        alone = rate_pool(use.pool, [e for e in events if e.pool == use.pool.id], NOV,
+                          ((NOV.start, use.pool.quantity),), acct.session_timeout, account="acme")
+        assert (alone.peak, alone.peak_at, alone.users) == (use.peak, use.peak_at, use.users)
+        assert alone.concurrency == use.concurrency
+        if use.pool.model == "concurrent":
+            assert (alone.overage_seats, alone.billable_peak) == (use.overage_seats,
+                                                                  use.billable_peak)
+            assert [(e.start, e.end, e.peak_excess, e.sustained_level) for e in alone.episodes] == [
+                (e.start, e.end, e.peak_excess, e.sustained_level) for e in use.episodes]
