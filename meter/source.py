@@ -1,0 +1,313 @@
+"""The MQTT source: a persistent QoS 1 subscription that hands messages over in batches and
+acknowledges each one only after the handler has committed its batch.
+
+Under aiomqtt 2.x, paho acknowledges a QoS 1 message as soon as it is read, before the
+application sees it: a crash then loses billing data the broker has already forgotten. We switch
+paho's `manual_ack` on before connecting and send each PUBACK ourselves, in arrival order, after
+the commit. aiomqtt exposes neither this nor a race-free "next message or timeout", so this module
+reaches into `client._client` (paho) and `client._queue` / `client._disconnected`; both are
+stable across aiomqtt 2.x and pinned in pyproject.
+
+Every connection is a new `aiomqtt.Client`: a batch is acknowledged only through the connection
+that delivered it and only while that connection is up, so a message id from an earlier
+connection is never acknowledged (the broker redelivers those; the store drops the copies).
+MQTT 5 with a fixed client id, clean start off and a session expiry keeps the session (and its
+queue) across restarts; Receive Maximum bounds how much the broker has in flight to us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from meter.config import Settings
+
+__all__ = ["Delivery", "Handler", "MqttSource", "backoff_delay", "topic_account"]
+
+log = logging.getLogger("meter.source")
+
+
+class _PublishProperties(Properties):
+    """paho's MQTT 5 `Properties` with its lookup tables built once instead of per message.
+
+    paho decodes every incoming PUBLISH into a new `Properties`, whose constructor rebuilds two
+    27-entry tables through a validating `__setattr__`: a third of the daemon's CPU at full load
+    (bench/ingest.py with py-spy). The tables are never mutated, so instances share them.
+    """
+
+    _STOCK: ClassVar[Properties] = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    _OWN: ClassVar[frozenset[str]] = frozenset(("packetType", "types", "names", "properties"))
+
+    def __init__(self, packetType: int) -> None:
+        stock = self._STOCK.__dict__
+        self.__dict__.update(packetType=packetType, types=stock["types"], names=stock["names"],
+                             properties=stock["properties"])
+
+    def clear(self) -> None:
+        for key in [k for k in self.__dict__ if k not in self._OWN]:
+            del self.__dict__[key]
+
+
+def _use_fast_publish_properties() -> None:
+    # Only the PUBLISH decoder's name is swapped; everything else paho builds stays stock.
+    from paho.mqtt import _packet  # noqa: PLC0415 - private module, touched once, here only
+
+    if getattr(_packet, "Properties", None) is Properties:
+        _packet.Properties = _PublishProperties  # type: ignore[attr-defined]
+
+
+_use_fast_publish_properties()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as handed to the handler."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    generation: int  # which connection delivered it (1, 2, ...)
+
+
+#: Commits a batch; returns True once it is durable (then it is acknowledged), False when it was
+#: not stored (shutdown with the store down): nothing is acknowledged and the broker redelivers.
+Handler = Callable[[Sequence[Delivery]], Awaitable[bool]]
+
+
+def topic_account(topic: str, prefix: str) -> str | None:
+    """The account level of `<prefix>/<account>/events`, or None for any other topic."""
+    head, sep, rest = topic.partition(prefix + "/")
+    if head or not sep:
+        return None
+    account, sep, tail = rest.partition("/")
+    return account if sep and tail == "events" and account else None
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter: uniform in [low, min(high, low * 2**attempt)]."""
+    ceiling = min(high, low * (2 ** min(attempt, 30)))
+    return rng.uniform(low, max(low, ceiling))
+
+
+class _Stopped(Exception):
+    """Internal: stop was requested while waiting for the first message of a batch."""
+
+
+class MqttSource:
+    """Connects, subscribes, batches and acknowledges; reconnects on broker errors forever."""
+
+    def __init__(self, settings: Settings, *,
+                 on_connected: Callable[[bool], None] = lambda _: None,
+                 on_reconnect: Callable[[], None] = lambda: None,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._on_connected = on_connected
+        self._on_reconnect = on_reconnect
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._generations = itertools.count(1)
+        self.generation = 0
+        self.acked = 0
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = s.session_expiry
+        props.ReceiveMaximum = s.receive_maximum
+        tls = None
+        if s.broker.tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(s.ca_file) if s.ca_file else None,
+                certfile=str(s.cert_file) if s.cert_file else None,
+                keyfile=str(s.key_file) if s.key_file else None,
+            )
+        client = aiomqtt.Client(
+            s.broker.host, s.broker.port,
+            username=s.username, password=s.password,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # never: a clean start would drop what the broker queued for us
+            properties=props,
+            keepalive=s.keepalive,
+            timeout=5,
+            tls_params=tls,
+        )
+        # Before connecting: the broker may deliver queued messages right after CONNACK.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self, handle: Handler, stop: asyncio.Event) -> None:
+        """Deliver batches to `handle` until `stop` is set; then commit and acknowledge what had
+        arrived, disconnect cleanly and return. Only broker errors are retried."""
+        attempt = 0
+        first = True
+        while not stop.is_set():
+            if not first:
+                self._on_reconnect()
+            first = False
+            try:
+                client = self._client()
+                async with client:
+                    self.generation = next(self._generations)
+                    granted = await self._subscribe(client)
+                    codes = [getattr(c, "value", c) for c in granted]
+                    if not codes or codes[0] not in (1, 2):
+                        raise aiomqtt.MqttError(
+                            f"broker refused the subscription to {self.settings.subscription} "
+                            f"(reason {granted[0] if granted else '?'}); check the ACL")
+                    attempt = 0
+                    self._on_connected(True)
+                    log.info("connected to %s as %s (connection %d), subscribed to %s",
+                             self.settings.broker.url, self.settings.client_id, self.generation,
+                             self.settings.subscription)
+                    try:
+                        await self._consume(client, handle, stop)
+                    finally:
+                        self._on_connected(False)
+                log.info("disconnected from %s", self.settings.broker.url)
+                return
+            except aiomqtt.MqttError as exc:
+                self._on_connected(False)
+                if stop.is_set():
+                    return
+                delay = backoff_delay(attempt, self.settings.reconnect_min,
+                                      self.settings.reconnect_max, self._rng)
+                attempt += 1
+                log.warning("broker %s: %s; retrying in %.1fs", self.settings.broker.url,
+                            exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def _subscribe(self, client: aiomqtt.Client) -> Sequence[object]:
+        """Subscribe and wait for the SUBACK for as long as the connection lives. A broker that
+        resumes our session first resends the unacknowledged messages, and the SUBACK queues
+        behind them; after repeated SIGKILLs under load Mosquitto 2.0.11 resent some 35,000 at
+        once (more than Receive Maximum). Reading those can outlast any fixed timeout, and
+        timing out here reconnected into the same flood forever (tests/faults found it)."""
+        sub = asyncio.ensure_future(
+            client.subscribe(self.settings.subscription, qos=1, timeout=math.inf))
+        disconnected = client._disconnected
+        try:
+            await asyncio.wait({sub, disconnected}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        finally:
+            if not sub.done():
+                sub.cancel()
+        if sub.done() and not sub.cancelled():
+            return sub.result()
+        raise aiomqtt.MqttError(f"connection lost while subscribing: {disconnected.exception()}")
+
+    async def _next(self, client: aiomqtt.Client, wait: float | None,
+                    stop: asyncio.Event | None) -> aiomqtt.Message | None:
+        """The next message, or None after `wait` seconds; raises MqttError when the connection drops
+        and `_Stopped` when `stop` is set. A message is never lost to a timeout: the queue
+        getter is cancelled only when it has not completed (asyncio.Queue then keeps the item)."""
+        queue = client._queue
+        disconnected = client._disconnected
+        if disconnected.done():
+            raise aiomqtt.MqttError(f"connection lost: {disconnected.exception()}")
+        if stop is not None and stop.is_set():
+            # Checked before the queue: under steady load the queue is never empty, and the
+            # bounded drain in _consume must take over from here.
+            raise _Stopped
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return queue.get_nowait()
+        if wait is not None and wait <= 0:
+            return None
+        getter = asyncio.ensure_future(queue.get())
+        waiters: set[asyncio.Future[object]] = {getter, disconnected}  # type: ignore[arg-type]
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        if stopper is not None:
+            waiters.add(stopper)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        if disconnected.done():
+            raise aiomqtt.MqttError(f"connection lost: {disconnected.exception()}")
+        if stopper is not None and stop is not None and stop.is_set():
+            raise _Stopped
+        return None
+
+    async def _consume(self, client: aiomqtt.Client, handle: Handler, stop: asyncio.Event) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                message = await self._next(client, None, stop)
+            except _Stopped:
+                break
+            if message is None:
+                continue
+            batch = [message]
+            deadline = loop.time() + s.batch_wait
+            while len(batch) < s.batch_max:
+                remaining = deadline - loop.time()
+                message = await self._next(client, max(0.0, remaining), None)
+                if message is None:
+                    break
+                batch.append(message)
+            if not await self._commit(client, batch, handle):
+                return
+        # Stopping: what has already arrived is in flight to us; commit and acknowledge it so a
+        # restart sees nothing twice. Whatever arrives from now on stays unacknowledged and the
+        # broker redelivers it to the next connection (we keep the subscription: unsubscribing
+        # would end the queueing that makes a restart lose nothing).
+        pending = client._queue.qsize()
+        started = time.monotonic()
+        while pending > 0 and time.monotonic() - started < s.shutdown_timeout:
+            batch = []
+            while len(batch) < min(pending, s.batch_max):
+                batch.append(client._queue.get_nowait())
+            pending -= len(batch)
+            if not await self._commit(client, batch, handle):
+                return
+        await self._barrier(client)
+
+    async def _barrier(self, client: aiomqtt.Client) -> None:
+        """Return once the broker has processed every acknowledgement sent so far.
+
+        The broker keeps sending while we stop, so our socket closes with unread data and the
+        kernel resets the connection, which can drop PUBACKs still on their way: a restart then
+        gets committed messages again (harmless, but not a clean stop). The broker answers
+        packets in order, so its UNSUBACK for a filter we never use proves the PUBACKs before it
+        arrived. (Unsubscribing the real filter would end the session's queueing.)"""
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.unsubscribe(f"{self.settings.topic_prefix}/meter-drain-barrier",
+                                     timeout=min(2.0, self.settings.shutdown_timeout))
+
+    async def _commit(self, client: aiomqtt.Client, batch: list[aiomqtt.Message],
+                      handle: Handler) -> bool:
+        generation = self.generation
+        deliveries = [
+            Delivery(m.topic.value, m.payload if isinstance(m.payload, bytes) else
+                     str(m.payload).encode(), m.mid, m.qos, generation)
+            for m in batch
+        ]
+        if not await handle(deliveries):
+            return False
+        if client._disconnected.done() or generation != self.generation:
+            # Committed but the connection that delivered it is gone: the broker redelivers to
+            # the next connection and the store counts those as duplicates.
+            raise aiomqtt.MqttError("connection lost before acknowledging a committed batch")
+        paho = client._client
+        for m in batch:
+            paho.ack(m.mid, m.qos)
+        self.acked += len(batch)
+        return True

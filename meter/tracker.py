@@ -1,0 +1,483 @@
+"""The live tracker: per account and pool, the users signed in now, the period's high-water mark,
+the licensed quantity in force, the excess and its grace clock. Pure: no I/O and no clock; callers
+pass event times and `now`, all in microseconds since the epoch (UTC).
+
+It is a view for dashboards, kept incrementally. The report recomputes everything from the stored
+log, so where the live view has to approximate (events that arrive late, sessions that time out)
+the bill is never affected. Rules and approximations:
+
+* Sessions follow DESIGN section 2 (as `rating.sessions` does): a user counts once per pool while
+  any of their sessions is open; a repeated login changes nothing but refreshes the session; a
+  logout without a session id closes all of the user's sessions; a logout that closes nothing is
+  counted (`unknown_logouts`) and ignored; a heartbeat refreshes the session it names (without an
+  id: all open ones) and opens one where none is open; a session with no event for the account's
+  `session_timeout` closes. The report closes it at its last event (inferred); the live view only
+  learns that the session was dead when the timeout passes, so it drops the user then, and the
+  period peak may include that stretch.
+* Events are buffered and applied in event-time order up to a watermark the caller advances
+  (the daemon uses now minus a short reorder window). Each pool has its own clock, moved by its
+  events and by the watermark. An event older than its pool's clock (late) changes the state at
+  the clock, never in the past; a late login or
+  heartbeat that is already `session_timeout` old opens nothing; a late logout closes only
+  sessions whose last event is not newer than it. Counts are never negative.
+* Events at the same instant count as one change: c(t), the peak and the grace stretches are
+  taken over stretches of positive length, so a logout and a login at the same time are a
+  handover, neither double use nor a break in an excess.
+* Licensed quantity in force, E(t): exactly what the bill uses, `rating.seatchanges.apply_orders`
+  (additions from their time, removals from the end of the term, refused orders change nothing).
+* Excess x = max(0, c - E). Grace (concurrent pools): with `continuous` grace, level k is billable
+  once x >= k has held for one unbroken stretch longer than G; with `cumulative`, once the time
+  with x >= k in the period reaches G. `grace_remaining` is the time until the *current* excess
+  level becomes billable: G - (how long level x has held unbroken, or in total this period), at
+  least 0; it is G when there is no excess (the clock is full) and 0 once that level is billable.
+  Stretches are clipped at the period start: each period measures its own overage.
+* The period rolls over at the account's local midnight on its anchor day (`monthly_period`);
+  peak, billable overage, grace stretches and the users seen restart from the state at the
+  boundary.
+* Add-on shortfall (Elite concurrent pools, wfm and qm): `rating.coverage.cover` over the
+  distinct users seen this period and the quantities in force now.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol
+
+from rating.contracts import Account, Contracts, Pool
+from rating.coverage import LIMITED_BY_CONCURRENT_ELITE, cover
+from rating.periods import monthly_period
+from rating.seatchanges import SeatLedger, apply_orders
+from rating.usage import SAME_INSTANT_RANK
+
+__all__ = [
+    "KIND_ORDER",
+    "SHORTFALL_ADDONS",
+    "AddonView",
+    "PoolView",
+    "TrackedEvent",
+    "Tracker",
+    "licensed_schedule",
+    "quantity_at",
+]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: Add-ons that Elite concurrent licences do not cover by themselves (seed 003).
+SHORTFALL_ADDONS: Final = LIMITED_BY_CONCURRENT_ELITE
+#: Same-instant order: the one the rating uses (`rating.usage.SAME_INSTANT_RANK`).
+KIND_ORDER: Final = SAME_INSTANT_RANK
+
+
+class TrackedEvent(Protocol):
+    """What the tracker reads from an event (`meter.events.Event` and `meter.store.StoredEvent`)."""
+
+    @property
+    def account(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def pool(self) -> str | None: ...
+    @property
+    def session(self) -> str | None: ...
+    @property
+    def ts_us(self) -> int: ...
+
+
+def _us(value: datetime | timedelta) -> int:
+    delta = value - _EPOCH if isinstance(value, datetime) else value
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _dt(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def licensed_schedule(ledger: SeatLedger, target: str) -> tuple[tuple[int, int], ...]:
+    """(effective time in us, total in force) steps of a pool or add-on, from the seat ledger;
+    empty for an add-on the account never bought."""
+    try:
+        steps = ledger.licensed_steps(target)
+    except KeyError:
+        return ()
+    return tuple((_us(at), quantity) for at, quantity in steps)
+
+
+def quantity_at(changes: tuple[tuple[int, int], ...] | list[tuple[int, int]], at_us: int) -> int:
+    """The quantity in force at `at_us` given `licensed_schedule` steps (0 before the first)."""
+    i = bisect_right(changes, (at_us, 1 << 62))
+    return changes[i - 1][1] if i else 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """The live state of one pool at `at` (us). Grace fields are None for named pools."""
+
+    account: str
+    pool: str
+    model: str
+    at_us: int
+    active_users: int
+    licensed: int
+    excess: int
+    period_start_us: int
+    period_end_us: int
+    peak_users: int
+    peak_at_us: int
+    grace_remaining_s: float | None
+    billable_overage: int | None
+    users_seen: int
+    unknown_logouts: int
+    last_event_us: int | None
+    assigned: int = 0  # named pools: seats assigned now
+    refused_assigns: int = 0  # named pools: assigns refused this run for lack of a seat
+
+
+@dataclass(frozen=True, slots=True)
+class AddonView:
+    """Live add-on coverage of an account with Elite concurrent pools."""
+
+    account: str
+    addon: str
+    required: int
+    purchased: int
+    shortfall: int
+
+
+class _PoolState:
+    """Mutable state of one pool; only `Tracker` touches it."""
+
+    def __init__(self, account: Account, pool: Pool, now_us: int,
+                 schedule: tuple[tuple[int, int], ...]) -> None:
+        self.account = account
+        self.pool = pool
+        self.timeout = _us(account.session_timeout)
+        self.grace = _us(pool.grace)
+        self.schedule = schedule
+        self.clock = now_us
+        self.sessions: dict[str, dict[str, int]] = {}  # user -> session key -> last event us
+        # One live timer per session: (due, user, key) in the heap and due in `scheduled`; a heap
+        # entry whose due differs from `scheduled` is stale. A refreshed session keeps its timer,
+        # which is moved when it fires, so heartbeats never grow the heap.
+        self.expiries: list[tuple[int, str, str]] = []
+        self.scheduled: dict[tuple[str, str], int] = {}
+        self.assigned: set[str] = set()
+        self.licensed = quantity_at(self.schedule, now_us)
+        self.since: list[int] = []  # since[k-1]: start of the current stretch with x >= k
+        self.cumulative: list[int] = []  # cumulative[k-1]: time with x >= k this period
+        self.unknown_logouts = 0
+        self.refused_assigns = 0
+        self.last_event_us: int | None = None
+        self._start_period(now_us)
+
+    def _start_period(self, at_us: int) -> None:
+        period = monthly_period(self.account, _dt(at_us))
+        self.period_start, self.period_end = _us(period.start), _us(period.end)
+        self.peak = len(self.sessions)
+        self.peak_at = at_us
+        # The high-water mark shown so far this period: a late login shown at the clock and taken
+        # back by a late logout at the same instant must not make the gauge fall.
+        self.shown_peak, self.shown_peak_at = self.peak, self.peak_at
+        self.billable = 0
+        self.cumulative = [0] * len(self.since)
+        self.since = [max(s, self.period_start) for s in self.since]
+        self.seen = set(self.sessions)
+
+    @property
+    def count(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def excess(self) -> int:
+        return max(0, self.count - self.licensed)
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def _next_boundary(self) -> int | None:
+        """The next time after the clock where the state changes without an event."""
+        candidates = [self.period_end]
+        while self.expiries:
+            when, user, key = self.expiries[0]
+            if self.scheduled.get((user, key)) == when:
+                candidates.append(when)  # may be early if refreshed; _settle moves it then
+                break
+            heapq.heappop(self.expiries)
+        i = bisect_right(self.schedule, (self.clock, 1 << 62))
+        if i < len(self.schedule):
+            candidates.append(self.schedule[i][0])
+        return min(candidates)
+
+    def _segment(self, until: int) -> None:
+        """Account for [clock, until) with the state constant, then move the clock."""
+        span = until - self.clock
+        if span <= 0:
+            return
+        # Levels change only when time moves on, so a dip and a rise at the same instant (a
+        # handover) never restarts a grace stretch.
+        self._levels()
+        if self.count > self.peak:
+            self.peak, self.peak_at = self.count, self.clock
+        x = self.excess
+        if x and self.pool.model == "concurrent":
+            if self.pool.grace_mode == "continuous":
+                for k in range(x, self.billable, -1):
+                    if until - self.since[k - 1] > self.grace:
+                        self.billable = k
+                        break
+            else:
+                for k in range(1, x + 1):
+                    self.cumulative[k - 1] += span
+                    if self.cumulative[k - 1] >= self.grace:
+                        self.billable = max(self.billable, k)
+        self.clock = until
+
+    def _settle(self) -> None:
+        """Apply what happens at the clock without an event: rollover, timeouts, licence changes."""
+        while self.clock >= self.period_end:
+            self._start_period(self.period_end)
+        while self.expiries and self.expiries[0][0] <= self.clock:
+            when, user, key = heapq.heappop(self.expiries)
+            if self.scheduled.get((user, key)) != when:
+                continue  # stale entry
+            sessions = self.sessions.get(user, {})
+            last = sessions.get(key)
+            if last is not None and last + self.timeout > when:
+                self._schedule(user, key, last + self.timeout)  # refreshed since: move the timer
+                continue
+            del self.scheduled[user, key]
+            if last is not None:
+                del sessions[key]
+                if not sessions:
+                    del self.sessions[user]
+        self.licensed = quantity_at(self.schedule, self.clock)
+
+    def _levels(self) -> None:
+        x = self.excess
+        if x > len(self.cumulative):
+            self.cumulative.extend([0] * (x - len(self.cumulative)))
+        if x > len(self.since):
+            self.since.extend([self.clock] * (x - len(self.since)))
+        elif x < len(self.since):
+            del self.since[x:]
+            # Cumulative time is kept per level for the whole period, even while the level is
+            # not held; only the stretch starts are dropped.
+
+    def advance(self, to_us: int) -> None:
+        self._settle()
+        while self.clock < to_us:
+            boundary = self._next_boundary()
+            until = to_us if boundary is None or boundary <= self.clock else min(to_us, boundary)
+            self._segment(until)
+            self._settle()
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _schedule(self, user: str, key: str, due: int) -> None:
+        self.scheduled[user, key] = due
+        heapq.heappush(self.expiries, (due, user, key))
+
+    def _open(self, user: str, key: str, ts: int) -> None:
+        sessions = self.sessions.setdefault(user, {})
+        last = max(sessions.get(key, ts), ts)
+        sessions[key] = last
+        due = last + self.timeout
+        planned = self.scheduled.get((user, key))
+        if planned is None or planned > due:
+            self._schedule(user, key, due)
+        if ts >= self.period_start:
+            self.seen.add(user)
+
+    def apply(self, kind: str, user: str, session: str | None, ts: int) -> None:
+        if ts > self.clock:
+            self.advance(ts)
+        else:
+            self._settle()
+        self.last_event_us = ts if self.last_event_us is None else max(self.last_event_us, ts)
+        if kind in ("login", "heartbeat"):
+            if self.clock - ts >= self.timeout:
+                return  # late enough that its session has timed out already
+            open_keys = self.sessions.get(user)
+            if kind == "heartbeat" and session is None and open_keys:
+                for key in list(open_keys):
+                    self._open(user, key, ts)
+            else:
+                self._open(user, session or "", ts)
+        elif kind == "logout":
+            sessions = self.sessions.get(user, {})
+            keys = list(sessions) if session is None else [session] if session in sessions else []
+            keys = [k for k in keys if sessions[k] <= ts]
+            if not keys:
+                self.unknown_logouts += 1
+            for key in keys:
+                del sessions[key]
+            if user in self.sessions and not sessions:
+                del self.sessions[user]
+        elif kind == "assign":
+            if user not in self.assigned:
+                if len(self.assigned) >= self.licensed:
+                    self.refused_assigns += 1
+                else:
+                    self.assigned.add(user)
+        elif kind == "unassign":
+            self.assigned.discard(user)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def grace_remaining(self) -> float | None:
+        if self.pool.model != "concurrent":
+            return None
+        x = self.excess
+        if x == 0:
+            return self.grace / 1e6
+        if x <= self.billable:
+            return 0.0
+        if self.pool.grace_mode == "continuous":
+            # A level reached at the clock has held for no time yet.
+            held = self.clock - self.since[x - 1] if x <= len(self.since) else 0
+            return max(0, self.grace - held) / 1e6
+        spent = self.cumulative[x - 1] if x <= len(self.cumulative) else 0
+        return max(0, self.grace - spent) / 1e6
+
+    def view(self) -> PoolView:
+        concurrent = self.pool.model == "concurrent"
+        if max(self.peak, self.count) > self.shown_peak:
+            self.shown_peak = max(self.peak, self.count)
+            self.shown_peak_at = self.peak_at if self.peak >= self.count else self.clock
+        return PoolView(
+            account=self.account.id,
+            pool=self.pool.id,
+            model=self.pool.model,
+            at_us=self.clock,
+            active_users=self.count,
+            licensed=self.licensed,
+            excess=self.excess,
+            period_start_us=self.period_start,
+            period_end_us=self.period_end,
+            peak_users=self.shown_peak,
+            peak_at_us=self.shown_peak_at,
+            grace_remaining_s=self.grace_remaining(),
+            billable_overage=self.billable if concurrent else None,
+            users_seen=len(self.seen),
+            unknown_logouts=self.unknown_logouts,
+            last_event_us=self.last_event_us,
+            assigned=len(self.assigned),
+            refused_assigns=self.refused_assigns,
+        )
+
+
+class Tracker:
+    """Live state of every configured pool. Feed it events in any order; read `views()`.
+
+    Events newer than the watermark wait in a buffer and are applied in event-time order
+    (heartbeats, logouts, logins at the same instant) when `advance` moves the watermark past
+    them, so a caller that advances to "now minus a reorder window" gets events that arrive up to
+    that window out of order applied exactly. Events older than the watermark apply at once
+    (late; see the module docstring). `views()` shows the state at the watermark.
+
+    `start_us` is where every pool's clock begins (to rebuild after a restart, start at the
+    earliest current period start minus the session timeout, apply the stored events, advance).
+    """
+
+    def __init__(self, contracts: Contracts, start_us: int) -> None:
+        self.contracts = contracts
+        self.watermark = start_us
+        self.latest_us = start_us  # newest event time seen
+        self._pending: list[tuple[int, int, int, TrackedEvent]] = []
+        self._seq = itertools.count()
+        self._pools: dict[tuple[str, str], _PoolState] = {}
+        # account -> (account, add-on id -> steps) for accounts with Elite concurrent pools
+        self._addons: dict[str, tuple[Account, dict[str, tuple[tuple[int, int], ...]]]] = {}
+        self.unresolved = 0  # session events whose pool could not be told
+        for account in contracts.accounts:
+            ledger = apply_orders(account)
+            for pool in account.pools:
+                self._pools[account.id, pool.id] = _PoolState(
+                    account, pool, start_us, licensed_schedule(ledger, pool.id))
+            if any(p.tier == "elite" and p.model == "concurrent" for p in account.pools):
+                self._addons[account.id] = (account, {
+                    addon_id: licensed_schedule(ledger, addon_id) for addon_id in SHORTFALL_ADDONS
+                })
+
+    @property
+    def pending(self) -> int:
+        """Events waiting for the watermark."""
+        return len(self._pending)
+
+    def _resolve(self, event: TrackedEvent) -> _PoolState | None:
+        if event.pool is not None:
+            return self._pools.get((event.account, event.pool))
+        account = self.contracts.get(event.account)
+        if account is None or event.type in ("assign", "unassign"):
+            return None
+        for pool in account.pools:
+            state = self._pools[account.id, pool.id]
+            if pool.model == "named" and event.user in state.assigned:
+                return state
+        concurrent = [p for p in account.pools if p.model == "concurrent"]
+        if len(concurrent) == 1:
+            return self._pools[account.id, concurrent[0].id]
+        return None
+
+    def _apply_now(self, event: TrackedEvent) -> None:
+        state = self._resolve(event)
+        if state is None:
+            self.unresolved += 1
+            return
+        state.apply(event.type, event.user, event.session, event.ts_us)
+
+    def apply(self, event: TrackedEvent) -> None:
+        """Take one accepted, newly stored event (duplicates must not be applied twice)."""
+        ts = event.ts_us
+        self.latest_us = max(self.latest_us, ts)
+        if ts < self.watermark:
+            self._apply_now(event)
+        else:
+            heapq.heappush(self._pending, (ts, KIND_ORDER.get(event.type, 3), next(self._seq),
+                                           event))
+
+    def apply_all(self, events: Iterable[TrackedEvent]) -> int:
+        """`apply` each event; returns how many."""
+        n = 0
+        for n, event in enumerate(events, 1):  # noqa: B007 - n is the count
+            self.apply(event)
+        return n
+
+    def advance(self, to_us: int) -> None:
+        """Move the watermark to `to_us` (never backwards): apply the events up to it in order,
+        then timeouts, licence changes, rollovers and grace up to it in every pool."""
+        self.watermark = max(self.watermark, to_us)
+        while self._pending and self._pending[0][0] <= self.watermark:
+            self._apply_now(heapq.heappop(self._pending)[3])
+        for state in self._pools.values():
+            state.advance(self.watermark)
+
+    def flush(self) -> None:
+        """Advance to the newest event seen: every buffered event is applied."""
+        self.advance(self.latest_us)
+
+    def views(self) -> tuple[PoolView, ...]:
+        """Every pool's state at the watermark, in contracts order."""
+        return tuple(state.view() for state in self._pools.values())
+
+    def addon_views(self) -> tuple[AddonView, ...]:
+        """Add-on coverage of accounts with Elite concurrent pools, at the watermark."""
+        out = []
+        for account_id, (account, schedules) in self._addons.items():
+            states = [self._pools[account_id, p.id] for p in account.pools]
+            purchased = {a: quantity_at(steps, self.watermark) for a, steps in schedules.items()}
+            coverage = {c.addon: c for c in cover(
+                account,
+                {st.pool.id: len(st.seen) for st in states},
+                licensed={st.pool.id: st.licensed for st in states},
+                purchased=purchased,
+            )}
+            for addon_id in SHORTFALL_ADDONS:
+                c = coverage.get(addon_id)
+                out.append(AddonView(account_id, addon_id, c.required if c else 0,
+                                     purchased[addon_id], c.shortfall if c else 0))
+        return tuple(out)

@@ -1,0 +1,452 @@
+"""The live tracker: session rules, grace clocks, period rollover, licences in force, add-ons."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meter.tracker import KIND_ORDER, PoolView, Tracker, licensed_schedule, quantity_at
+from rating.contracts import Contracts, parse_contracts
+from rating.seatchanges import apply_orders
+from rating.sessions import build_sessions
+from rating.usage import UsageEvent
+
+CONTRACTS = """
+[[account]]
+id = "acme"
+timezone = "America/New_York"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-01-01"
+policy = "prorate"
+session_timeout = "12h"
+
+  [[account.pool]]
+  id = "agents"
+  tier = "elite"
+  model = "concurrent"
+  quantity = 2
+  price = "149.00"
+  overage_price = "149.00"
+  grace = "30m"
+
+  [[account.pool]]
+  id = "leads"
+  tier = "premium"
+  model = "concurrent"
+  quantity = 1
+  price = "99.00"
+  overage_price = "99.00"
+  grace = "30m"
+  grace_mode = "cumulative"
+
+  [[account.addon]]
+  id = "wfm"
+  quantity = 1
+  price = "25.00"
+
+  [[account.order]]
+  at = "2026-11-10T00:00:00Z"
+  pool = "agents"
+  quantity = 4
+
+  [[account.order]]
+  at = "2026-11-20T00:00:00Z"
+  pool = "agents"
+  quantity = 3
+"""
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T0 = datetime(2026, 11, 3, 14, 0, tzinfo=UTC)
+MIN = 60_000_000
+
+
+def us(when: datetime) -> int:
+    return (when - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Ev:
+    type: str
+    user: str
+    ts_us: int
+    session: str | None = None
+    pool: str | None = "agents"
+    account: str = "acme"
+
+
+@pytest.fixture
+def contracts() -> Contracts:
+    return parse_contracts(CONTRACTS)
+
+
+def view(tracker: Tracker, pool: str = "agents") -> PoolView:
+    tracker.flush()
+    return next(v for v in tracker.views() if v.pool == pool)
+
+
+def at(minutes: float) -> int:
+    return us(T0) + int(minutes * MIN)
+
+
+def test_user_on_two_devices_counts_once(contracts: Contracts) -> None:
+    """Two open sessions of one user count one user; closing one leaves the user counted."""
+    t = Tracker(contracts, at(0))
+    t.apply(Ev("login", "ann", at(0), "phone"))
+    t.apply(Ev("login", "ann", at(1), "desk"))
+    assert 1 == view(t).active_users
+    t.apply(Ev("logout", "ann", at(2), "phone"))
+    assert 1 == view(t).active_users
+    t.apply(Ev("logout", "ann", at(3), "desk"))
+    assert 0 == view(t).active_users
+
+
+@pytest.mark.parametrize(("events", "expected_active", "expected_unknown"), [
+    # a logout without a session id closes all of the user's sessions
+    ([("login", "a", 0, "s1"), ("login", "a", 1, "s2"), ("logout", "a", 2, None)], 0, 0),
+    # a repeated login of an open session changes nothing
+    ([("login", "a", 0, "s1"), ("login", "a", 1, "s1"), ("logout", "a", 2, "s1")], 0, 0),
+    # a heartbeat without a login opens a session (a lost login)
+    ([("heartbeat", "a", 0, None)], 1, 0),
+    # a heartbeat naming a session opens that session; its logout closes it
+    ([("heartbeat", "a", 0, "s9"), ("logout", "a", 1, "s9")], 0, 0),
+    # a logout of an unknown session is counted and ignored
+    ([("login", "a", 0, "s1"), ("logout", "a", 1, "zz")], 1, 1),
+    # a logout of a user with nothing open is counted; the count never goes negative
+    ([("logout", "a", 0, None), ("logout", "b", 1, "s1")], 0, 2),
+])
+def test_session_rules(contracts: Contracts, events: list[tuple[str, str, int, str | None]],
+                       expected_active: int, expected_unknown: int) -> None:
+    """DESIGN section 2 session rules, event by event."""
+    t = Tracker(contracts, at(0))
+    for kind, user, minute, session in events:
+        t.apply(Ev(kind, user, at(minute), session))
+    v = view(t)
+    assert expected_active == v.active_users
+    assert expected_unknown == v.unknown_logouts
+
+
+def test_session_times_out_after_session_timeout_without_events(contracts: Contracts) -> None:
+    """A session with no event for 12 h closes; a heartbeat before that keeps it open."""
+    t = Tracker(contracts, at(0))
+    t.apply(Ev("login", "ann", at(0), "s"))
+    t.apply(Ev("login", "bob", at(0), "s"))
+    t.apply(Ev("heartbeat", "bob", at(600), "s"))
+    t.advance(at(720) - 1)
+    assert 2 == view(t).active_users
+    t.advance(at(720))
+    assert 1 == view(t).active_users  # ann timed out; bob's heartbeat moved his timeout
+    t.advance(at(600 + 720))
+    assert 0 == view(t).active_users
+
+
+def test_continuous_grace_clock_and_billable_overage(contracts: Contracts) -> None:
+    """Three users on two licences: the grace clock runs down from 30 min; exactly 30:00 is
+    free, 30:01 makes one overage seat billable; once billable, that level shows 0 for the rest
+    of the period (it is already on the bill)."""
+    t = Tracker(contracts, at(0))
+    for user in ("a", "b", "c"):
+        t.apply(Ev("login", user, at(0), "s"))
+    v = view(t)
+    assert (3, 2, 1) == (v.active_users, v.licensed, v.excess)
+    assert 1800.0 == v.grace_remaining_s
+    t.advance(at(10))
+    assert 1200.0 == view(t).grace_remaining_s
+    t.advance(at(30))
+    v = view(t)
+    assert (0.0, 0) == (v.grace_remaining_s, v.billable_overage)
+    t.advance(at(30) + 1_000_000)
+    assert 1 == view(t).billable_overage
+    t.apply(Ev("logout", "c", at(40), "s"))
+    v = view(t)
+    assert (0, 1800.0, 1) == (v.excess, v.grace_remaining_s, v.billable_overage)
+    t.apply(Ev("login", "c", at(50), "s"))
+    t.advance(at(55))
+    assert (1, 0.0) == (view(t).excess, view(t).grace_remaining_s)
+
+
+def test_continuous_grace_counts_each_level(contracts: Contracts) -> None:
+    """Level 2 billable needs x >= 2 unbroken for longer than grace; level 1 may be older."""
+    t = Tracker(contracts, at(0))
+    for user in ("a", "b", "c"):
+        t.apply(Ev("login", user, at(0), "s"))
+    t.apply(Ev("login", "d", at(20), "s"))
+    t.advance(at(40))
+    v = view(t)
+    assert (2, 1, 600.0) == (v.excess, v.billable_overage, v.grace_remaining_s)
+    t.advance(at(51))
+    assert (2, 0.0) == (view(t).billable_overage, view(t).grace_remaining_s)
+
+
+def test_cumulative_grace_adds_up_separate_stretches(contracts: Contracts) -> None:
+    """Cumulative grace: 10-minute excesses add up; at 30 min in total the level is billable."""
+    t = Tracker(contracts, at(0))
+    t.apply(Ev("login", "a", at(0), "s", pool="leads"))
+    for start in (0, 20):
+        t.apply(Ev("login", "b", at(start), "s", pool="leads"))
+        t.apply(Ev("logout", "b", at(start + 10), "s", pool="leads"))
+    t.apply(Ev("login", "b", at(40), "s", pool="leads"))
+    t.advance(at(45))
+    v = view(t, "leads")
+    assert (1, 0, 300.0) == (v.excess, v.billable_overage, v.grace_remaining_s)
+    t.advance(at(50))
+    v = view(t, "leads")
+    assert (1, 0.0) == (v.billable_overage, v.grace_remaining_s)
+
+
+def test_same_instant_handover_is_not_a_peak(contracts: Contracts) -> None:
+    """A logout and a login at the same time count as a handover, in either arrival order."""
+    t = Tracker(contracts, at(0))
+    t.apply(Ev("login", "a", at(0), "s"))
+    t.apply(Ev("login", "b", at(0), "s"))
+    t.apply(Ev("login", "c", at(5), "s"))  # arrives before the logout at the same instant
+    t.apply(Ev("logout", "a", at(5), "s"))
+    t.advance(at(10))
+    v = view(t)
+    assert (2, 2, 0) == (v.peak_users, v.active_users, v.excess)
+
+
+def test_same_instant_handover_keeps_the_grace_stretch(contracts: Contracts) -> None:
+    """An excess that dips and returns at the same instant (one user out, another in) is one
+    unbroken stretch: it becomes billable 30 min after it began, not after the handover."""
+    t = Tracker(contracts, at(0))
+    for user in ("a", "b", "c"):
+        t.apply(Ev("login", user, at(0), "s"))
+    t.apply(Ev("logout", "c", at(5), "s"))
+    t.apply(Ev("login", "d", at(5), "s"))
+    t.advance(at(20))
+    assert 600.0 == view(t).grace_remaining_s
+    t.advance(at(30) + 1)
+    assert 1 == view(t).billable_overage
+
+
+def test_period_rolls_over_at_local_midnight_on_anchor_day(contracts: Contracts) -> None:
+    """November's peak is kept until 1 Dec 00:00 New York (05:00 UTC); then the new period's
+    peak starts from the users still signed in."""
+    start = us(datetime(2026, 11, 30, 20, 0, tzinfo=UTC))
+    t = Tracker(contracts, start)
+    for user in ("a", "b", "c"):
+        t.apply(Ev("login", user, start, "s"))
+    t.apply(Ev("logout", "c", start + 5 * MIN, "s"))
+    t.advance(us(datetime(2026, 12, 1, 4, 59, tzinfo=UTC)))
+    v = view(t)
+    assert (3, us(datetime(2026, 11, 1, 4, 0, tzinfo=UTC))) == (v.peak_users, v.period_start_us)
+    t.advance(us(datetime(2026, 12, 1, 5, 0, tzinfo=UTC)))
+    v = view(t)
+    assert (2, us(datetime(2026, 12, 1, 5, 0, tzinfo=UTC))) == (v.peak_users, v.period_start_us)
+    assert 0 == v.billable_overage
+
+
+def test_licences_in_force_follow_orders(contracts: Contracts) -> None:
+    """A raise counts from its time; a lowering from the end of the term (here the month)."""
+    acme = contracts.accounts[0]
+    schedule = licensed_schedule(apply_orders(acme), "agents")
+    assert 2 == quantity_at(schedule, us(datetime(2026, 11, 9, 23, 59, tzinfo=UTC)))
+    assert 4 == quantity_at(schedule, us(datetime(2026, 11, 10, tzinfo=UTC)))
+    assert 4 == quantity_at(schedule, us(datetime(2026, 11, 30, tzinfo=UTC)))
+    assert 3 == quantity_at(schedule, us(datetime(2026, 12, 1, 5, 0, tzinfo=UTC)))
+    t = Tracker(contracts, us(datetime(2026, 11, 9, 23, 0, tzinfo=UTC)))
+    for user in "abc":
+        t.apply(Ev("login", user, us(datetime(2026, 11, 9, 23, 0, tzinfo=UTC)), "s"))
+    assert 1 == view(t).excess
+    t.advance(us(datetime(2026, 11, 10, tzinfo=UTC)))
+    v = view(t)
+    assert (4, 0) == (v.licensed, v.excess)
+
+
+def test_late_events_never_rewrite_the_past(contracts: Contracts) -> None:
+    """A late logout older than the session's last event closes nothing; a late login that is
+    already a session timeout old opens nothing."""
+    t = Tracker(contracts, at(0))
+    t.apply(Ev("login", "a", at(10), "s"))
+    t.apply(Ev("logout", "a", at(5), "s"))
+    assert 1 == view(t).active_users
+    t.advance(at(800))
+    t.apply(Ev("login", "b", at(10), "s"))
+    assert 0 == view(t).active_users
+
+
+def test_addon_shortfall_for_elite_concurrent(contracts: Contracts) -> None:
+    """Five users seen on two Elite concurrent licences need three wfm and three qm add-ons;
+    one wfm is bought, so wfm is short two and qm three."""
+    t = Tracker(contracts, at(0))
+    for i, user in enumerate("abcde"):
+        t.apply(Ev("login", user, at(i), "s"))
+        t.apply(Ev("logout", user, at(i) + 1, "s"))
+    t.flush()
+    shortfall = {(a.addon, a.required, a.purchased, a.shortfall) for a in t.addon_views()}
+    assert {("wfm", 3, 1, 2), ("qm", 3, 0, 3)} == shortfall
+
+
+def test_pool_resolution_without_pool(contracts: Contracts) -> None:
+    """An event without a pool in an account with two concurrent pools cannot be placed: counted
+    as unresolved, never guessed."""
+    t = Tracker(contracts, at(0))
+    t.apply(Ev("login", "a", at(0), "s", pool=None))
+    t.flush()
+    assert 1 == t.unresolved
+    assert [0, 0] == [v.active_users for v in t.views()]
+
+
+def test_events_within_the_watermark_apply_in_event_time_order(contracts: Contracts) -> None:
+    """Buffered events are applied by event time whatever their arrival order: a short session
+    that arrives logout-first still makes the peak; a late one (behind the watermark) cannot."""
+    t = Tracker(contracts, at(0))
+    t.apply(Ev("login", "a", at(1), "s"))
+    t.apply(Ev("logout", "b", at(3), "s"))
+    t.apply(Ev("login", "b", at(2), "s"))
+    t.advance(at(5))
+    assert (2, 1, 0) == (view(t).peak_users, view(t).active_users, t.pending)
+    t.apply(Ev("login", "c", at(6), "s"))
+    assert 1 == t.pending
+    t.apply(Ev("login", "d", at(4), "s"))  # behind the watermark: applied now
+    t.apply(Ev("logout", "d", at(4) + 1, "s"))
+    t.advance(at(7))
+    v = view(t)
+    assert (2, 2) == (v.active_users, v.peak_users)
+
+
+def test_heartbeats_keep_one_timer_per_session(contracts: Contracts) -> None:
+    """A session refreshed every minute for a day keeps a single expiry timer (bounded memory)
+    and still times out 12 h after its last heartbeat."""
+    t = Tracker(contracts, at(0))
+    for minute in range(0, 24 * 60, 1):
+        t.apply(Ev("heartbeat", "ann", at(minute), "s"))
+        t.advance(at(minute))
+    state = t._pools["acme", "agents"]
+    assert 1 >= len(state.expiries)
+    t.advance(at(24 * 60 - 1 + 720) - 1)
+    assert 1 == view(t).active_users
+    t.advance(at(24 * 60 - 1 + 720))
+    assert 0 == view(t).active_users
+
+
+# --- against the rating's session rules ---------------------------------------------------------
+
+ORACLE_CONTRACTS = CONTRACTS.replace('session_timeout = "12h"', 'session_timeout = "1000h"') \
+    .replace('grace = "30m"\n\n  [[account.pool]]', 'grace = "10m"\n\n  [[account.pool]]', 1)
+
+
+def _oracle(events: list[UsageEvent], until: datetime, licensed: int,
+            grace: timedelta, mode: str = "continuous") -> tuple[int, int, int]:
+    """(users signed in at `until`, peak c(t), highest billable level: held unbroken longer than
+    grace, or held at least grace in total), from the rating's sessions by brute force over
+    every stretch between event times."""
+    log = build_sessions(events, timedelta(hours=1000), until)
+    spans = [(s.user, s.start, s.end or until) for s in log.sessions]
+    times = sorted({e.ts for e in events} | {until})
+    counts = []  # (start, end, c) of each stretch with c constant
+    for start, end in itertools.pairwise(times):
+        users = {u for u, s, e in spans if s <= start < e}
+        counts.append((start, end, len(users)))
+    peak = max((c for _, _, c in counts), default=0)
+    billable = 0
+    for level in range(1, peak + 1):
+        run_start, total = None, timedelta(0)
+        for start, end, c in counts:
+            if c - licensed >= level:
+                run_start = start if run_start is None else run_start
+                total += end - start
+                if (end - run_start > grace) if mode == "continuous" else (total >= grace):
+                    billable = level
+            else:
+                run_start = None
+    active = len({u for u, s, e in spans if e == until and s < until})
+    return active, peak, billable
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["login", "logout", "heartbeat"]),
+                          st.sampled_from(["u0", "u1", "u2", "u3", "u4"]),
+                          st.sampled_from([None, "s1", "s2"])), max_size=40))
+def test_tracker_agrees_with_the_rating_sessions(
+        raw: list[tuple[int, str, str, str | None]]) -> None:
+    """Events in any arrival order, applied up to a watermark past them all, give the same users
+    signed in, peak and billable overage (continuous and cumulative grace) as a brute force over
+    the rating's sessions (timeouts out of reach, since the live view closes timed-out sessions later)."""
+    oracle_contracts = parse_contracts(ORACLE_CONTRACTS)
+    events = [UsageEvent(f"{i:03d}", kind, "acme", user,  # type: ignore[arg-type]
+                         T0 + timedelta(minutes=m), "agents", session)
+              for i, (m, kind, user, session) in enumerate(raw)]
+    until = T0 + timedelta(minutes=40)
+    tracker = Tracker(oracle_contracts, us(T0))
+    # Arrival newest first. The watermark orders by (time, kind, arrival) and the rating by
+    # (time, kind, id), so same-time same-kind events arrive in id order.
+    arrival = sorted(events, key=lambda e: (-us(e.ts), -KIND_ORDER[e.type], e.id))
+    for e in arrival:
+        tracker.apply(Ev(e.type, e.user, us(e.ts), e.session))
+    for e in arrival:  # the same stream on the cumulative-grace pool
+        tracker.apply(Ev(e.type, e.user, us(e.ts), e.session, pool="leads"))
+    tracker.advance(us(until))
+    views = {v.pool: v for v in tracker.views()}
+    v = views["agents"]
+    expected = _oracle(events, until, licensed=2, grace=timedelta(minutes=10))
+    assert expected == (v.active_users, v.peak_users, v.billable_overage)
+    v = views["leads"]
+    expected = _oracle(events, until, licensed=1, grace=timedelta(minutes=30), mode="cumulative")
+    assert expected == (v.active_users, v.peak_users, v.billable_overage)
+
+
+PACKS_AND_NAMED = """
+[[account]]
+id = "packs"
+timezone = "UTC"
+currency = "USD"
+billing = "annual"
+anchor = "2026-01-01"
+policy = "packs"
+
+  [[account.pool]]
+  id = "agents"
+  tier = "premium"
+  model = "concurrent"
+  quantity = 10
+  price = "149.00"
+  overage_price = "149.00"
+
+  [[account.pool]]
+  id = "desk"
+  tier = "essentials"
+  model = "named"
+  quantity = 1
+  price = "49.00"
+
+  [[account.order]]
+  at = "2026-11-10T00:00:00Z"
+  pool = "agents"
+  quantity = 13
+"""
+
+
+def test_refused_order_changes_no_live_licence() -> None:
+    """The tracker takes E(t) from the seat ledger: 10 -> 13 under packs is not a whole pack,
+    so the bill refuses it and the live gauge keeps 10, as the report does."""
+    contracts = parse_contracts(PACKS_AND_NAMED)
+    ledger = apply_orders(contracts.accounts[0])
+    assert ["agents"] == [r.target for r in ledger.refused]
+    t = Tracker(contracts, us(datetime(2026, 11, 10, 1, tzinfo=UTC)))
+    t.advance(us(datetime(2026, 11, 10, 2, tzinfo=UTC)))
+    agents = next(v for v in t.views() if v.pool == "agents")
+    assert 10 == agents.licensed
+
+
+def test_same_instant_seat_handover_then_login_is_licensed() -> None:
+    """Unassign a, assign b and b's login at one instant: the seat is handed over first (the
+    rating's order), so nothing is refused and b is assigned and active."""
+    contracts = parse_contracts(PACKS_AND_NAMED)
+    t0 = us(datetime(2026, 11, 12, 9, tzinfo=UTC))
+    t = Tracker(contracts, t0 - MIN)
+    t.apply(Ev("assign", "a", t0 - MIN, pool="desk", account="packs"))
+    t.advance(t0)
+    for ev in (Ev("login", "b", t0, "s", pool="desk", account="packs"),
+               Ev("assign", "b", t0, pool="desk", account="packs"),
+               Ev("unassign", "a", t0, pool="desk", account="packs")):
+        t.apply(ev)
+    t.advance(t0 + MIN)
+    desk = next(v for v in t.views() if v.pool == "desk")
+    assert (0, 1, 1) == (desk.refused_assigns, desk.assigned, desk.active_users)
