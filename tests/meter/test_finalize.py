@@ -1,0 +1,239 @@
+"""Finalization: frozen reports re-render byte for byte; late events adjust the next period."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing, redirect_stdout
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meter.cli import main
+from meter.report import finalize_due
+from tests.conftest import Broker, free_port
+
+CONTRACTS = """
+[[account]]
+id = "acme"
+timezone = "UTC"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-01-01"
+policy = "prorate"
+
+  [[account.pool]]
+  id = "agents"
+  tier = "premium"
+  model = "concurrent"
+  quantity = 2
+  price = "100.00"
+  overage_price = "150.00"
+  grace = "30m"
+
+[[account]]
+id = "quiet"
+timezone = "UTC"
+currency = "EUR"
+billing = "monthly"
+anchor = "2026-01-01"
+policy = "prorate"
+
+  [[account.pool]]
+  id = "agents"
+  tier = "premium"
+  model = "concurrent"
+  quantity = 2
+  price = "100.00"
+  overage_price = "150.00"
+"""
+
+
+class Meter:
+    """A contracts file and a database in tmp_path, driven through the real CLI."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.contracts = tmp_path / "contracts.toml"
+        self.contracts.write_text(CONTRACTS)
+        self.db = tmp_path / "meter.db"
+        self.batches = 0
+
+    def cli(self, *argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = main(list(argv))
+        return code, out.getvalue()
+
+    def crowd(self, n: int, start: str, hours: float, tag: str) -> None:
+        """Ingest `n` users of acme `agents` signed in from `start` for `hours`."""
+        t0 = datetime.fromisoformat(start)
+        t1 = t0 + timedelta(hours=hours)
+        lines = []
+        for i in range(n):
+            for kind, at in (("login", t0), ("logout", t1)):
+                lines.append(json.dumps({
+                    "id": f"{tag}-{i}-{kind}", "type": kind, "account": "acme",
+                    "user": f"{tag}-u{i}", "pool": "agents", "session": "s",
+                    "ts": at.isoformat().replace("+00:00", "Z")}))
+        self.batches += 1
+        path = self.dir / f"batch{self.batches}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        code, _ = self.cli("ingest", str(path), "--db", str(self.db), "--contracts",
+                           str(self.contracts), "--as-of", "2027-03-01T00:00:00Z")
+        assert 0 == code
+
+    def report(self, period: str, *extra: str) -> str:
+        code, out = self.cli("report", "--db", str(self.db), "--contracts", str(self.contracts),
+                             "--period", period, "--account", "acme", *extra)
+        assert 0 == code
+        return out
+
+    def acme(self, period: str, *extra: str) -> dict[str, Any]:
+        return json.loads(self.report(period, *extra))["accounts"][0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Meter:
+    """acme with one sustained overage seat in November (3 users for 1 h on 2 licences)."""
+    m = Meter(tmp_path)
+    m.crowd(3, "2026-11-10T10:00:00+00:00", 1, "nov")
+    return m
+
+
+def charges(doc: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+    """(kind, target, quantity, amount) of each bill line."""
+    return [(c["kind"], c["target"], c["quantity"], c["amount"]) for c in doc["charges"]]
+
+
+def test_finalized_report_is_frozen_and_late_events_adjust_the_next_period(meter: Meter) -> None:
+    """After --finalize, late events leave November's bytes alone and bill the difference in
+    December as an adjustment line for November."""
+    frozen = meter.report("2026-11", "--finalize")
+    nov = json.loads(frozen)["accounts"][0]
+    assert (True, [("overage", "agents", 1, "150.00")]) == (nov["finalized"], charges(nov))
+    assert frozen == meter.report("2026-11")
+
+    meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")  # 2 over for 2 h: one more seat
+    assert frozen == meter.report("2026-11")
+    dec = meter.acme("2026-12")
+    assert [("adjustment", "agents", 1, "150.00")] == charges(dec)
+    line = dec["charges"][0]
+    assert {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"} == line["for_period"]
+    assert ("late events for finalized period 2026-11 (8 received after finalization): "
+            "overage 1 -> 2 seats, billed 150.00, now 300.00") == line["description"]
+    assert "150.00" == dec["total"]
+
+
+def test_finalized_html_rerenders_byte_identically_after_late_events(meter: Meter,
+                                                                     tmp_path: Path) -> None:
+    """The HTML of a finalized period is drawn from what was stored."""
+    meter.report("2026-11", "--finalize")
+    meter.cli("report", "--db", str(meter.db), "--contracts", str(meter.contracts), "--period",
+              "2026-11", "--account", "acme", "--format", "html", "--out", str(tmp_path / "a"))
+    meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")
+    meter.cli("report", "--db", str(meter.db), "--contracts", str(meter.contracts), "--period",
+              "2026-11", "--account", "acme", "--format", "html", "--out", str(tmp_path / "b"))
+    page = "report-2026-11-acme.html"
+    assert (tmp_path / "a" / page).read_bytes() == (tmp_path / "b" / page).read_bytes()
+
+
+def test_verify_of_a_finalized_report_still_matches_after_late_events(meter: Meter) -> None:
+    """The report names the events it rated (through_seq): late arrivals do not break it."""
+    report = meter.dir / "nov.json"
+    report.write_text(meter.report("2026-11", "--finalize"))
+    meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")
+    code, out = meter.cli("verify", str(report), "--db", str(meter.db), "--contracts",
+                          str(meter.contracts))
+    assert (0, "match") == (code, out.strip().splitlines()[-1])
+
+
+def test_adjustments_already_billed_are_not_billed_twice(meter: Meter) -> None:
+    """November late events adjusted in a finalized December; more late events for November
+    bill only the further difference in January."""
+    meter.report("2026-11", "--finalize")
+    meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")
+    dec = json.loads(meter.report("2026-12", "--finalize"))["accounts"][0]
+    assert [("adjustment", "agents", 1, "150.00")] == charges(dec)
+    meter.crowd(5, "2026-11-25T10:00:00+00:00", 2, "later")  # 3 over: one seat more again
+    jan = meter.acme("2027-01")
+    assert [("adjustment", "agents", 1, "150.00")] == charges(jan)
+    assert "overage 2 -> 3 seats" in jan["charges"][0]["description"]
+    assert "billed 300.00, now 450.00" in jan["charges"][0]["description"]
+
+
+def test_late_events_that_change_nothing_add_no_line(meter: Meter) -> None:
+    """A late session inside the licences changes no overage: no adjustment."""
+    meter.report("2026-11", "--finalize")
+    meter.crowd(1, "2026-11-21T10:00:00+00:00", 1, "late")
+    assert [] == charges(meter.acme("2026-12"))
+
+
+def test_unfinalized_period_takes_late_events_itself(meter: Meter) -> None:
+    """Without finalization there is nothing to adjust: November is simply rated again."""
+    meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")
+    assert [("overage", "agents", 2, "300.00")] == charges(meter.acme("2026-11"))
+    assert [] == charges(meter.acme("2026-12"))
+
+
+def test_finalizing_twice_keeps_the_first(meter: Meter) -> None:
+    """A second --finalize of a frozen period returns the stored report unchanged."""
+    first = meter.report("2026-11", "--finalize")
+    meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")
+    assert first == meter.report("2026-11", "--finalize")
+    with closing(sqlite3.connect(meter.db)) as conn:
+        assert 1 == conn.execute("SELECT count(*) FROM finalized").fetchone()[0]
+
+
+@pytest.mark.parametrize(("now", "lateness", "expected"), [
+    ("2026-12-01T00:59:59Z", timedelta(hours=1), []),
+    ("2026-12-01T01:00:00Z", timedelta(hours=1), [("acme", "2026-11")]),
+    ("2026-12-01T00:10:00Z", timedelta(minutes=5), [("acme", "2026-11")]),
+    ("2026-11-30T12:00:00Z", timedelta(hours=1), []),  # October: no events before its end
+])
+async def test_finalize_due_after_the_lateness(meter: Meter, now: str, lateness: timedelta,
+                                               expected: list[tuple[str, str]]) -> None:
+    """meter serve's hook finalizes the last completed period once the lateness has passed;
+    an account with no events is left alone."""
+    instant = datetime.fromisoformat(now).astimezone(UTC)
+    assert expected == await finalize_due(meter.db, meter.contracts, instant, lateness)
+    assert [] == await finalize_due(meter.db, meter.contracts, instant, lateness)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_meter_serve_finalizes_a_period_after_the_lateness(mosquitto: Broker, tmp_path: Path) -> None:
+    """The daemon freezes the last period on its own once `--finalize-after` has passed: an
+    October that ended weeks ago is finalized shortly after start, then reported from storage."""
+    meter = Meter(tmp_path)
+    meter.crowd(3, "2026-10-10T10:00:00+00:00", 1, "oct")
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meter", "serve", "--broker", mosquitto.url, "--db", str(meter.db),
+         "--contracts", str(meter.contracts), "--metrics-addr", f"127.0.0.1:{free_port()}",
+         "--topic-prefix", f"t{uuid.uuid4().hex[:8]}/meter", "--client-id",
+         f"fin-{uuid.uuid4().hex[:8]}", "--finalize-after", "1s"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        rows: list[tuple[str, int]] = []
+        while time.monotonic() < deadline and not rows:
+            time.sleep(0.3)
+            with closing(sqlite3.connect(meter.db, timeout=5)) as conn:
+                rows = conn.execute("SELECT account, period_start_us FROM finalized").fetchall()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+    assert [("acme", 1790812800000000)] == rows  # 2026-10-01T00:00:00Z
+    assert 0 == proc.returncode
+    assert "finalized acme 2026-10" in (tmp_path / "serve.log").read_text()
+    assert meter.acme("2026-10")["finalized"] is True
