@@ -1,0 +1,589 @@
+"""End-to-end MQTT ingest against the machine's own ceilings, on one Mosquitto of our own.
+
+In one run, with a raw-socket QoS 1 publisher sending N 150-byte events as fast as the broker
+takes them, it measures messages per second taken off the broker by:
+  * raw:     a hand-rolled MQTT 3.1.1 QoS 1 subscriber (CONNECT/SUBSCRIBE/PUBACK over a socket),
+             the machine's physical limit;
+  * aiomqtt: a no-op aiomqtt QoS 1 subscriber, the ceiling the meter is held to (>= 80%);
+  * meter:   `meter serve`, counted when the rows are committed (it acknowledges after commit);
+then publish-to-commit latency p50/p99 at a fixed rate (default 5,000 events/s) and the daemon's
+peak RSS. Each subscriber is its own process, as the daemon is.
+
+    python bench/ingest.py                         # 200,000 events, 2 rounds
+    python bench/ingest.py --events 2000 --latency-events 500 --rounds 1   # the smoke size
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    MOSQUITTO,
+    PYTHON,
+    ROOT,
+    Run,
+    free_port,
+    peak_rss_kb,
+    results_arg,
+    table,
+    wait_port,
+)
+
+HERE = Path(__file__).resolve()
+PREFIX = "bench"
+ACCOUNTS = int(os.environ.get("BENCH_INGEST_ACCOUNTS", "1000"))  # set by --accounts for the roles
+EVENT_BYTES = 150
+
+# --- a minimal MQTT 3.1.1 codec (enough for QoS 1 publish and subscribe) -------------------------
+
+
+def _remaining(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def connect_packet(client_id: str, clean: bool = True, keepalive: int = 60) -> bytes:
+    body = _str("MQTT") + bytes([4, 0x02 if clean else 0]) + struct.pack("!H", keepalive) + _str(client_id)
+    return b"\x10" + _remaining(len(body)) + body
+
+
+def subscribe_packet(topic: str, pid: int = 1) -> bytes:
+    body = struct.pack("!H", pid) + _str(topic) + b"\x01"
+    return b"\x82" + _remaining(len(body)) + body
+
+
+def publish_packet(topic: bytes, pid: int, payload: bytes) -> bytes:
+    body = struct.pack("!H", len(topic)) + topic + struct.pack("!H", pid) + payload
+    return b"\x32" + _remaining(len(body)) + body
+
+
+def packets(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """(first byte, body) of each packet read from `sock`, until it closes."""
+    buf = b""
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return
+        buf += chunk
+        pos = 0
+        while True:
+            if len(buf) - pos < 2:
+                break
+            mult, length, i = 1, 0, pos + 1
+            complete = False
+            while i < len(buf):
+                byte = buf[i]
+                length += (byte & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not byte & 0x80:
+                    complete = True
+                    break
+            if not complete or len(buf) - i < length:
+                break
+            yield buf[pos], buf[i:i + length]
+            pos = i + length
+        buf = buf[pos:]
+
+
+def mqtt_connect(port: int, client_id: str, clean: bool = True) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(connect_packet(client_id, clean))
+    head = sock.recv(4)
+    if len(head) < 4 or head[0] != 0x20 or head[3] != 0:
+        raise RuntimeError(f"CONNACK refused: {head!r}")
+    return sock
+
+
+# --- roles run as subprocesses --------------------------------------------------------------------
+
+
+def event_payload(i: int, round_: str, ts: str) -> tuple[bytes, bytes]:
+    """(topic, payload) of event i: a heartbeat of one of 10 agents in one of ACCOUNTS accounts,
+    padded to EVENT_BYTES."""
+    account = f"acct{i % ACCOUNTS:04d}"
+    user = f"agent-{(i // ACCOUNTS) % 10:02d}"
+    body = (f'{{"id":"{round_}-{i:08d}","type":"heartbeat","account":"{account}","user":"{user}",'
+            f'"ts":"{ts}","session":"s-')
+    pad = EVENT_BYTES - len(body) - 2
+    payload = (body + "x" * max(pad, 1) + '"}').encode()
+    return f"{PREFIX}/{account}/events".encode(), payload
+
+
+def role_publish(port: int, n: int, rate: float, round_: str, window: int) -> None:
+    """Publish n events at QoS 1 (rate 0: as fast as the broker takes them, `window` unacked).
+    Prints JSON: wall start and end, and the send time of each event when paced."""
+    sock = mqtt_connect(port, f"bench-pub-{os.getpid()}")
+    acked = 0
+    lock = threading.Condition()
+
+    def read_acks() -> None:
+        nonlocal acked
+        for first, _ in packets(sock):
+            if first >> 4 == 4:
+                with lock:
+                    acked += 1
+                    lock.notify()
+
+    reader = threading.Thread(target=read_acks, daemon=True)
+    reader.start()
+    sent_at: list[float] = []
+    start = time.time()
+    chunk = 1 if rate else 200
+    i = 0
+    while i < n:
+        if rate:
+            due = start + i / rate
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        else:
+            with lock:
+                while i - acked > window:
+                    lock.wait(1)
+        now = time.time()
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+        out = []
+        for j in range(i, min(i + chunk, n)):
+            topic, payload = event_payload(j, round_, ts)
+            out.append(publish_packet(topic, j % 65535 + 1, payload))
+            if rate:
+                sent_at.append(now)
+        sock.sendall(b"".join(out))
+        i += len(out)
+    end_sent = time.time()
+    with lock:
+        while acked < n:
+            if not lock.wait(30):
+                break
+    end = time.time()
+    sock.close()
+    print(json.dumps({"start": start, "end_sent": end_sent, "end_acked": end, "acked": acked,
+                      "sent_at": sent_at}))
+
+
+def role_raw_sub(port: int, n: int) -> None:
+    """Receive n QoS 1 messages on a raw socket, PUBACK each (one write per read)."""
+    sock = mqtt_connect(port, f"bench-raw-{os.getpid()}")
+    sock.sendall(subscribe_packet(f"{PREFIX}/+/events"))
+    got = 0
+    first = last = 0.0
+    ready = False
+    acks: list[bytes] = []
+    for kind, body in packets(sock):
+        if kind >> 4 == 9 and not ready:
+            ready = True
+            print("ready", flush=True)
+            continue
+        if kind >> 4 != 3:
+            continue
+        tlen = struct.unpack_from("!H", body)[0]
+        pid = body[2 + tlen:4 + tlen]
+        acks.append(b"\x40\x02" + pid)
+        got += 1
+        if got == 1:
+            first = time.time()
+        if len(acks) >= 64 or got >= n:
+            sock.sendall(b"".join(acks))
+            acks.clear()
+        if got >= n:
+            last = time.time()
+            break
+    sock.close()
+    print(json.dumps({"received": got, "first": first, "last": last}), flush=True)
+
+
+def role_aiomqtt_sub(port: int, n: int, use_uvloop: bool) -> None:
+    """A no-op aiomqtt QoS 1 subscriber: count n messages (paho acknowledges on receipt)."""
+    import aiomqtt
+
+    async def main() -> None:
+        got = 0
+        first = last = 0.0
+        async with aiomqtt.Client("127.0.0.1", port, identifier=f"bench-aiomqtt-{os.getpid()}",
+                                  max_queued_incoming_messages=0) as client:
+            await client.subscribe(f"{PREFIX}/+/events", qos=1)
+            print("ready", flush=True)
+            async for _ in client.messages:
+                got += 1
+                if got == 1:
+                    first = time.time()
+                if got >= n:
+                    last = time.time()
+                    break
+        print(json.dumps({"received": got, "first": first, "last": last}), flush=True)
+
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+# --- the orchestration ----------------------------------------------------------------------------
+
+
+class Broker:
+    """A Mosquitto of our own on a free loopback port."""
+
+    def __init__(self, workdir: Path, inflight: int) -> None:
+        self.port = free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                        f"max_queued_messages 0\nmax_inflight_messages {inflight}\n")
+        log = (workdir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _role(*args: str) -> list[str]:
+    return [PYTHON, str(HERE), "--role", *args]
+
+
+def publish(port: int, n: int, round_: str, rate: float = 0, window: int = 2000) -> dict[str, object]:
+    done = subprocess.run(_role("publish", str(port), str(n), str(rate), round_, str(window)),
+                          check=True, capture_output=True, text=True)
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def subscriber_round(port: int, role: str, n: int, round_: str) -> dict[str, float]:
+    """Start a subscriber process, publish n events, and return its rate (end to end)."""
+    sub = subprocess.Popen(_role(role, str(port), str(n)), stdout=subprocess.PIPE, text=True)
+    assert sub.stdout is not None
+    if sub.stdout.readline().strip() != "ready":
+        sub.kill()
+        raise RuntimeError(f"{role} did not subscribe")
+    pub = publish(port, n, round_)
+    out, _ = sub.communicate(timeout=600)
+    got = json.loads(out.strip().splitlines()[-1])
+    start = float(pub["start"])  # type: ignore[arg-type]
+    return {"received": got["received"], "seconds": got["last"] - start,
+            "per_s": got["received"] / max(got["last"] - start, 1e-9),
+            "publisher_per_s": n / (float(pub["end_sent"]) - start)}  # type: ignore[arg-type]
+
+
+def contracts_text() -> str:
+    parts = []
+    for a in range(ACCOUNTS):
+        parts.append(
+            f'[[account]]\nid = "acct{a:04d}"\ntimezone = "UTC"\ncurrency = "USD"\n'
+            f'billing = "monthly"\nanchor = "2026-01-01"\npolicy = "prorate"\n'
+            f'[[account.pool]]\nid = "agents"\ntier = "premium"\nmodel = "concurrent"\n'
+            f'quantity = 5\nprice = "99.00"\noverage_price = "99.00"\ngrace = "30m"\n')
+    return "\n".join(parts)
+
+
+class Daemon:
+    """`meter serve` on the bench broker, with its own database and metrics port."""
+
+    def __init__(self, workdir: Path, broker_port: int, extra: list[str]) -> None:
+        self.db = workdir / "meter.db"
+        for f in workdir.glob("meter.db*"):
+            f.unlink()
+        contracts = workdir / "contracts.toml"
+        contracts.write_text(contracts_text())
+        self.metrics_port = free_port()
+        self.log = (workdir / "daemon.log").open("ab")
+        # A client id of its own per daemon: its persistent session is removed in stop(), so no
+        # round inherits a backlog queued for an earlier daemon.
+        self.client_id = f"bench-meter-{os.getpid()}-{time.monotonic_ns()}"
+        self.broker_port = broker_port
+        env = {**os.environ, "METER_TOPIC_PREFIX": PREFIX, "METER_CLIENT_ID": self.client_id}
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "meter", "serve", "--broker", f"mqtt://127.0.0.1:{broker_port}",
+             "--db", str(self.db), "--contracts", str(contracts),
+             "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *extra],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"meter serve exited {self.proc.returncode}; see {workdir}/daemon.log")
+            if self.metric("meter_mqtt_connected") == 1.0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"meter serve did not connect within 90 s; see {workdir}/daemon.log")
+
+    def metric(self, name: str) -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                        timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        total = None
+        for line in text.splitlines():
+            if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+                total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+        return total
+
+    def committed(self) -> int:
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def stop(self) -> int:
+        rss = peak_rss_kb(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        mqtt_connect(self.broker_port, self.client_id, clean=True).close()  # drop its session
+        return rss
+
+
+def meter_round(workdir: Path, port: int, n: int, round_: str, *, extra: list[str],
+                profile: Path | None = None) -> dict[str, float]:
+    """`meter serve` takes n events: rate counted at the commit of the last one. With `profile`,
+    py-spy samples the daemon meanwhile (collapsed stacks, for `--profile-top`)."""
+    daemon = Daemon(workdir, port, extra)
+    spy = None
+    if profile is not None:
+        py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(daemon.proc.pid), "--rate", "250",
+                                "--format", "raw", "--output", str(profile), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    try:
+        before = daemon.committed()
+        pub_box: dict[str, dict[str, object]] = {}
+        pub = threading.Thread(target=lambda: pub_box.update(p=publish(port, n, round_)))
+        pub.start()
+        deadline = time.monotonic() + 600
+        last = 0.0
+        while time.monotonic() < deadline:
+            if daemon.committed() - before >= n:
+                last = time.time()
+                break
+            time.sleep(0.02)
+        pub.join()
+        start = float(pub_box["p"]["start"])  # type: ignore[arg-type]
+        got = daemon.committed() - before
+        time.sleep(0.3)  # let the last acknowledgements go out before reading the counters
+        duplicates = daemon.metric("meter_events_duplicate_total") or 0.0
+    finally:
+        rss = daemon.stop()
+        if spy is not None:
+            spy.wait(30)
+    return {"received": got, "seconds": last - start, "per_s": got / max(last - start, 1e-9),
+            "duplicates": duplicates, "peak_rss_mb": rss / 1024}
+
+
+def latency_round(workdir: Path, port: int, n: int, *, rate: float, round_: str,
+                  extra: list[str]) -> dict[str, float]:
+    """Publish n events at `rate`/s; each event's commit time is when a reader polling the
+    database every 2 ms first sees its row (so figures carry up to ~2 ms of polling)."""
+    daemon = Daemon(workdir, port, extra)
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        conn = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True, timeout=5)
+        last_seq = 0
+        while not stop.is_set():
+            rows = conn.execute("SELECT seq, id FROM events WHERE seq > ?", (last_seq,)).fetchall()
+            now = time.time()
+            for seq, id_ in rows:
+                seen.setdefault(id_, now)
+                last_seq = max(last_seq, seq)
+            time.sleep(0.002)
+        conn.close()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        pub = publish(port, n, round_, rate=rate)
+        deadline = time.monotonic() + 60
+        while len(seen) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        poller.join()
+        rss = daemon.stop()
+    sent_at: list[float] = pub["sent_at"]  # type: ignore[assignment]
+    lat = sorted((seen[f"{round_}-{i:08d}"] - t) * 1000 for i, t in enumerate(sent_at)
+                 if f"{round_}-{i:08d}" in seen)
+    if not lat:
+        return {"events": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"),
+                "peak_rss_mb": rss / 1024}
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [lat[len(lat) // 2]] * 99
+    return {"events": len(lat), "p50_ms": q[49], "p99_ms": q[98], "max_ms": lat[-1],
+            "rate": rate, "peak_rss_mb": rss / 1024}
+
+
+def profile_top(path: Path, n: int = 25) -> dict[str, object]:
+    """Self and inclusive share of samples per function from py-spy's collapsed stacks."""
+    self_: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  for f in stack.split(";")]
+        total += c
+        if frames:
+            self_[frames[-1]] = self_.get(frames[-1], 0) + c
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + c
+    top_self = sorted(self_.items(), key=lambda kv: -kv[1])[:n]
+    top_incl = sorted(incl.items(), key=lambda kv: -kv[1])[:n]
+    print(f"\ndaemon profile ({total} samples): self time")
+    print(table(["function", "self"], [(f, f"{c / total:.1%}") for f, c in top_self]))
+    print("\ninclusive")
+    print(table(["function", "incl"], [(f, f"{c / total:.1%}") for f, c in top_incl]))
+    return {"samples": total,
+            "self": [[f, round(c / total, 4)] for f, c in top_self],
+            "inclusive": [[f, round(c / total, 4)] for f, c in top_incl]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=2, help="repeat everything (figures are noisy)")
+    ap.add_argument("--accounts", type=int, default=1000, help="accounts (topics) the events "
+                    "are spread over")
+    ap.add_argument("--latency-rate", type=float, default=5000.0)
+    ap.add_argument("--latency-events", type=int, default=50_000)
+    ap.add_argument("--inflight", type=int, default=4000,
+                    help="broker max_inflight_messages (MQTT 3.1.1 subscribers; the meter's own "
+                         "Receive Maximum is 4000 by default)")
+    ap.add_argument("--uvloop", action="store_true", help="also measure aiomqtt on uvloop")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="extra `meter serve` flag, e.g. --serve-arg=--batch-max=2000")
+    ap.add_argument("--only", default="raw,aiomqtt,meter,latency")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="py-spy the daemon during the meter round (collapsed stacks to FILE; "
+                         "needs py-spy on PATH) and print where its time goes")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
+    ap.add_argument("--out", help="results JSON (default bench/results/ingest.json)")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    global ACCOUNTS  # noqa: PLW0603 - the roles and the contracts read it; subprocesses via env
+    ACCOUNTS = args.accounts
+    os.environ["BENCH_INGEST_ACCOUNTS"] = str(args.accounts)
+    run = Run("ingest", {k: v for k, v in vars(args).items() if k not in ("out", "keep")})
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    os.chmod(workdir, 0o777)  # noqa: S103 - mosquitto may drop to its own user
+    broker = Broker(workdir, args.inflight)
+    rounds: list[dict[str, object]] = []
+    try:
+        for r in range(args.rounds):
+            res: dict[str, object] = {"round": r + 1}
+            tag = f"r{r}{int(time.time()) % 100000}"
+            if "raw" in only:
+                res["raw"] = subscriber_round(broker.port, "raw-sub", args.events, tag + "a")
+            if "aiomqtt" in only:
+                res["aiomqtt"] = subscriber_round(broker.port, "aiomqtt-sub", args.events, tag + "b")
+                if args.uvloop:
+                    res["aiomqtt_uvloop"] = subscriber_round(broker.port, "aiomqtt-uvloop-sub",
+                                                             args.events, tag + "c")
+            if "meter" in only:
+                res["meter"] = meter_round(
+                    workdir, broker.port, args.events, tag + "d", extra=args.serve_arg,
+                    profile=Path(args.profile) if args.profile and r == 0 else None)
+            if "latency" in only:
+                res["latency"] = latency_round(workdir, broker.port, args.latency_events,
+                                               rate=args.latency_rate, round_=tag + "e",
+                                               extra=args.serve_arg)
+            rounds.append(res)
+            print(f"  round {r + 1}: " + ", ".join(
+                f"{k} {v['per_s']:,.0f}/s" for k, v in res.items()
+                if isinstance(v, dict) and "per_s" in v), flush=True)
+    finally:
+        broker.stop()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    rows = []
+    for res in rounds:
+        ceiling = res.get("aiomqtt", {}).get("per_s")  # type: ignore[union-attr]
+        raw = res.get("raw", {}).get("per_s")  # type: ignore[union-attr]
+        for name in ("raw", "aiomqtt", "aiomqtt_uvloop", "meter"):
+            if name in res:
+                v: dict[str, float] = res[name]  # type: ignore[assignment]
+                rows.append((res["round"], name, v["received"], v["per_s"],
+                             f"{v['per_s'] / raw:.0%}" if raw else "-",
+                             f"{v['per_s'] / ceiling:.0%}" if ceiling else "-",
+                             v.get("publisher_per_s", "-")))
+    print(f"\n{args.events:,} events of {EVENT_BYTES} bytes at QoS 1, {args.accounts} accounts; "
+          "rate = events / (last received or committed - first published)")
+    print(table(["round", "subscriber", "events", "events/s", "of raw", "of aiomqtt", "publisher/s"],
+                rows))
+    lat_rows = [(res["round"], v["events"], v["p50_ms"], v["p99_ms"], v["max_ms"], v["peak_rss_mb"])
+                for res in rounds if isinstance(v := res.get("latency"), dict)]
+    if lat_rows:
+        print(f"\npublish-to-commit latency at {args.latency_rate:,.0f} events/s")
+        print(table(["round", "events", "p50 ms", "p99 ms", "max ms", "daemon peak RSS MB"], lat_rows))
+    meter_rss = [res["meter"]["peak_rss_mb"] for res in rounds if "meter" in res]  # type: ignore[index]
+    summary = {
+        "meter_of_aiomqtt": [round(res["meter"]["per_s"] / res["aiomqtt"]["per_s"], 3)  # type: ignore[index]
+                             for res in rounds if "meter" in res and "aiomqtt" in res],
+        "meter_of_raw": [round(res["meter"]["per_s"] / res["raw"]["per_s"], 3)  # type: ignore[index]
+                         for res in rounds if "meter" in res and "raw" in res],
+        "daemon_peak_rss_mb": max(meter_rss) if meter_rss else None,
+        "target_of_aiomqtt": 0.8,
+        "goal_of_raw": 0.5,
+    }
+    print("\n" + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    if args.profile and Path(args.profile).exists():
+        summary["profile"] = profile_top(Path(args.profile))
+    run.save({"rounds": rounds, **summary}, results_arg(args.out, "ingest"))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--role":
+        role, rest = sys.argv[2], sys.argv[3:]
+        if role == "publish":
+            role_publish(int(rest[0]), int(rest[1]), float(rest[2]), rest[3], int(rest[4]))
+        elif role == "raw-sub":
+            role_raw_sub(int(rest[0]), int(rest[1]))
+        elif role in ("aiomqtt-sub", "aiomqtt-uvloop-sub"):
+            role_aiomqtt_sub(int(rest[0]), int(rest[1]), role == "aiomqtt-uvloop-sub")
+        raise SystemExit(0)
+    raise SystemExit(main())
