@@ -179,10 +179,17 @@ class LiveVersusRating(RuleBasedStateMachine):
           back=st.integers(min_value=3, max_value=90))
     def late_event(self, kind: str, pool: str, user: str, session: str | None, back: int) -> None:
         """An event older than the watermark: the live view applies it at its clock (documented
-        approximation); the bill, recomputed from the store, takes it exactly."""
+        approximation); the bill, recomputed from the store, takes it exactly.
+
+        The approximation outlives the period it lands in: a late login applied after its
+        session's logout leaves the session open live until it times out, `session_timeout`
+        after the login, possibly past a rollover (where it also counts in the next period's
+        peak). So every period that overlaps [ts, ts + session_timeout] is inexact."""
         ts = self._stamp(timedelta(minutes=back))
-        self.late_periods.add(us(monthly_period(ACCOUNT, ts).start))
-        self.late_periods.add(us(monthly_period(ACCOUNT, self.watermark).start))
+        period = monthly_period(ACCOUNT, ts)
+        while period.start <= ts + ACCOUNT.session_timeout:
+            self.late_periods.add(us(period.start))
+            period = monthly_period(ACCOUNT, period.end)
         self._deliver(Ev(f"e{next(self.ids)}", kind, user, pool, session, ts))
 
     @precondition(lambda self: bool(self.store))
@@ -216,8 +223,9 @@ class LiveVersusRating(RuleBasedStateMachine):
         tracker = asyncio.run(_rebuilt(Path(":memory:"), list(self.store.values())))
         tracker.advance(us(self.watermark))
         self.tracker = tracker
-        # Rebuilt from the log, the live view is exact again for the current period.
-        self.late_periods.discard(us(monthly_period(ACCOUNT, self.watermark).start))
+        # Rebuilt from the log, the live view is exact again from now on; earlier periods are
+        # never checked again (the watermark only moves forward).
+        self.late_periods.clear()
         self.high.clear()
 
     def views(self) -> dict[str, PoolView]:
