@@ -57,6 +57,11 @@ policy = "prorate"
 """
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Receive time for ingests: after every event these tests write, whatever today's date.
+AS_OF = max(datetime(2027, 3, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=1)).isoformat()
+
+
 class Meter:
     """A contracts file and a database in tmp_path, driven through the real CLI."""
 
@@ -88,7 +93,7 @@ class Meter:
         path = self.dir / f"batch{self.batches}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         code, _ = self.cli("ingest", str(path), "--db", str(self.db), "--contracts",
-                           str(self.contracts), "--as-of", "2027-03-01T00:00:00Z")
+                           str(self.contracts), "--as-of", AS_OF)
         assert 0 == code
 
     def report(self, period: str, *extra: str) -> str:
@@ -211,10 +216,14 @@ async def test_finalize_due_after_the_lateness(meter: Meter, now: str, lateness:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_meter_serve_finalizes_a_period_after_the_lateness(mosquitto: Broker, tmp_path: Path) -> None:
-    """The daemon freezes the last period on its own once `--finalize-after` has passed: an
-    October that ended weeks ago is finalized shortly after start, then reported from storage."""
+    """The daemon freezes the last period on its own once `--finalize-after` has passed: the
+    month before the current one (by the real clock, as the daemon reads it) is finalized
+    shortly after start, then reported from storage."""
     meter = Meter(tmp_path)
-    meter.crowd(3, "2026-10-10T10:00:00+00:00", 1, "oct")
+    month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last = (month_start - timedelta(days=1)).replace(day=1)
+    label = f"{last:%Y-%m}"
+    meter.crowd(3, (last + timedelta(days=9, hours=10)).isoformat(), 1, "last")
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "meter", "serve", "--broker", mosquitto.url, "--db", str(meter.db),
@@ -233,7 +242,7 @@ def test_meter_serve_finalizes_a_period_after_the_lateness(mosquitto: Broker, tm
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         log.close()
-    assert [("acme", 1790812800000000)] == rows  # 2026-10-01T00:00:00Z
+    assert [("acme", (last - EPOCH) // timedelta(microseconds=1))] == rows
     assert 0 == proc.returncode
-    assert "finalized acme 2026-10" in (tmp_path / "serve.log").read_text()
-    assert meter.acme("2026-10")["finalized"] is True
+    assert f"finalized acme {label}" in (tmp_path / "serve.log").read_text()
+    assert meter.acme(label)["finalized"] is True
