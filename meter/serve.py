@@ -52,7 +52,6 @@ FLAG_KEYS: Final = (
 )
 #: How often the tracker snapshot behind the gauges is refreshed without traffic.
 TICK_SECONDS: Final = 1.0
-_SQL_PARAMS: Final = 998  # bound parameters per existence query (SQLite's lowest limit is 999)
 _RNG: Final = random.Random()  # noqa: S311 - retry jitter, not cryptography
 
 
@@ -89,22 +88,6 @@ class Ingestor:
                              future_skew=timedelta(seconds=settings.max_future))
         self._snapshot_at = 0.0
 
-    async def _known_ids(self, events: Sequence[Event]) -> set[tuple[str, str]]:
-        # One query per 499 events, whatever the number of accounts in the batch (a query per
-        # account cost a round trip to the store's thread each: 1,000 accounts, 1,000 queries).
-        known: set[tuple[str, str]] = set()
-        step = _SQL_PARAMS // 2
-        for i in range(0, len(events), step):
-            chunk = events[i:i + step]
-            values = ",".join(["(?, ?)"] * len(chunk))
-            rows = await self.store.execute_fetchall(
-                f"WITH batch(account, id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
-                "SELECT e.account, e.id FROM batch JOIN events e "
-                "ON e.account = batch.account AND e.id = batch.id",
-                [v for e in chunk for v in (e.account, e.id)])
-            known.update((str(a), str(x)) for a, x in rows)
-        return known
-
     async def _write(self, events: Sequence[Event], rejected: Sequence[RejectedMessage],
                      received_us: int) -> list[Event] | None:
         """Commit; returns the events that were new, or None if stop came while the store was
@@ -113,7 +96,6 @@ class Ingestor:
         while True:
             started = time.perf_counter()
             try:
-                known = await self._known_ids(events)
                 result = await self.store.add(events, rejected, received_us=received_us)
             except (StoreError, sqlite3.OperationalError) as exc:
                 retriable = exc.retriable if isinstance(exc, StoreError) else True
@@ -134,16 +116,7 @@ class Ingestor:
                 continue
             self.metrics.batch_commit.observe(time.perf_counter() - started)
             self.metrics.store_healthy = True
-            fresh: list[Event] = []
-            seen: set[tuple[str, str]] = set(known)
-            for e in events:
-                key = (e.account, e.id)
-                if key not in seen:
-                    seen.add(key)
-                    fresh.append(e)
-            if len(fresh) != result.new:
-                log.warning("store stored %d new events, expected %d", result.new, len(fresh))
-            return fresh
+            return [events[i] for i in result.fresh]
 
     async def handle(self, batch: Sequence[Delivery]) -> bool:
         """Validate and commit one batch (the source acknowledges it when this returns True)."""

@@ -56,6 +56,35 @@ async def test_a_batch_reports_new_and_duplicate_events(store: Store) -> None:
     assert {"events": 4, "rejected": 1} == await store.counts()
 
 
+async def test_fresh_names_the_new_events_of_a_batch_in_order(store: Store) -> None:
+    """`fresh` lists the positions of the events that were stored: not those already in the
+    store, and only the first copy of an id repeated within the batch."""
+    await store.add([event(2)], received_us=T0_US)
+    result = await store.add([event(1), event(2), event(3), event(1), event(2, account="globex")],
+                             received_us=T0_US)
+    assert ((0, 2, 4), 3, 2) == (result.fresh, result.new, result.duplicates)
+    assert () == (await store.add([event(1), event(3)], received_us=T0_US)).fresh
+
+
+TRICKY_TEXT = ["quote \" and backslash \\", "tab\tnewline\n", "\u00e9t\u00e9 \U0001f642",
+               "\\u0000 spelled out", "nul \x00 inside", "[\"looks\", \"like\", 1, null]"]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXT)
+async def test_text_fields_and_payloads_are_stored_exactly(store: Store, text: str) -> None:
+    """Every field and the raw payload come back byte for byte, whichever way the batch is
+    written (one JSON statement, or bound rows for text JSON cannot carry, such as a NUL),
+    and a second copy of the batch is recognised as duplicates."""
+    raw = f'{{"id": {text!r}, "k": "\u00e9"}}'.encode()
+    events = [event(1, id=text, user=text, session=text, raw=raw), event(2, user=text, pool=None)]
+    assert ((0, 1), 2) == ((r := await store.add(events, received_us=T0_US)).fresh, r.new)
+    assert ((), 2) == ((r := await store.add(events, received_us=T0_US)).fresh, r.duplicates)
+    rows = await store.execute_fetchall(
+        "SELECT id, user, session, pool, raw, ts_us, received_us FROM events ORDER BY seq")
+    assert [(text, text, text, "agents", raw, T0_US, T0_US),
+            ("e2", text, "s2", None, events[1].raw, T0_US, T0_US)] == rows
+
+
 async def test_a_duplicate_keeps_the_first_copy(store: Store) -> None:
     """A redelivery with the same (account, id) never replaces the stored event."""
     await store.add([event(1, user="first")], received_us=T0_US)

@@ -1,0 +1,87 @@
+"""The MQTT source against a real Mosquitto: batches are handed over one at a time in arrival
+order, and only a batch whose commit has returned is acknowledged (the rest come back to the next
+connection of the same client id)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+
+import aiomqtt
+import pytest
+
+from meter.config import load_settings
+from meter.source import Delivery, MqttSource
+from tests.conftest import Broker
+
+pytestmark = pytest.mark.broker
+
+
+class Recording:
+    """A handler that logs each batch and can hold a batch's commit until released."""
+
+    def __init__(self, hold: Sequence[int] = ()) -> None:
+        self.log: list[tuple[str, int]] = []
+        self.batches: list[list[str]] = []
+        self.gates = {i: asyncio.Event() for i in hold}
+
+    async def __call__(self, batch: Sequence[Delivery]) -> bool:
+        self.batches.append([d.payload.decode() for d in batch])
+        index = len(self.batches) - 1
+        self.log.append(("commit", index))
+        if index in self.gates:
+            await self.gates[index].wait()
+        self.log.append(("committed", index))
+        return True
+
+    @property
+    def payloads(self) -> set[str]:
+        return {p for batch in self.batches for p in batch}
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_batches_commit_one_at_a_time_and_only_committed_ones_are_acknowledged(
+        mosquitto: Broker, topic_prefix: str) -> None:
+    """15 messages in batches of 5: batch 1 is handed over only after batch 0's commit returned.
+    The daemon dies while batch 1 commits: the next connection of the same client id gets
+    exactly batches 1 and 2 back, and nothing of batch 0."""
+    settings = load_settings({
+        "broker": mosquitto.url, "topic_prefix": topic_prefix, "batch_max": "5",
+        "batch_wait": "2s", "client_id": f"src-{uuid.uuid4().hex[:8]}"}, {})
+    connected = asyncio.Event()
+    first = Recording(hold=(0, 1))
+    task = asyncio.create_task(MqttSource(settings, on_connected=lambda up: up and connected.set())
+                               .run(first, asyncio.Event()))
+    await asyncio.wait_for(connected.wait(), 10)
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as publisher:
+        for i in range(15):
+            await publisher.publish(f"{topic_prefix}/acme/events", f"m{i:02d}", qos=1)
+
+    await until(lambda: ("commit", 0) in first.log, "batch 0")
+    await asyncio.sleep(0.3)  # time enough to (wrongly) hand over batch 1 already
+    assert [("commit", 0)] == first.log
+    first.gates[0].set()
+    await until(lambda: ("commit", 1) in first.log, "batch 1")
+    await asyncio.sleep(0.3)
+    assert [("commit", 0), ("committed", 0), ("commit", 1)] == first.log
+    assert [[f"m{i:02d}" for i in range(b * 5, b * 5 + 5)] for b in range(2)] == first.batches
+    task.cancel()  # the daemon dies while batch 1 commits
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    second = Recording()
+    stop = asyncio.Event()
+    task = asyncio.create_task(MqttSource(settings).run(second, stop))
+    await until(lambda: len(second.payloads) >= 10, "the redelivery")
+    await asyncio.sleep(0.5)  # anything acknowledged would have come back by now, too
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert {f"m{i:02d}" for i in range(5, 15)} == second.payloads
