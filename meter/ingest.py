@@ -136,7 +136,8 @@ async def ingest(
         nonlocal committing
         await settle()
         committing = asyncio.ensure_future(
-            store.add(events.copy(), rejected.copy(), received_us=received_us))
+            store.add(events.copy(), rejected.copy(), received_us=received_us, which=False,
+                      one_statement=False))
         events.clear()
         rejected.clear()
 

@@ -64,6 +64,13 @@ async def test_fresh_names_the_new_events_of_a_batch_in_order(store: Store) -> N
                              received_us=T0_US)
     assert ((0, 2, 4), 3, 2) == (result.fresh, result.new, result.duplicates)
     assert () == (await store.add([event(1), event(3)], received_us=T0_US)).fresh
+    # Without `which` (meter ingest) the lookup is skipped; the counts stay exact.
+    result = await store.add([event(4), event(1), event(4)], received_us=T0_US, which=False)
+    assert ((), 1, 2) == (result.fresh, result.new, result.duplicates)
+    # Bound rows instead of one statement: the same answer.
+    result = await store.add([event(5), event(1), event(5)], received_us=T0_US,
+                             one_statement=False)
+    assert ((0,), 1, 2) == (result.fresh, result.new, result.duplicates)
 
 
 TRICKY_TEXT = ["quote \" and backslash \\", "tab\tnewline\n", "\u00e9t\u00e9 \U0001f642",
@@ -73,12 +80,14 @@ TRICKY_TEXT = ["quote \" and backslash \\", "tab\tnewline\n", "\u00e9t\u00e9 \U0
 @pytest.mark.parametrize("text", TRICKY_TEXT)
 async def test_text_fields_and_payloads_are_stored_exactly(store: Store, text: str) -> None:
     """Every field and the raw payload come back byte for byte, whichever way the batch is
-    written (one JSON statement, or bound rows for text JSON cannot carry, such as a NUL),
-    and a second copy of the batch is recognised as duplicates."""
+    written (one JSON statement, or bound rows: asked for, or for text JSON cannot carry, such
+    as a NUL), and a second copy of the batch is recognised as duplicates either way."""
     raw = f'{{"id": {text!r}, "k": "\u00e9"}}'.encode()
     events = [event(1, id=text, user=text, session=text, raw=raw), event(2, user=text, pool=None)]
     assert ((0, 1), 2) == ((r := await store.add(events, received_us=T0_US)).fresh, r.new)
     assert ((), 2) == ((r := await store.add(events, received_us=T0_US)).fresh, r.duplicates)
+    again = await store.add(events, received_us=T0_US, one_statement=False)
+    assert ((), 2) == (again.fresh, again.duplicates)
     rows = await store.execute_fetchall(
         "SELECT id, user, session, pool, raw, ts_us, received_us FROM events ORDER BY seq")
     assert [(text, text, text, "agents", raw, T0_US, T0_US),
