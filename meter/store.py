@@ -297,7 +297,10 @@ class Store:
                 known.add(key)  # a second copy within the batch is a duplicate too
                 fresh.append(i)
         if len(fresh) != new:
-            raise StoreError(f"{self.path}: stored {new} new events, expected {len(fresh)}")
+            # Committed, but the lookup disagrees with SQLite: a bug. Not retriable: the daemon
+            # stops loudly and its restart rebuilds the live view from what was stored.
+            raise StoreError(f"{self.path}: batch committed with {new} new events where the id "
+                             f"lookup expected {len(fresh)}; this is a bug", retriable=False)
         return BatchResult(new=new, duplicates=len(events) - new, rejected=len(rejected),
                            fresh=tuple(fresh))
 
