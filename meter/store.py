@@ -175,9 +175,10 @@ def _retriable(exc: sqlite3.Error) -> bool:
 class Store:
     """An open store. Use `await Store.open(path)` and `await store.close()` (or `async with`)."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, *, json: bool = True) -> None:
         self._db = db
         self.path = path
+        self._json = json  # whether this SQLite has json_each (built in since 3.38)
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -195,6 +196,11 @@ class Store:
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             await cls._migrate(db, path)
+            try:
+                await db.execute("SELECT count(*) FROM json_each('[]')")
+                has_json = True
+            except sqlite3.OperationalError:
+                has_json = False  # an SQLite built without JSON: batches are written as bound rows
         except sqlite3.Error as exc:
             await db.close()
             raise StoreError(f"{path}: cannot prepare database: {exc}",
@@ -202,7 +208,7 @@ class Store:
         except BaseException:
             await db.close()
             raise
-        return cls(db, path)
+        return cls(db, path, json=has_json)
 
     @staticmethod
     async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
@@ -257,7 +263,7 @@ class Store:
         Returns only after COMMIT; on any error the whole batch is rolled back and `StoreError`
         says whether a retry can succeed.
         """
-        batch = _json_rows(events) if events and one_statement else None
+        batch = _json_rows(events) if events and one_statement and self._json else None
         try:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
