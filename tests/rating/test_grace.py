@@ -111,6 +111,14 @@ def test_cumulative_episodes_share_the_billed_level() -> None:
         pytest.param([(0, 3600)] * 8 + [(0, 900), (2700, 3600)], "cumulative", 9,
                      id="two 15-minute stretches at 9, cumulative"),
         pytest.param([], "continuous", 0, id="nobody"),
+        # Two 20-minute stretches at 5 with a 1-minute dip between, over an hour at 2: the dip
+        # to 2 breaks the stretch (2 is the level held longest), a dip to 4 keeps 4 for 41 min.
+        pytest.param([(0, 7200)] * 2 + [(3600, 3600 + 20 * M)] * 3
+                     + [(3600 + 21 * M, 3600 + 41 * M)] * 3, "continuous", 2,
+                     id="a dip to the floor between two 20-minute stretches at 5"),
+        pytest.param([(0, 7200)] * 2 + [(3600, 3600 + 41 * M)] * 2 + [(3600, 3600 + 20 * M),
+                                                                      (3600 + 21 * M, 3600 + 41 * M)],
+                     "continuous", 4, id="a dip to 4 between two 20-minute stretches at 5"),
     ],
 )
 def test_billable_peak_applies_the_rule_to_c(spans: list[tuple[float, float]], mode: str,
