@@ -238,4 +238,9 @@ def excess_steps(c: Steps, e: Steps) -> Steps:
     own = (at >= c.g.shape[0]) | (c.g[np.minimum(at, c.g.shape[0] - 1)] != e.g)
     at, eg = at[own], e.g[own]
     x_at_e = np.maximum(c.value[np.searchsorted(c.g, eg, side="right") - 1] - e.value[own], 0)
-    return _finish(np.insert(c.g, at, eg), np.insert(x_at_c, at, x_at_e), c.start, c.end)
+    g = np.insert(c.g, at, eg)
+    x = np.insert(x_at_c, at, x_at_e)
+    # Most steps of c leave x unchanged (at 0, mostly): drop them before _finish's passes.
+    keep = np.ones(g.shape[0], np.bool_)
+    keep[1:] = (x[1:] != x[:-1]) | ((g[1:] >> SPAN_BITS) != (g[:-1] >> SPAN_BITS))
+    return _finish(g[keep], x[keep], c.start, c.end)
