@@ -265,7 +265,7 @@ def session_arrays(cols: EventColumns, timeout_us: I64, until_us: I64) -> Sessio
     if until_us.shape[0]:
         keep &= cols.ts < until_us[np.where(keep, pool_of, 0)]
     if not keep.any():
-        return SessionArrays(*_fast_sessions(cols, np.flatnonzero(keep), timeout_us, until_us))
+        return SessionArrays(*_fast_sessions(cols, ~keep, timeout_us, until_us))
     n_members = int(cols.member_pool.shape[0])
     member, sess, kind = cols.member, cols.session, cols.kind
     named = np.bincount(member[keep & (sess >= 0)], minlength=n_members) > 0
@@ -274,8 +274,7 @@ def session_arrays(cols: EventColumns, timeout_us: I64, until_us: I64) -> Sessio
     slow = keep & mixed[np.where(keep, member, 0)]
     has_slow = bool(slow.any())
     fast = keep & ~slow if has_slow else keep
-    parts = [_fast_sessions(cols, None if fast.all() else np.flatnonzero(fast), timeout_us,
-                            until_us)]
+    parts = [_fast_sessions(cols, None if fast.all() else ~fast, timeout_us, until_us)]
     if has_slow:
         parts.append(_slow_sessions(cols, np.flatnonzero(slow), timeout_us, until_us))
     if len(parts) == 1:
@@ -297,13 +296,12 @@ def _session_member(cols: EventColumns) -> NDArray[np.int32]:
     return out
 
 
-def _fast_sessions(cols: EventColumns, idx: NDArray[np.intp] | None, timeout_us: I64,
+def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_us: I64,
                    until_us: I64) -> _Parts:
-    if idx is None:
-        member, sess, ts, kind = cols.member, cols.session, cols.ts, cols.kind
-    else:
-        member, sess, ts, kind = cols.member[idx], cols.session[idx], cols.ts[idx], cols.kind[idx]
-    if ts.size == 0:
+    """Sessions of the events not in `drop`, key by key (see `session_arrays`)."""
+    member, sess, ts, kind = cols.member, cols.session, cols.ts, cols.kind
+    n = ts.size - (int(np.count_nonzero(drop)) if drop is not None else 0)
+    if n == 0:
         e64 = np.empty(0, np.int64)
         e32 = np.empty(0, np.int32)
         eb = np.empty(0, np.bool_)
@@ -313,12 +311,17 @@ def _fast_sessions(cols: EventColumns, idx: NDArray[np.intp] | None, timeout_us:
     key = sess.astype(np.int64)
     blank = key < 0
     key[blank] = n_sessions + member[blank]
+    if drop is not None:
+        # Dropped events take a key after every real one: they sort last and are cut off, which
+        # is cheaper than gathering the kept ones out of every column first.
+        key[drop] = n_sessions + cols.member_pool.shape[0]
     t0 = int(ts.min())
-    sub = (ts - t0) << 2
-    sub |= kind
+    sub = (ts - t0) << 3
+    sub |= kind  # 3 bits: seat events (dropped) have kinds past LOGIN
     key, sub = sort_pairs(key, sub, max(1, int(sub.max()).bit_length()))
-    ts = (sub >> 2) + t0
-    kind = (sub & 3).astype(np.int8)
+    key, sub = key[:n], sub[:n]
+    ts = (sub >> 3) + t0
+    kind = (sub & 7).astype(np.int8)
     del sub
     key_member = np.concatenate([_session_member(cols),
                                  np.arange(cols.member_pool.shape[0], dtype=np.int32)])
