@@ -128,24 +128,36 @@ class Steps:
 
 
 def _finish(g: I64, value: I64, start: I64, end: I64) -> Steps:
-    """Steps from rows sorted by g (ties: the last row wins), adding a 0 at each slot start."""
+    """Steps from rows sorted by g (ties: the last row wins), adding a 0 at each slot start.
+
+    Written for millions of rows: a head is inserted only where a slot has no row at its start,
+    rows at or past a slot's end (a few per slot) are found by binary search, and one mask
+    compresses the rest."""
     n_slots = start.shape[0]
     heads = np.arange(n_slots, dtype=np.int64) << SPAN_BITS
-    # Insert each head before any real step at the same time, so the real step wins.
     at = np.searchsorted(g, heads, side="left")
-    all_g = np.insert(g, at, heads)
-    all_v = np.insert(value, at, 0)
-    # A change at a period's end is outside the half-open period.
-    inside = (all_g & _OFFSET_MASK) < (end - start)[all_g >> SPAN_BITS]
-    all_g, all_v = all_g[inside], all_v[inside]
+    missing = (at >= g.shape[0]) | (g[np.minimum(at, max(g.shape[0] - 1, 0))] != heads) \
+        if g.shape[0] else np.ones(n_slots, np.bool_)
+    all_g = np.insert(g, at[missing], heads[missing])
+    all_v = np.insert(value, at[missing], 0)
+    # Equal g: the last row wins (few callers pass any).
     last = np.ones(all_g.shape[0], np.bool_)
-    last[:-1] = all_g[1:] != all_g[:-1]
-    all_g, all_v = all_g[last], all_v[last]
-    slot = all_g >> SPAN_BITS
-    keep = np.ones(all_g.shape[0], np.bool_)
-    keep[1:] = (all_v[1:] != all_v[:-1]) | (slot[1:] != slot[:-1])
-    all_g, all_v, slot = all_g[keep], all_v[keep], slot[keep]
-    offsets = np.searchsorted(slot, np.arange(n_slots + 1, dtype=np.int64)).astype(np.int64)
+    np.not_equal(all_g[:-1], all_g[1:], out=last[:-1])
+    if not last.all():
+        all_g, all_v = all_g[last], all_v[last]
+    n = all_g.shape[0]
+    first = np.searchsorted(all_g, heads, side="left")  # each slot's first row: its head
+    # A row repeating the value before it changes nothing, except a slot's first row.
+    keep = np.ones(n, np.bool_)
+    np.not_equal(all_v[1:], all_v[:-1], out=keep[1:])
+    keep[first] = True
+    # Rows at or past a slot's end: a change at a period's end is outside the half-open period.
+    past = np.searchsorted(all_g, heads + (end - start), side="left")
+    stop = np.append(first[1:], n)
+    for lo, hi in zip(past[past < stop].tolist(), stop[past < stop].tolist(), strict=True):
+        keep[lo:hi] = False
+    all_g, all_v = all_g[keep], all_v[keep]
+    offsets = np.searchsorted(all_g, np.append(heads, n_slots << SPAN_BITS)).astype(np.int64)
     return Steps(all_g, all_v, offsets, start, end)
 
 

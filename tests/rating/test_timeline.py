@@ -135,6 +135,14 @@ def test_licensed_before_the_first_step_is_the_pool_quantity() -> None:
     assert ((T0, 7),) == rate_pool(pool(quantity=7), [], DAY).licensed.points()
 
 
+def test_steps_at_the_same_instant_leave_the_last_one() -> None:
+    """Two quantities stated for one instant: the later-listed one is in force, shown once, and
+    a step back to the value before it is no change at all."""
+    rating = rate_pool(pool(quantity=7), [], DAY, [(at(60), 9), (at(60), 12), (at(90), 7),
+                                                   (at(120), 5), (at(120), 7)])
+    assert ((T0, 7), (at(60), 12), (at(90), 7)) == rating.licensed.points()
+
+
 def test_a_dst_month_in_new_york() -> None:
     """Across the spring-forward night an hour of local clock time is 1 hour, not 2."""
     ny = Account(id="acme", timezone="America/New_York", currency="USD", billing="monthly",
