@@ -316,12 +316,12 @@ def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_u
         # is cheaper than gathering the kept ones out of every column first.
         key[drop] = n_sessions + cols.member_pool.shape[0]
     t0 = int(ts.min())
-    sub = (ts - t0) << 3
-    sub |= kind  # 3 bits: seat events (dropped) have kinds past LOGIN
+    sub = (ts - t0) << 2
+    sub |= kind  # session kinds fit 2 bits; a dropped seat event's kind spills into its own time
     key, sub = sort_pairs(key, sub, max(1, int(sub.max()).bit_length()))
     key, sub = key[:n], sub[:n]
-    ts = (sub >> 3) + t0
-    kind = (sub & 7).astype(np.int8)
+    ts = (sub >> 2) + t0
+    kind = (sub & 3).astype(np.int8)
     del sub
     key_member = np.concatenate([_session_member(cols),
                                  np.arange(cols.member_pool.shape[0], dtype=np.int32)])
