@@ -263,15 +263,16 @@ def session_arrays(cols: EventColumns, timeout_us: I64, until_us: I64) -> Sessio
     pool_of = cols.pool
     keep = (pool_of >= 0) & (cols.kind <= LOGIN)
     if until_us.shape[0]:
-        keep &= cols.ts < until_us[np.where(keep, pool_of, 0)]
+        # pool -1 reads the last entry: harmless, those rows are not kept anyway.
+        keep &= cols.ts < until_us[pool_of]
     if not keep.any():
         return SessionArrays(*_fast_sessions(cols, ~keep, timeout_us, until_us))
     n_members = int(cols.member_pool.shape[0])
     member, sess, kind = cols.member, cols.session, cols.kind
-    named = np.bincount(member[keep & (sess >= 0)], minlength=n_members) > 0
     blanket = np.bincount(member[keep & (sess < 0) & (kind != LOGIN)], minlength=n_members) > 0
+    named = np.bincount(member[keep & (sess >= 0)], minlength=n_members) > 0
     mixed = named & blanket
-    slow = keep & mixed[np.where(keep, member, 0)]
+    slow = keep & mixed[member]
     has_slow = bool(slow.any())
     fast = keep & ~slow if has_slow else keep
     parts = [_fast_sessions(cols, None if fast.all() else ~fast, timeout_us, until_us)]
@@ -321,7 +322,7 @@ def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_u
     key, sub = sort_pairs(key, sub, max(1, int(sub.max()).bit_length()))
     key, sub = key[:n], sub[:n]
     ts = (sub >> 2) + t0
-    kind = (sub & 3).astype(np.int8)
+    is_alive_event = (sub & 3) != LOGOUT
     del sub
     key_member = np.concatenate([_session_member(cols),
                                  np.arange(cols.member_pool.shape[0], dtype=np.int32)])
@@ -330,7 +331,6 @@ def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_u
     np.equal(key[1:], key[:-1], out=same_prev[1:])
     gap_prev = np.zeros(n, np.int64)
     np.subtract(ts[1:], ts[:-1], out=gap_prev[1:])
-    is_alive_event = kind != LOGOUT
     # Most batches share one timeout; then no per-event lookup is needed.
     rated_timeouts = np.unique(timeout_us[until_us > np.iinfo(np.int64).min])
     if rated_timeouts.size == 1:

@@ -194,19 +194,24 @@ def concurrency_steps(sessions: SessionArrays, member_slot: NDArray[np.int64], s
     grp = np.concatenate([member, member])
     del s, e
     grp, sub = sort_pairs(grp, sub, max(1, int(sub.max()).bit_length()))
-    up = (sub & 1).astype(np.bool_)
-    delta = np.where(up, 1, -1)
-    count = np.cumsum(delta)
-    edge = np.where(up, count == 1, count == 0)
+    up = sub & 1
+    count = up << 1
+    count -= 1
+    np.cumsum(count, out=count)
+    # A user's first open session starts (count reaches 1 on a +1) or their last ends (0 on -1).
+    edge = count == up
     slot = member_slot[grp[edge]]
     times = (sub[edge] >> 1) + base
     up_edge = up[edge]
-    del grp, sub, up, delta, count, edge
+    del grp, sub, up, count, edge
     # Per slot, in time order with the -1s first at equal times; the cumulative sum is c(t).
     packed = ((slot << SPAN_BITS) | (times - start[slot])) << 1 | up_edge
     packed.sort()
     g = packed >> 1
-    c = np.cumsum(np.where((packed & 1).astype(np.bool_), 1, -1))
+    c = packed & 1
+    c <<= 1
+    c -= 1
+    np.cumsum(c, out=c)
     last = np.ones(g.shape[0], np.bool_)
     last[:-1] = g[1:] != g[:-1]
     return _finish(g[last], c[last], start, end)
