@@ -270,7 +270,8 @@ def session_arrays(cols: EventColumns, timeout_us: I64, until_us: I64) -> Sessio
     n_members = int(cols.member_pool.shape[0])
     member, sess, kind = cols.member, cols.session, cols.kind
     blanket = np.bincount(member[keep & (sess < 0) & (kind != LOGIN)], minlength=n_members) > 0
-    named = np.bincount(member[keep & (sess >= 0)], minlength=n_members) > 0
+    # Only members with a blanket event can be mixed: look for named events of those alone.
+    named = np.bincount(member[blanket[member] & keep & (sess >= 0)], minlength=n_members) > 0
     mixed = named & blanket
     slow = keep & mixed[member]
     has_slow = bool(slow.any())
@@ -321,7 +322,7 @@ def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_u
     sub |= kind  # session kinds fit 2 bits; a dropped seat event's kind spills into its own time
     key, sub = sort_pairs(key, sub, max(1, int(sub.max()).bit_length()))
     key, sub = key[:n], sub[:n]
-    ts = (sub >> 2) + t0
+    ts = sub >> 2  # relative to t0 until the results are read out
     is_alive_event = (sub & 3) != LOGOUT
     del sub
     key_member = np.concatenate([_session_member(cols),
@@ -354,16 +355,16 @@ def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_u
     has_next[inb] = same_prev[nxt[inb]]
     nxt_c = np.minimum(nxt, n - 1)
     closed_by_logout = has_next & alive[nxt_c]  # then the next event is that logout
-    last_ts = ts[lasts]
+    last_ts = ts[lasts] + t0
     last_pool = cols.member_pool[key_member[key[lasts]]]
     until = until_us[last_pool]
     expired_at_end = ~has_next & (until - last_ts >= timeout_us[last_pool])
     still_open = ~has_next & ~expired_at_end
-    end = np.where(closed_by_logout, ts[nxt_c], np.where(still_open, until, last_ts))
+    end = np.where(closed_by_logout, ts[nxt_c] + t0, np.where(still_open, until, last_ts))
     inferred = ~closed_by_logout & ~still_open
     ignored = np.flatnonzero(~is_alive_event & ~alive)
-    return (key_member[key[starts]], ts[starts], end, inferred, still_open,
-            key_member[key[ignored]], ts[ignored])
+    return (key_member[key[starts]], ts[starts] + t0, end, inferred, still_open,
+            key_member[key[ignored]], ts[ignored] + t0)
 
 
 def _slow_sessions(cols: EventColumns, idx: NDArray[np.intp], timeout_us: I64,
