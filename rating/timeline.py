@@ -175,14 +175,14 @@ def concurrency_steps(sessions: SessionArrays, member_slot: NDArray[np.int64], s
     """
     _check_spans(start, end)
     slot = member_slot[sessions.member]
-    rated = slot >= 0
-    member = sessions.member[rated].astype(np.int64)
-    slot = slot[rated]
-    ps, pe = start[slot], end[slot]
-    s = np.maximum(sessions.start[rated], ps)
-    e = np.minimum(sessions.end[rated], pe)
+    # Clip to the slot's period and keep what is rated and left with a duration, in one pass
+    # (a slot of -1 reads the last period: harmless, those rows are dropped).
+    s = np.maximum(sessions.start, start[slot])
+    e = np.minimum(sessions.end, end[slot])
     live = e > s
-    member, slot, s, e = member[live], slot[live], s[live], e[live]
+    live &= slot >= 0
+    member = sessions.member[live].astype(np.int64)
+    slot, s, e = slot[live], s[live], e[live]
     n = s.shape[0]
     if n == 0:
         empty = np.empty(0, np.int64)
