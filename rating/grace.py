@@ -20,7 +20,6 @@ __all__ = ["EpisodeArrays", "billable_levels", "continuous_levels", "cumulative_
            "episode_arrays", "window_minimum"]
 
 I64 = NDArray[np.int64]
-_OFFSET_MASK = (1 << SPAN_BITS) - 1
 
 
 def window_minimum(steps: Steps, grace_us: I64, only: NDArray[np.bool_] | None = None
@@ -144,7 +143,8 @@ def _pruned_continuous_levels(steps: Steps, grace_us: I64, only: NDArray[np.bool
     """
     slot = steps.slot_of()
     v = steps.value
-    floor = _max_per_slot(np.where(steps.durations() > grace_us[slot], v, 0), steps.offsets)
+    dur = steps.durations()
+    floor = _max_per_slot(np.where(dur > grace_us[slot], v, 0), steps.offsets)
     idx = np.flatnonzero((v > floor[slot]) & only[slot])
     if idx.size == 0:
         return floor
@@ -152,17 +152,16 @@ def _pruned_continuous_levels(steps: Steps, grace_us: I64, only: NDArray[np.bool
     first = np.ones(idx.shape[0], np.bool_)
     first[1:] = (idx[1:] != idx[:-1] + 1) | (run_slot[1:] != run_slot[:-1])
     heads = np.flatnonzero(first)
-    tails = np.append(heads[1:], idx.shape[0]) - 1
+    tail = idx[np.append(heads[1:], idx.shape[0]) - 1]
     run_of = np.cumsum(first) - 1
     g = steps.g
     head_g = g[idx[heads]]
-    tail = idx[tails]
-    end_g = np.where(tail + 1 < steps.offsets[slot[tail] + 1], g[np.minimum(tail + 1, g.shape[0] - 1)],
-                     steps.end_g()[slot[tail]])
     slot_of_run = run_slot[heads]
-    start = steps.start[slot_of_run] + (head_g & _OFFSET_MASK)
+    # Each run as a period of its own: from its first step to the end of its last.
+    start = steps.start[slot_of_run] + (head_g - (slot_of_run << SPAN_BITS))
     runs = Steps((run_of << SPAN_BITS) | (g[idx] - head_g[run_of]), v[idx],
-                 np.append(heads, idx.shape[0]).astype(np.int64), start, start + (end_g - head_g))
+                 np.append(heads, idx.shape[0]).astype(np.int64), start,
+                 start + (g[tail] + dur[tail] - head_g))
     per_run = continuous_levels(runs, grace_us[slot_of_run])
     run_offsets = np.searchsorted(slot_of_run, np.arange(steps.slots + 1)).astype(np.int64)
     return np.maximum(floor, _max_per_slot(per_run, run_offsets))

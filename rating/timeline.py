@@ -136,8 +136,8 @@ def _finish(g: I64, value: I64, start: I64, end: I64) -> Steps:
     n_slots = start.shape[0]
     heads = np.arange(n_slots, dtype=np.int64) << SPAN_BITS
     at = np.searchsorted(g, heads, side="left")
-    missing = (at >= g.shape[0]) | (g[np.minimum(at, max(g.shape[0] - 1, 0))] != heads) \
-        if g.shape[0] else np.ones(n_slots, np.bool_)
+    missing = at >= g.shape[0]
+    missing[~missing] = g[at[~missing]] != heads[~missing]
     all_g = np.insert(g, at[missing], heads[missing])
     all_v = np.insert(value, at[missing], 0)
     # Equal g: the last row wins (few callers pass any).
@@ -255,9 +255,4 @@ def excess_steps(c: Steps, e: Steps) -> Steps:
     own = (at >= c.g.shape[0]) | (c.g[np.minimum(at, c.g.shape[0] - 1)] != e.g)
     at, eg = at[own], e.g[own]
     x_at_e = np.maximum(c.value[np.searchsorted(c.g, eg, side="right") - 1] - e.value[own], 0)
-    g = np.insert(c.g, at, eg)
-    x = np.insert(x_at_c, at, x_at_e)
-    # Most steps of c leave x unchanged (at 0, mostly): drop them before _finish's passes.
-    keep = np.ones(g.shape[0], np.bool_)
-    keep[1:] = (x[1:] != x[:-1]) | ((g[1:] >> SPAN_BITS) != (g[:-1] >> SPAN_BITS))
-    return _finish(g[keep], x[keep], c.start, c.end)
+    return _finish(np.insert(c.g, at, eg), np.insert(x_at_c, at, x_at_e), c.start, c.end)
