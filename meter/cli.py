@@ -10,17 +10,31 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import NoReturn
 
 from meter import __version__
 from meter.errors import ConfigError, ContractError, InvalidEvent, MeterError
 from rating.errors import RatingError
 
-__all__ = ["UsageError", "build_parser", "main"]
+__all__ = ["UsageError", "build_parser", "main", "parse_instant"]
 
 
 class UsageError(MeterError):
     """Bad usage or a bad input file: exit code 2, one line on stderr."""
+
+
+def parse_instant(text: str | None, flag: str) -> datetime:
+    """The RFC 3339 time (with an offset) given to `flag`, in UTC; now when it is absent."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag}: expected an RFC 3339 time with offset, got {text!r}") from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise UsageError(f"{flag}: {text!r} has no UTC offset (add Z or +HH:MM)")
+    return value.astimezone(UTC)
 
 
 class _Parser(argparse.ArgumentParser):

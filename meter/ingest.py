@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
-from meter.cli import UsageError
+from meter.cli import UsageError, parse_instant
 from meter.events import REASONS, Event, Limits, Rejection, parse, to_us
 from meter.store import BatchResult, RejectedMessage, Store
 from rating.contracts import Contracts, parse_contracts, parse_duration
@@ -69,15 +69,7 @@ def load_contracts(path: str | Path) -> Contracts:
 
 def parse_as_of(text: str | None) -> datetime:
     """The `--as-of` receive time (aware, UTC), or now when absent."""
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--as-of: expected an RFC 3339 time with offset, got {text!r}") from None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise UsageError(f"--as-of: {text!r} has no UTC offset (add Z or +HH:MM)")
-    return value.astimezone(UTC)
+    return parse_instant(text, "--as-of")
 
 
 def _why(exc: BaseException) -> str:

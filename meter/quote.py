@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from meter.cli import UsageError, parse_instant
 from rating.contracts import Order, parse_contracts
 from rating.errors import ContractError
 from rating.money import format_money
@@ -22,20 +23,6 @@ __all__ = ["format_quote", "run", "run_cli"]
 _PROG = "meter quote"
 
 
-class _Bad(Exception):
-    """Bad usage or input: one line on stderr, exit code 2."""
-
-
-def _parse_at(text: str | None) -> datetime:
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise _Bad(f"--at: expected an RFC 3339 time with offset, got {text!r}") from None
-    if instant.tzinfo is None:
-        raise _Bad(f"--at: {text!r} has no UTC offset (add 'Z' or '+HH:MM')")
-    return instant.astimezone(UTC)
 
 
 def _iso(instant: datetime) -> str:
@@ -61,31 +48,31 @@ def format_quote(q: Quote) -> list[str]:
 def _quote(contracts_path: str, account: str, *, pool: str | None, addon: str | None,
            quantity: int, at: str | None) -> Quote:
     if (pool is None) == (addon is None):
-        raise _Bad("name exactly one of --pool or --addon")
+        raise UsageError("name exactly one of --pool or --addon")
     if quantity < 0:
-        raise _Bad(f"--quantity: the new total must be >= 0, got {quantity}")
-    instant = _parse_at(at)
+        raise UsageError(f"--quantity: the new total must be >= 0, got {quantity}")
+    instant = parse_instant(at, "--at")
     path = Path(contracts_path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise _Bad(f"{contracts_path}: cannot read: {reason}") from None
+        raise UsageError(f"{contracts_path}: cannot read: {reason}") from None
     try:
         contracts = parse_contracts(text, contracts_path)
     except ContractError as exc:
         # A TOML error can span lines (the offending line quoted): keep the first, it names it.
-        raise _Bad(str(exc).splitlines()[0]) from None
+        raise UsageError(str(exc).splitlines()[0]) from None
     acc = contracts.get(account)
     if acc is None:
         known = ", ".join(a.id for a in contracts.accounts)
-        raise _Bad(f"{contracts_path}: no account {account!r} (accounts: {known})")
+        raise UsageError(f"{contracts_path}: no account {account!r} (accounts: {known})")
     if pool is not None and acc.pool(pool) is None:
         known = ", ".join(p.id for p in acc.pools) or "none"
-        raise _Bad(f"{contracts_path}: account {account!r} has no pool {pool!r} (pools: {known})")
+        raise UsageError(f"{contracts_path}: account {account!r} has no pool {pool!r} (pools: {known})")
     if addon is not None and acc.addon(addon) is None:
         known = ", ".join(a.id for a in acc.addons) or "none"
-        raise _Bad(f"{contracts_path}: account {account!r} has no add-on {addon!r} "
+        raise UsageError(f"{contracts_path}: account {account!r} has no add-on {addon!r} "
                    f"(add-ons: {known})")
     return quote(acc, Order(at=instant, pool=pool, addon=addon, quantity=quantity))
 
@@ -101,7 +88,7 @@ def run(  # noqa: PLR0917 - positional as the command's flags, the signature cal
     err = err or sys.stderr
     try:
         q = _quote(contracts_path, account, pool=pool, addon=addon, quantity=quantity, at=at)
-    except _Bad as exc:
+    except UsageError as exc:
         print(f"{_PROG}: {exc}", file=err)
         return 2
     if q.reason is not None:

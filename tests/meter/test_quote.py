@@ -122,7 +122,7 @@ def test_addon_quote(contracts: Path, capsys: pytest.CaptureFixture[str]) -> Non
         (["--account", "acme", "--pool", "agents", "--quantity", "-1"],
          "meter quote: --quantity: the new total must be >= 0, got -1"),
         (["--account", "acme", "--pool", "agents", "--quantity", "1", "--at", "2026-11-17"],
-         "meter quote: --at: '2026-11-17' has no UTC offset (add 'Z' or '+HH:MM')"),
+         "meter quote: --at: '2026-11-17' has no UTC offset (add Z or +HH:MM)"),
         (["--account", "acme", "--pool", "agents", "--quantity", "1", "--at", "soon"],
          "meter quote: --at: expected an RFC 3339 time with offset, got 'soon'"),
     ],
