@@ -14,14 +14,10 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from meter import __version__
-from meter.errors import ConfigError, ContractError, InvalidEvent, MeterError
+from meter.errors import ConfigError, ContractError, InvalidEvent, MeterError, UsageError
 from rating.errors import RatingError
 
 __all__ = ["UsageError", "build_parser", "main", "parse_instant"]
-
-
-class UsageError(MeterError):
-    """Bad usage or a bad input file: exit code 2, one line on stderr."""
 
 
 def parse_instant(text: str | None, flag: str) -> datetime:

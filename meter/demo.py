@@ -27,8 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final
 
-from meter.cli import UsageError
-from meter.errors import MeterError
+from meter.errors import MeterError, UsageError
 from meter.report import Report, make_report, write_outputs
 from meter.store import Store
 from rating.contracts import parse_contracts

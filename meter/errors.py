@@ -4,6 +4,7 @@
      +-- InvalidEvent     an event that fails validation (carries the rejection reason)
      +-- StoreError       the database cannot be opened, migrated or written
      +-- ConfigError      settings or command-line values that cannot work
+     +-- UsageError       bad usage or a bad input file
 
 `ContractError` (a bad contracts file) is raised by the pure core, `rating.errors`; it is
 re-exported here so shell code can catch `(MeterError, ContractError)` from one place.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from rating.errors import ContractError
 
-__all__ = ["ConfigError", "ContractError", "InvalidEvent", "MeterError", "StoreError"]
+__all__ = ["ConfigError", "ContractError", "InvalidEvent", "MeterError", "StoreError", "UsageError"]
 
 
 class MeterError(Exception):
@@ -42,3 +43,7 @@ class StoreError(MeterError):
 
 class ConfigError(MeterError):
     """Settings that cannot work; the message names the flag, variable or key."""
+
+
+class UsageError(MeterError):
+    """Bad usage or a bad input file: exit code 2, one line on stderr."""

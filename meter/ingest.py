@@ -17,7 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
-from meter.cli import UsageError, parse_instant
+from meter.cli import parse_instant
+from meter.errors import UsageError
 from meter.events import REASONS, Event, Limits, Rejection, parse, to_us
 from meter.store import BatchResult, RejectedMessage, Store
 from rating.contracts import Contracts, parse_contracts, parse_duration

@@ -22,9 +22,8 @@ from typing import IO, Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from meter.cli import UsageError
 from meter.config import BrokerAddress, load_settings
-from meter.errors import ConfigError, MeterError
+from meter.errors import ConfigError, MeterError, UsageError
 
 __all__ = ["PublishResult", "publish", "run", "topic_for"]
 

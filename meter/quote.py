@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from meter.cli import UsageError, parse_instant
+from meter.cli import parse_instant
+from meter.errors import UsageError
 from rating.contracts import Order, parse_contracts
 from rating.errors import ContractError
 from rating.money import format_money
 from rating.seatchanges import Quote, describe_total, quote
+from rating.usage import iso
 
 __all__ = ["format_quote", "run", "run_cli"]
 
@@ -24,9 +25,6 @@ _PROG = "meter quote"
 
 
 
-
-def _iso(instant: datetime) -> str:
-    return instant.isoformat().replace("+00:00", "Z")
 
 
 def format_quote(q: Quote) -> list[str]:
@@ -36,7 +34,7 @@ def format_quote(q: Quote) -> list[str]:
     if q.change is not None:
         c = q.change
         lines.append(f"account {q.account} {kind} {c.target}: {c.before} -> {q.order.quantity} "
-                     f"seats at {_iso(c.at)}")
+                     f"seats at {iso(c.at)}")
         lines.append(f"  {c.description}")
     for line in q.charges:
         lines.append(f"  {line.kind} {line.target} {format_money(line.amount, q.exponent)} "

@@ -28,15 +28,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meter.cli import UsageError
+from meter.errors import UsageError
 from meter.events import to_us
 from meter.store import Store
 from rating.bill import RATING_VERSION, AccountBill, Line, Row, adjustments, grace_text, rate_rows
 from rating.contracts import Account, Contracts, parse_contracts
 from rating.money import format_money, format_price
 from rating.periods import Period, monthly_period, period_of_month
-from rating.seatchanges import Steps, apply_orders
-from rating.usage import from_us
+from rating.seatchanges import QuantitySteps, apply_orders
+from rating.usage import from_us, iso
 
 __all__ = [
     "AccountReport",
@@ -111,12 +111,9 @@ def _int(value: object) -> int:
     return value
 
 
-def _iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
 
 def _iso_us(us: int) -> str:
-    return _iso(from_us(us))
+    return iso(from_us(us))
 
 
 def account_contracts(contracts_text: str) -> dict[str, str]:
@@ -215,7 +212,7 @@ async def _max_seq(store: Store) -> int:
 # --- the JSON document ---------------------------------------------------------------------------
 
 
-def _steps_json(steps: Steps) -> list[list[int]]:
+def _steps_json(steps: QuantitySteps) -> list[list[int]]:
     return [[to_us(t), int(v)] for t, v in steps]
 
 
@@ -226,11 +223,11 @@ def _line_json(line: Line, exp: int) -> dict[str, Any]:
         "quantity": line.quantity,
         "amount": format_money(line.amount, exp),
         "unit_price": None if line.unit_price is None else format_price(line.unit_price, exp),
-        "at": None if line.at is None else _iso(line.at),
+        "at": None if line.at is None else iso(line.at),
         "description": line.description,
     }
     if line.for_period is not None:
-        out["for_period"] = {"start": _iso(line.for_period.start), "end": _iso(line.for_period.end)}
+        out["for_period"] = {"start": iso(line.for_period.start), "end": iso(line.for_period.end)}
     return out
 
 
@@ -248,7 +245,7 @@ def bill_json(bill: AccountBill, inputs: Inputs) -> dict[str, Any]:
             "licensed": use.licensed,
             "users": use.users,
             "peak": use.peak,
-            "peak_at": None if use.peak_at is None else _iso(use.peak_at),
+            "peak_at": None if use.peak_at is None else iso(use.peak_at),
             "billable_peak": use.billable_peak,
             "overage_seats": use.overage_seats,
             "overage_price": (None if pool.overage_price is None
@@ -258,8 +255,8 @@ def bill_json(bill: AccountBill, inputs: Inputs) -> dict[str, Any]:
                        "rule": grace_text(pool)} if pool.model == "concurrent" else None),
             "episodes": [
                 {
-                    "start": _iso(e.start),
-                    "end": _iso(e.end),
+                    "start": iso(e.start),
+                    "end": iso(e.end),
                     "duration_seconds": e.duration // timedelta(seconds=1),
                     "peak_excess": e.peak_excess,
                     "sustained_level": e.sustained_level,
@@ -272,7 +269,7 @@ def bill_json(bill: AccountBill, inputs: Inputs) -> dict[str, Any]:
         "account": account.id,
         "currency": account.currency,
         "timezone": account.timezone,
-        "period": {"start": _iso(bill.period.start), "end": _iso(bill.period.end)},
+        "period": {"start": iso(bill.period.start), "end": iso(bill.period.end)},
         "input_hash": inputs.digest,
         "inputs": {"events": inputs.count, "through_seq": inputs.through_seq},
         "finalized": False,
@@ -297,7 +294,7 @@ def bill_json(bill: AccountBill, inputs: Inputs) -> dict[str, Any]:
         ],
         "charges": [_line_json(c, exp) for c in bill.charges],
         "refused": [
-            {"kind": r.kind, "target": r.target, "at": _iso(r.at), "quantity": r.quantity,
+            {"kind": r.kind, "target": r.target, "at": iso(r.at), "quantity": r.quantity,
              "reason": r.reason}
             for r in bill.refused
         ],
@@ -391,7 +388,7 @@ async def _late_adjustments(store: Store, account: Account, contract: str, perio
         for pool in json.loads(str(row[2]))["pools"]:
             billed[pool["pool"]] = (int(pool["overage_seats"]), Decimal(pool["overage_amount"]))
         # Adjustments for q already billed by the finalized periods between q and `period`.
-        q_start = _iso(q.start)
+        q_start = iso(q.start)
         for _later, later_row in frozen[:index]:
             for charge in json.loads(str(later_row[2]))["charges"]:
                 if charge["kind"] == "adjustment" and charge.get("for_period", {}).get("start") == q_start:

@@ -20,9 +20,9 @@ from rating.money import format_money, format_price, round_money
 from rating.named import build_rosters, rate_named
 from rating.periods import Period
 from rating.pool import PoolJob, PoolRating, rate_pools
-from rating.seatchanges import SeatLedger, Steps, apply_orders, licensed_at
+from rating.seatchanges import QuantitySteps, SeatLedger, apply_orders, licensed_at
 from rating.timeline import Timeline
-from rating.usage import KINDS, EventColumns, UsageEvent, from_us, to_us
+from rating.usage import KINDS, EventColumns, UsageEvent, from_us, iso, to_us
 
 __all__ = [
     "RATING_VERSION",
@@ -81,7 +81,7 @@ class PoolUse:
     episodes: tuple[Episode, ...]
     users: int
     concurrency: Timeline | None
-    licensed_steps: Steps
+    licensed_steps: QuantitySteps
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +176,6 @@ def _seats(n: int) -> str:
     return f"{n} seat" if n == 1 else f"{n} seats"
 
 
-def _iso(instant: datetime) -> str:
-    return instant.isoformat().replace("+00:00", "Z")
-
 
 def _duration_text(span: timedelta) -> str:
     seconds = span // timedelta(seconds=1)
@@ -205,7 +202,7 @@ def monthly_price(account: Account, pool: Pool) -> Decimal:
 
 
 def resolve_pools(account: Account, events: Sequence[UsageEvent],
-                  steps: Mapping[str, Steps] | None = None) -> tuple[tuple[UsageEvent, ...], int]:
+                  steps: Mapping[str, QuantitySteps] | None = None) -> tuple[tuple[UsageEvent, ...], int]:
     """Give every session event a pool, as DESIGN section 3 says, and count those left without.
 
     An event without a pool belongs to the named pool its user holds a seat of at its time, or
@@ -305,7 +302,7 @@ def _overage_line(account: Account, use: PoolUse, period: Period) -> Line:
     if pool.grace_mode == "cumulative":
         where = f"; {len(billed)} billed episodes, cumulative grace {_duration_text(pool.grace)}"
     elif worst is not None:
-        where = f"; sustained {_duration_text(worst.duration)} from {_iso(worst.start)}"
+        where = f"; sustained {_duration_text(worst.duration)} from {iso(worst.start)}"
     else:
         where = ""
     return Line(
@@ -333,7 +330,7 @@ def _event(account: str, row: Row, pool: str | None) -> UsageEvent:
 
 
 def _resolve_rows(account: Account, rows: Sequence[Row],
-                  steps: Mapping[str, Steps]) -> tuple[list[Row], list[UsageEvent], int]:
+                  steps: Mapping[str, QuantitySteps]) -> tuple[list[Row], list[UsageEvent], int]:
     """Session rows with their pools resolved (as `resolve_pools`), the events named seats need
     (seat events, and use of named pools), and how many rows stayed without a pool."""
     named = [p.id for p in account.pools if p.model == "named"]

@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from rating.durations import parse_duration
 from rating.errors import ContractError
 
 __all__ = [
@@ -53,17 +54,7 @@ CURRENCY_EXPONENTS: Mapping[str, int] = {
     "OMR": 3, "JOD": 3, "TND": 3,
 }
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse "30m", "12h", "1h30m", "45s" or "2d" into a timedelta; raise ValueError otherwise."""
-    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
-    if not match or not any(match.groups()):
-        raise ValueError(f"expected a duration like '30m' or '12h', got {text!r}")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from rating.contracts import Account
 from rating.periods import Period, local_midnight
-from rating.seatchanges import Steps, licensed_at
+from rating.seatchanges import QuantitySteps, licensed_at
 from rating.usage import SAME_INSTANT_RANK, EventLike
 
 __all__ = [
@@ -128,7 +128,7 @@ def _named_pools(account: Account) -> tuple[str, ...]:
     return tuple(p.id for p in account.pools if p.model == "named")
 
 
-def _steps_for(account: Account, pool_id: str, steps: Mapping[str, Steps] | None) -> Steps:
+def _steps_for(account: Account, pool_id: str, steps: Mapping[str, QuantitySteps] | None) -> QuantitySteps:
     if steps is not None and pool_id in steps:
         return steps[pool_id]
     pool = account.pool(pool_id)
@@ -142,7 +142,7 @@ def _order(events: Iterable[EventLike], account: Account) -> list[EventLike]:
 
 
 def build_rosters(account: Account, events: Iterable[EventLike],
-                  steps: Mapping[str, Steps] | None = None) -> Rosters:
+                  steps: Mapping[str, QuantitySteps] | None = None) -> Rosters:
     """Replay the account's assign/unassign events (all of them, not only one period's).
 
     `steps` gives each named pool's quantity in force over time (`SeatLedger.licensed_steps`);
@@ -196,7 +196,7 @@ def build_rosters(account: Account, events: Iterable[EventLike],
 
 
 def rate_named(account: Account, events: Iterable[EventLike], period: Period,
-               steps: Mapping[str, Steps] | None = None) -> tuple[NamedUsage, ...]:
+               steps: Mapping[str, QuantitySteps] | None = None) -> tuple[NamedUsage, ...]:
     """Seat holding and use of each named pool of `account` in `period`, in contract order.
 
     `events` may (and for a right roster must) include events before the period. A login or

@@ -15,16 +15,17 @@ from rating.contracts import Account, Order
 from rating.errors import PolicyViolation
 from rating.money import format_money, format_price, round_money
 from rating.periods import Period, local_midnight, term
+from rating.usage import iso
 
 __all__ = [
     "PACK_SIZE",
     "RENEWAL_WINDOW_DAYS",
     "Change",
     "Charge",
+    "QuantitySteps",
     "Quote",
     "Refusal",
     "SeatLedger",
-    "Steps",
     "apply_orders",
     "describe_total",
     "format_span",
@@ -41,7 +42,7 @@ ChargeKind = Literal["seat_add", "switch_credit"]
 TargetKind = Literal["pool", "addon"]
 #: The licensed quantity as a step function: (from, quantity) pairs, times ascending; each
 #: quantity holds from its time until the next pair's.
-Steps = tuple[tuple[datetime, int], ...]
+QuantitySteps = tuple[tuple[datetime, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +119,9 @@ class SeatLedger:
     refused: tuple[Refusal, ...]
     charges: tuple[Charge, ...]
     #: (target id, steps) per pool and add-on, pools first, in contract order.
-    steps: tuple[tuple[str, Steps], ...]
+    steps: tuple[tuple[str, QuantitySteps], ...]
 
-    def licensed_steps(self, target_id: str) -> Steps:
+    def licensed_steps(self, target_id: str) -> QuantitySteps:
         """The quantity of pool (or add-on) `target_id` in force over time, from the anchor.
 
         Additions count from purchase, removals from the end of their term; refused orders change
@@ -177,7 +178,7 @@ class Quote:
         return sum((c.amount for c in self.charges), Decimal(0))
 
 
-def licensed_at(steps: Steps, instant: datetime) -> int:
+def licensed_at(steps: QuantitySteps, instant: datetime) -> int:
     """The quantity a step function gives at `instant` (0 before its first step)."""
     quantity = 0
     for start, value in steps:
@@ -203,9 +204,6 @@ def format_span(span: timedelta, *, compact: bool = False) -> str:
 def _seats(n: int) -> str:
     return f"{n} seat" if n == 1 else f"{n} seats"
 
-
-def _iso(instant: datetime) -> str:
-    return instant.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -296,8 +294,8 @@ class _Walk:
         try:
             if order.at < self.start:
                 raise PolicyViolation(
-                    f"order at {_iso(order.at)} is before the contract starts "
-                    f"({_iso(self.start)}, anchor {self.account.anchor.isoformat()})")
+                    f"order at {iso(order.at)} is before the contract starts "
+                    f"({iso(self.start)}, anchor {self.account.anchor.isoformat()})")
             if order.billing is not None:
                 charges = self._switch(order)
                 return _Outcome(None, charges, None)
@@ -329,12 +327,12 @@ class _Walk:
             if added and order.at >= window:
                 raise PolicyViolation(
                     f"packs policy: no purchases in the last {RENEWAL_WINDOW_DAYS} days of the term "
-                    f"(renewal window from {_iso(window)} to {_iso(self.term.end)}); renew first")
+                    f"(renewal window from {iso(window)} to {iso(self.term.end)}); renew first")
             if total < seat.renews and order.at < window:
                 raise PolicyViolation(
                     f"packs policy: seats cannot be removed during the term "
                     f"({seat.renews} -> {total}); removals are taken in the renewal window "
-                    f"from {_iso(window)}")
+                    f"from {iso(window)}")
 
         charges: tuple[Charge, ...] = ()
         if added:
@@ -345,15 +343,15 @@ class _Walk:
         parts = []
         if added and packs:
             parts.append(f"{_seats(added)} added, charged the full price of the term ending "
-                         f"{_iso(self.term.end)}")
+                         f"{iso(self.term.end)}")
         elif added:
             parts.append(f"{_seats(added)} added, charged for the rest of the billing period "
-                         f"ending {_iso(self.term.end)}")
+                         f"ending {iso(self.term.end)}")
         if restored:
             parts.append(f"{_seats(restored)} restored from a scheduled removal at no charge")
         if removing:
             parts.append(f"{_seats(removing)} to be removed at the end of the term "
-                         f"{_iso(self.term.end)}, usable until then, no refund")
+                         f"{iso(self.term.end)}, usable until then, no refund")
         change = Change(
             order=order, account=self.account.id, target=seat.id, at=order.at, before=before,
             after=seat.in_force, renews=total, added=added, restored=restored, removing=removing,
@@ -394,7 +392,7 @@ class _Walk:
         if self.account.policy == "packs" and order.at < self.renewal_window():
             raise PolicyViolation(
                 "packs policy: the billing frequency can change only in the renewal window "
-                f"from {_iso(self.renewal_window())} to {_iso(self.term.end)}")
+                f"from {iso(self.renewal_window())} to {iso(self.term.end)}")
         exp = self.account.exponent
         left = self.term.end - order.at
         left_s = left // timedelta(seconds=1)
@@ -430,7 +428,7 @@ class _Walk:
 
     def ledger(self) -> SeatLedger:
         """The results so far; removals already scheduled appear as steps at their term's end."""
-        steps: list[tuple[str, Steps]] = []
+        steps: list[tuple[str, QuantitySteps]] = []
         for seat in self.seats.values():
             pairs = list(seat.steps)
             if seat.renews != seat.in_force:

@@ -25,6 +25,7 @@ __all__ = [
     "EventLike",
     "UsageEvent",
     "from_us",
+    "iso",
     "to_us",
 ]
 
@@ -66,6 +67,11 @@ def to_us(instant: datetime) -> int:
 def from_us(us: int) -> datetime:
     """The aware UTC datetime `us` microseconds after the Unix epoch."""
     return _EPOCH + timedelta(microseconds=int(us))
+
+
+def iso(instant: datetime) -> str:
+    """RFC 3339 text of an aware time in UTC, with `Z` (how every bill and report writes times)."""
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
