@@ -45,14 +45,13 @@ import itertools
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
 from rating.contracts import Account, Contracts, Pool
 from rating.coverage import LIMITED_BY_CONCURRENT_ELITE, cover
 from rating.periods import monthly_period
 from rating.seatchanges import SeatLedger, apply_orders
-from rating.usage import SAME_INSTANT_RANK
+from rating.usage import SAME_INSTANT_RANK, from_us, span_us, to_us
 
 __all__ = [
     "KIND_ORDER",
@@ -65,7 +64,6 @@ __all__ = [
     "quantity_at",
 ]
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: Add-ons that Elite concurrent licences do not cover by themselves (seed 003).
 SHORTFALL_ADDONS: Final = LIMITED_BY_CONCURRENT_ELITE
 #: Same-instant order: the one the rating uses (`rating.usage.SAME_INSTANT_RANK`).
@@ -89,15 +87,6 @@ class TrackedEvent(Protocol):
     def ts_us(self) -> int: ...
 
 
-def _us(value: datetime | timedelta) -> int:
-    delta = value - _EPOCH if isinstance(value, datetime) else value
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _dt(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
 def licensed_schedule(ledger: SeatLedger, target: str) -> tuple[tuple[int, int], ...]:
     """(effective time in us, total in force) steps of a pool or add-on, from the seat ledger;
     empty for an add-on the account never bought."""
@@ -105,7 +94,7 @@ def licensed_schedule(ledger: SeatLedger, target: str) -> tuple[tuple[int, int],
         steps = ledger.licensed_steps(target)
     except KeyError:
         return ()
-    return tuple((_us(at), quantity) for at, quantity in steps)
+    return tuple((to_us(at), quantity) for at, quantity in steps)
 
 
 def quantity_at(changes: tuple[tuple[int, int], ...] | list[tuple[int, int]], at_us: int) -> int:
@@ -156,8 +145,8 @@ class _PoolState:
                  schedule: tuple[tuple[int, int], ...]) -> None:
         self.account = account
         self.pool = pool
-        self.timeout = _us(account.session_timeout)
-        self.grace = _us(pool.grace)
+        self.timeout = span_us(account.session_timeout)
+        self.grace = span_us(pool.grace)
         self.schedule = schedule
         self.clock = now_us
         self.sessions: dict[str, dict[str, int]] = {}  # user -> session key -> last event us
@@ -176,8 +165,8 @@ class _PoolState:
         self._start_period(now_us)
 
     def _start_period(self, at_us: int) -> None:
-        period = monthly_period(self.account, _dt(at_us))
-        self.period_start, self.period_end = _us(period.start), _us(period.end)
+        period = monthly_period(self.account, from_us(at_us))
+        self.period_start, self.period_end = to_us(period.start), to_us(period.end)
         self.peak = len(self.sessions)
         self.peak_at = at_us
         # The high-water mark shown so far this period: a late login shown at the clock and taken

@@ -27,16 +27,12 @@ from rating.timeline import (
     excess_steps,
     licensed_steps,
 )
-from rating.usage import EventColumns, EventLike, UsageEvent, from_us, to_us
+from rating.usage import EventColumns, EventLike, UsageEvent, from_us, span_us, to_us
 
 __all__ = ["Episode", "PoolJob", "PoolRating", "rate_pool", "rate_pools"]
 
 I64 = NDArray[np.int64]
 _OFFSET_MASK = (1 << SPAN_BITS) - 1
-
-
-def _us(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +124,7 @@ def rate_pools(cols: EventColumns, jobs: Sequence[PoolJob]) -> tuple[PoolRating,
     end = np.empty(n, np.int64)
     for j, job in enumerate(jobs):
         start[j], end[j] = to_us(job.period.start), to_us(job.period.end)
-        timeout = _us(job.session_timeout)
+        timeout = span_us(job.session_timeout)
         if timeout <= 0:
             raise RatingError(f"pool {job.pool.id!r}: session_timeout must be positive")
         code = cols.pool_code(job.account, job.pool.id)
@@ -148,7 +144,7 @@ def rate_pools(cols: EventColumns, jobs: Sequence[PoolJob]) -> tuple[PoolRating,
                        start, end)
     x = excess_steps(c, e)
 
-    grace_us = np.array([_us(job.pool.grace) for job in jobs], np.int64)
+    grace_us = np.array([span_us(job.pool.grace) for job in jobs], np.int64)
     continuous = np.array([job.pool.grace_mode == "continuous" for job in jobs], np.bool_)
     window = window_minimum(x, grace_us, continuous) if continuous.any() else None
     overage = billable_levels(x, grace_us, continuous, window)

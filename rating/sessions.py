@@ -16,7 +16,17 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from rating.usage import HEARTBEAT, KINDS, LOGIN, LOGOUT, EventColumns, EventLike, from_us, to_us
+from rating.usage import (
+    HEARTBEAT,
+    KINDS,
+    LOGIN,
+    LOGOUT,
+    EventColumns,
+    EventLike,
+    from_us,
+    span_us,
+    to_us,
+)
 
 __all__ = [
     "Session",
@@ -119,7 +129,7 @@ def build_sessions(events: Iterable[EventLike], session_timeout: timedelta,
     out is decided. Events at or after `until` are ignored; a session still open there has
     `end=None`. Assign and unassign events, and events without a pool, are not sessions.
     """
-    timeout, horizon = _us(session_timeout), to_us(until)
+    timeout, horizon = span_us(session_timeout), to_us(until)
     members: dict[tuple[str, str, str], list[tuple[int, int, str, str | None]]] = {}
     for e in events:
         kind = KINDS[e.type]
@@ -159,10 +169,6 @@ def split_sessions(sessions: Iterable[Session], boundaries: Sequence[datetime]) 
                 start = cut
         out.append(Session(s.account, s.pool, s.user, s.session, start, s.end, s.inferred))
     return out
-
-
-def _us(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 # --- vectorised --------------------------------------------------------------------------------

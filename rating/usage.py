@@ -26,6 +26,7 @@ __all__ = [
     "UsageEvent",
     "from_us",
     "iso",
+    "span_us",
     "to_us",
 ]
 
@@ -60,7 +61,11 @@ def to_us(instant: datetime) -> int:
     """Microseconds since the Unix epoch of an aware datetime, exactly (no float)."""
     if instant.tzinfo is None:
         raise ValueError(f"naive datetime {instant!r}: rating needs aware UTC times")
-    delta = instant - _EPOCH
+    return span_us(instant - _EPOCH)
+
+
+def span_us(delta: timedelta) -> int:
+    """Microseconds of a duration, exactly (no float): the unit of every time in the rating."""
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
