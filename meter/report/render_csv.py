@@ -9,10 +9,9 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from meter.report import Report
+from meter.report.document import Report
 
 __all__ = ["CHARGE_COLUMNS", "POOL_COLUMNS", "render_charges", "render_pools"]
 
@@ -47,7 +46,7 @@ def render_charges(report: Report) -> str:
                 report.month, doc["account"], doc["currency"], doc["period"]["start"],
                 doc["period"]["end"], line["kind"], line["target"], line["quantity"],
                 line["unit_price"], line["amount"], line["at"],
-                (line.get("for_period") or {}).get("start"), line["description"],
+                line["for_period"]["start"] if "for_period" in line else None, line["description"],
             ))
     return _table(CHARGE_COLUMNS, rows)
 
@@ -57,15 +56,15 @@ def render_pools(report: Report) -> str:
     rows = []
     for part in report.accounts:
         doc = part.doc
-        sizing = {s["pool"]: s for s in doc.get("right_sizing", [])}
+        sizing = {s["pool"]: s for s in doc["right_sizing"]}
         for pool in doc["pools"]:
-            size = sizing.get(pool["pool"], {})
+            size = sizing.get(pool["pool"])
             rows.append((
                 report.month, doc["account"], doc["currency"], pool["pool"], pool["model"],
-                pool.get("tier"), pool.get("licensed"), pool.get("users"), pool["peak"],
+                pool["tier"], pool["licensed"], pool["users"], pool["peak"],
                 pool["peak_at"], pool["billable_peak"], pool["overage_seats"],
-                pool.get("overage_price"), pool["overage_amount"], len(pool["episodes"]),
+                pool["overage_price"], pool["overage_amount"], len(pool["episodes"]),
                 sum(1 for e in pool["episodes"] if not e["within_grace"]),
-                size.get("recommended"), size.get("saving"),
+                size and size["recommended"], size and size["saving"],
             ))
     return _table(POOL_COLUMNS, rows)

@@ -12,7 +12,7 @@ import io
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import matplotlib as mpl
@@ -26,10 +26,8 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from meter.report.document import Report
 from rating.bill import RATING_VERSION
-
-if TYPE_CHECKING:
-    from meter.report import Report
 
 __all__ = ["render_account", "render_index", "write_html"]
 

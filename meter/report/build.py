@@ -1,0 +1,168 @@
+"""Building a period's report: rate each account (or read it back where finalized), finalize,
+and verify a report against the store.
+
+A report is deterministic (sorted keys, no wall-clock times inside), with an input hash per
+account over the events it rated, the account's contract and the rating version. A finalized
+period is always rendered from what was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from meter.errors import UsageError
+from meter.report.compose import canonical
+from meter.report.document import AccountDoc, AccountReport, Charts, Report
+from meter.report.inputs import account_contracts, load_inputs
+from meter.report.late import period_label, previous_period
+from meter.report.rate import Rated, rate_one, rate_parallel, workers_for
+from meter.store import FinalizedReport, Store, open_store
+from rating.contracts import Account, Contracts, parse_contracts
+from rating.periods import Period, monthly_period, period_of_month
+from rating.usage import to_us
+
+__all__ = ["finalize_due", "make_report", "parse_month", "verify"]
+
+
+def parse_month(text: str) -> tuple[int, int]:
+    """`YYYY-MM` as (year, month); a `UsageError` otherwise."""
+    match = re.fullmatch(r"(\d{4})-(\d{2})", text or "")
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise UsageError(f"--period: expected YYYY-MM, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _chosen(contracts: Contracts, accounts: Sequence[str] | None) -> list[Account]:
+    if not accounts:
+        return list(contracts.accounts)
+    unknown = [a for a in accounts if a not in contracts]
+    if unknown:
+        raise UsageError(f"--account: no account {unknown[0]!r} in the contracts")
+    return [a for a in contracts.accounts if a.id in accounts]
+
+
+def _frozen(row: FinalizedReport) -> AccountReport:
+    doc: AccountDoc = json.loads(row.report)
+    charts: Charts = json.loads(row.charts)
+    return AccountReport(row.account, doc, charts, True)
+
+
+async def _finalize(store: Store, account: Account, period: Period, rated: Rated, *,
+                    cutoff: int, now: datetime) -> tuple[AccountReport, bool]:
+    """Store `rated` as the account's finalized period; returns the part as stored (another
+    finalization may have got there first) and whether this call stored it."""
+    doc, charts = rated
+    doc["finalized"] = True
+    row = FinalizedReport(account=account.id, period_start_us=to_us(period.start),
+                          period_end_us=to_us(period.end), report=canonical(doc),
+                          charts=canonical(charts), input_hash=doc["input_hash"],
+                          cutoff_seq=cutoff, finalized_us=to_us(now))
+    if await store.add_finalized(row):
+        # Parsed back from the stored text, so this render is byte-identical to later ones.
+        return _frozen(row), True
+    again = await store.finalized(account.id, row.period_start_us)
+    assert again is not None
+    return _frozen(again), False
+
+
+async def make_report(store: Store, contracts: Contracts, contracts_text: str, month: str, *,
+                      accounts: Sequence[str] | None = None, finalize: bool = False,
+                      now: datetime | None = None, charts: bool = True,
+                      workers: int | None = None) -> Report:
+    """Rate (or read back, where finalized) each account's period `month` ("YYYY-MM").
+
+    With `finalize`, accounts not yet finalized are stored as finalized (`now` is recorded beside
+    them, never inside the report). `charts=False` leaves out the chart series (JSON and CSV do
+    not draw; finalization always stores them). Many accounts are rated in `workers` processes
+    (default `workers_for`); the result is the same.
+    """
+    year, mon = parse_month(month)
+    label = f"{year:04d}-{mon:02d}"
+    chosen = _chosen(contracts, accounts)
+    cutoff = await store.last_seq()
+    charts = charts or finalize
+    frozen: dict[str, AccountReport] = {}
+    todo: list[Account] = []
+    for account in chosen:
+        row = await store.finalized(account.id, to_us(period_of_month(account, year, mon).start))
+        if row is None:
+            todo.append(account)
+        else:
+            frozen[account.id] = _frozen(row)
+    count = workers if workers is not None else workers_for(len(todo))
+    rated: dict[str, Rated] = {}
+    if count > 1 and todo:
+        rated = await rate_parallel(store, contracts_text, year, mon, [a.id for a in todo],
+                                    cutoff=cutoff, charts=charts, workers=count)
+    else:
+        canonical_contracts = account_contracts(contracts_text) if todo else {}
+        for account in todo:
+            rated[account.id] = await rate_one(store, account, period_of_month(account, year, mon),
+                                               canonical_contracts[account.id], cutoff,
+                                               charts=charts)
+    parts: list[AccountReport] = []
+    finalized_now: list[str] = []
+    for account in chosen:
+        if account.id in frozen:
+            parts.append(frozen[account.id])
+        elif finalize:
+            part, stored = await _finalize(store, account, period_of_month(account, year, mon),
+                                           rated[account.id], cutoff=cutoff,
+                                           now=now or datetime.now(UTC))
+            parts.append(part)
+            finalized_now += [account.id] if stored else []
+        else:
+            doc, series = rated[account.id]
+            parts.append(AccountReport(account.id, doc, series, False))
+    return Report(month=label, accounts=tuple(parts), finalized_now=tuple(finalized_now))
+
+
+async def finalize_due(db: str | Path, contracts: str | Path, now: datetime,
+                       lateness: timedelta = timedelta(hours=1)) -> list[tuple[str, str]]:
+    """Finalize each account's last completed period once `lateness` has passed since its end.
+
+    For `meter serve`: call it periodically (say each minute) with the current time. Returns the
+    (account, "YYYY-MM") pairs finalized by this call. An account with no events before the
+    period's end is left alone (nothing was used; a fresh install does not freeze empty months).
+    """
+    text = await asyncio.to_thread(Path(contracts).read_text, encoding="utf-8")
+    parsed = parse_contracts(text, source=str(contracts))
+    done: list[tuple[str, str]] = []
+    async with await open_store(db, mmap=True) as store:
+        for account in parsed.accounts:
+            due = previous_period(account, monthly_period(account, now - lateness))
+            if await store.finalized(account.id, to_us(due.start)) is not None:
+                continue
+            if not await store.has_events_before(account.id, to_us(due.end)):
+                continue
+            label = period_label(account, due)
+            report = await make_report(store, parsed, text, label, accounts=[account.id],
+                                       finalize=True, now=now)
+            done += [(a, label) for a in report.finalized_now]
+    return done
+
+
+async def verify(store: Store, contracts: Contracts, contracts_text: str,
+                 doc: Mapping[str, Any]) -> list[tuple[str, bool, str, str]]:
+    """Recompute each account's input hash: (account, matches, reported, recomputed)."""
+    results = []
+    canonical_contracts = account_contracts(contracts_text)
+    for part in doc.get("accounts", []):
+        account_id = str(part.get("account"))
+        reported = str(part.get("input_hash"))
+        account = contracts.get(account_id)
+        if account is None:
+            results.append((account_id, False, reported, "account not in the contracts"))
+            continue
+        period = Period(datetime.fromisoformat(part["period"]["start"]),
+                        datetime.fromisoformat(part["period"]["end"]))
+        through = int(part.get("inputs", {}).get("through_seq", 0))
+        inputs = await load_inputs(store, account, canonical_contracts[account_id], period, through)
+        results.append((account_id, inputs.digest == reported, reported, inputs.digest))
+    return results

@@ -1,0 +1,94 @@
+"""Rating accounts for a report: one account from the store, or many in worker processes.
+
+Many accounts are spread over processes (spawned: a forked asyncio program is not safe), each
+with a store connection of its own; the result is the same as rating them one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from meter.report.compose import bill_charts, bill_doc
+from meter.report.document import AccountDoc, Charts
+from meter.report.inputs import account_contracts, load_inputs
+from meter.report.late import late_adjustments
+from meter.store import Store, open_store
+from rating.bill import rate_rows
+from rating.contracts import Account, parse_contracts
+from rating.periods import Period, period_of_month
+
+__all__ = ["PARALLEL_MIN", "Rated", "rate_one", "rate_parallel", "workers_for"]
+
+#: One account's document and chart series.
+Rated = tuple[AccountDoc, Charts]
+
+#: Reports of at least this many accounts to rate are spread over worker processes.
+PARALLEL_MIN = 48
+
+
+async def rate_one(store: Store, account: Account, period: Period, contract: str, cutoff: int,
+                   *, charts: bool) -> Rated:
+    """One account's document and chart series (empty without `charts`), rated from the store
+    with the arrivals up to `cutoff`."""
+    inputs = await load_inputs(store, account, contract, period, cutoff)
+    late = await late_adjustments(store, account, contract, period, cutoff)
+    bill = rate_rows(account, inputs.rows, period, adjustment_lines=late)
+    return bill_doc(bill, inputs), (bill_charts(bill) if charts else {})
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    """What a worker process needs to rate its share of the accounts (picklable)."""
+
+    db: str
+    contracts_text: str
+    year: int
+    month: int
+    ids: tuple[str, ...]
+    cutoff: int
+    charts: bool
+
+
+def _rate_shard(shard: _Shard) -> list[tuple[str, Rated]]:
+    """A worker process: rate the shard's accounts (none finalized) on a store of its own."""
+    contracts = parse_contracts(shard.contracts_text)
+    canonical = account_contracts(shard.contracts_text)
+
+    async def rate() -> list[tuple[str, Rated]]:
+        out = []
+        async with await open_store(shard.db, mmap=True) as store:
+            for account_id in shard.ids:
+                account = contracts.get(account_id)
+                assert account is not None
+                period = period_of_month(account, shard.year, shard.month)
+                out.append((account_id, await rate_one(store, account, period,
+                                                       canonical[account_id], shard.cutoff,
+                                                       charts=shard.charts)))
+        return out
+
+    return asyncio.run(rate())
+
+
+def workers_for(todo: int) -> int:
+    """How many processes rate `todo` accounts: one per core, up to 4, from `PARALLEL_MIN`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(cores or 1, 4) if todo >= PARALLEL_MIN else 1
+
+
+async def rate_parallel(store: Store, contracts_text: str, year: int, month: int,
+                        ids: Sequence[str], *, cutoff: int, charts: bool,
+                        workers: int) -> dict[str, Rated]:
+    """Rate the accounts `ids` for their period of `year`-`month` in `workers` processes."""
+    loop = asyncio.get_running_loop()
+    shards = [_Shard(store.location, contracts_text, year, month, tuple(ids[i::workers]), cutoff,
+                     charts) for i in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        results = await asyncio.gather(*(loop.run_in_executor(pool, _rate_shard, shard)
+                                         for shard in shards))
+    return dict(item for shard in results for item in shard)

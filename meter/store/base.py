@@ -1,0 +1,197 @@
+"""The store's interface, `Store`, and the values that cross it.
+
+Callers name what they want (a batch stored, an account's rating inputs, a finalized report),
+never how it is stored: every SQL statement of `meter` lives in an implementation module
+(`meter.store.sqlite`, the embedded default). Times are microseconds since the epoch, UTC;
+windows are half-open, `start_us <= ts_us < end_us`; `seq` is the arrival order the store gives
+accepted events.
+
+Contract (tests/meter/test_store_contract.py runs it against every implementation):
+- accepted events are unique on (account, id); a batch is one transaction and `add` returns
+  only after it committed;
+- rejected messages are kept whole, with their reason;
+- a finalized report, once stored, is never replaced.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from meter.events import Event
+    from rating.bill import Row
+
+__all__ = [
+    "BatchResult",
+    "FinalizedReport",
+    "RatingRows",
+    "RejectedMessage",
+    "Store",
+    "StoredEvent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    """A refused message, kept whole so nothing sent is ever lost."""
+
+    received_us: int
+    topic: str | None
+    account: str | None
+    reason: str
+    detail: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one committed batch did."""
+
+    new: int
+    duplicates: int
+    rejected: int
+    #: Positions in the batch of the events that were stored (not duplicates), in batch order.
+    fresh: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An accepted event as stored (times in microseconds since the epoch, UTC)."""
+
+    seq: int
+    account: str
+    id: str
+    type: str
+    user: str
+    pool: str | None
+    session: str | None
+    ts_us: int
+    received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class RatingRows:
+    """An account's events as the rating reads them, and the newest arrival among them."""
+
+    #: (id, type, user, pool, session, ts_us) in (ts_us, id) order.
+    rows: tuple[Row, ...]
+    #: The largest `seq` of the rows (0 when there are none).
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinalizedReport:
+    """One account's period frozen as it was billed (`meter report --finalize`).
+
+    `report` and `charts` are canonical JSON text; events with `seq > cutoff_seq` arrived after
+    it and adjust a later period. `finalized_us` is the wall clock, kept beside the report and
+    never in it.
+    """
+
+    account: str
+    period_start_us: int
+    period_end_us: int
+    report: str
+    charts: str
+    input_hash: str
+    cutoff_seq: int
+    finalized_us: int
+
+
+class Store(ABC):
+    """An open store: `await meter.store.open_store(db)`, then `await store.close()` (or
+    `async with`)."""
+
+    #: What another process passes to `open_store` to reach the same store.
+    location: str
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the store (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- ingest -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def add(self, events: Sequence[Event], rejected: Sequence[RejectedMessage] = (),
+                  *, received_us: int = 0, which: bool = True,
+                  one_statement: bool = True) -> BatchResult:
+        """Store a batch in one transaction; duplicates of (account, id) are skipped and counted.
+
+        With `which`, `fresh` says which events were new. `one_statement` is a hint for callers
+        whose thread stays busy meanwhile (the daemon); an implementation may ignore it.
+        Returns only after the commit; on failure nothing of the batch is stored and
+        `StoreError.retriable` says whether trying again can succeed.
+        """
+
+    # --- reading events -----------------------------------------------------------------------
+
+    @abstractmethod
+    async def events(self, account: str | None = None, start_us: int | None = None,
+                     end_us: int | None = None) -> list[StoredEvent]:
+        """Accepted events, optionally of one account and in `[start_us, end_us)`, in
+        event-time order (ties by arrival)."""
+
+    @abstractmethod
+    async def seat_events_before(self, end_us: int) -> list[StoredEvent]:
+        """Every assign and unassign with `ts_us < end_us`, of all accounts, in event-time order
+        (the rosters that decide the pool of later session events)."""
+
+    @abstractmethod
+    async def latest_event_times(self) -> dict[str, int]:
+        """The newest event time stored per account."""
+
+    @abstractmethod
+    async def rating_rows(self, account: str, start_us: int, end_us: int, *, through_seq: int,
+                          seats_before: bool = False) -> RatingRows:
+        """The account's events in `[start_us, end_us)` that arrived by `through_seq`.
+
+        With `seats_before`, every assign and unassign before `start_us` comes first (a named
+        pool's roster needs them all); the rows are in (ts_us, id) order either way, ids
+        compared by code point.
+        """
+
+    @abstractmethod
+    async def has_events_before(self, account: str, end_us: int) -> bool:
+        """Whether the account has any event with `ts_us < end_us`."""
+
+    @abstractmethod
+    async def count_arrived(self, account: str, start_us: int, end_us: int, *, after_seq: int,
+                            through_seq: int) -> int:
+        """How many of the account's events in `[start_us, end_us)` arrived with
+        `after_seq < seq <= through_seq` (late events for a finalized period)."""
+
+    @abstractmethod
+    async def last_seq(self) -> int:
+        """The newest arrival `seq` (0 for an empty store)."""
+
+    @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Row counts: accepted `events` and `rejected`."""
+
+    @abstractmethod
+    async def rejected_by_reason(self) -> dict[str, int]:
+        """Rejected messages counted by reason."""
+
+    @abstractmethod
+    async def schema_version(self) -> int:
+        """The applied schema version."""
+
+    # --- finalized reports --------------------------------------------------------------------
+
+    @abstractmethod
+    async def finalized(self, account: str, period_start_us: int) -> FinalizedReport | None:
+        """The account's finalized report of the period starting at `period_start_us`."""
+
+    @abstractmethod
+    async def add_finalized(self, report: FinalizedReport) -> bool:
+        """Store a finalized report; False (and nothing changed) when that account's period was
+        finalized already."""

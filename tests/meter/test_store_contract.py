@@ -1,0 +1,171 @@
+"""The `Store` contract: what every implementation must do, run against each of them.
+
+Only the interface of `meter.store.base.Store` is used here (no SQL), so a new implementation
+joins by adding itself to `IMPLEMENTATIONS`. The SQLite file specifics (migrations, WAL, locks)
+are in test_store.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from meter.events import Event
+from meter.store import FinalizedReport, RatingRows, RejectedMessage, Store, StoredEvent, open_store
+
+T0 = datetime(2026, 11, 12, 15, 0, tzinfo=UTC)
+T0_US = 1_794_495_600_000_000
+MIN_US = 60_000_000
+IMPLEMENTATIONS = ["sqlite"]
+
+
+def event(id: str, *, account: str = "acme", type: str = "login", user: str = "u1",
+          minutes: int = 0, pool: str | None = "agents", session: str | None = None) -> Event:
+    raw = f'{{"id":"{id}"}}'.encode()
+    return Event(id=id, type=type, account=account, user=user,  # type: ignore[arg-type]
+                 ts=T0 + timedelta(minutes=minutes), pool=pool, session=session, raw=raw)
+
+
+def finalized(account: str = "acme", start_us: int = T0_US, report: str = '{"total":"1.00"}',
+              cutoff: int = 3) -> FinalizedReport:
+    return FinalizedReport(account=account, period_start_us=start_us,
+                           period_end_us=start_us + 30 * 24 * 60 * MIN_US, report=report,
+                           charts="{}", input_hash="h1", cutoff_seq=cutoff, finalized_us=T0_US)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    location = {"sqlite": str(tmp_path / "meter.db")}[request.param]
+    s = await open_store(location)
+    yield s
+    await s.close()
+
+
+async def test_a_new_store_is_empty(store: Store) -> None:
+    """Nothing stored: zero counts, no events, seq 0, nothing finalized."""
+    assert {"events": 0, "rejected": 0} == await store.counts()
+    assert [] == await store.events()
+    assert 0 == await store.last_seq()
+    assert {} == await store.latest_event_times()
+    assert None is await store.finalized("acme", T0_US)
+    assert RatingRows(rows=(), last_seq=0) == await store.rating_rows(
+        "acme", 0, 2**62, through_seq=10, seats_before=True)
+
+
+async def test_events_are_unique_on_account_and_id(store: Store) -> None:
+    """A redelivered (account, id) is a duplicate, in a batch and across batches; the same id in
+    another account is a different event; the first copy is kept."""
+    first = await store.add([event("e1"), event("e2"), event("e1", user="other")],
+                            received_us=T0_US)
+    assert (2, 1, (0, 1)) == (first.new, first.duplicates, first.fresh)
+    second = await store.add([event("e2"), event("e1", account="globex")], received_us=T0_US)
+    assert (1, 1, (1,)) == (second.new, second.duplicates, second.fresh)
+    assert [("acme", "e1", "u1"), ("acme", "e2", "u1"), ("globex", "e1", "u1")] == [
+        (e.account, e.id, e.user) for e in await store.events()]
+    assert 3 == await store.last_seq()
+
+
+async def test_rejected_messages_are_kept_and_counted(store: Store) -> None:
+    """Rejected messages are stored with their reason beside accepted events of the batch."""
+    bad = [RejectedMessage(T0_US, "meter/acme/events", "acme", reason, "detail", b"x")
+           for reason in ("schema", "not_json", "schema")]
+    result = await store.add([event("e1")], bad, received_us=T0_US)
+    assert (1, 3) == (result.new, result.rejected)
+    assert {"events": 1, "rejected": 3} == await store.counts()
+    assert {"not_json": 1, "schema": 2} == await store.rejected_by_reason()
+
+
+async def test_events_filter_by_account_and_half_open_window(store: Store) -> None:
+    """`events` is in event-time order, ties by arrival, and `[start, end)` is half-open."""
+    await store.add([event("b", minutes=10), event("a", minutes=0), event("c", minutes=10),
+                     event("d", account="globex", minutes=5)], received_us=T0_US)
+    assert ["a", "d", "b", "c"] == [e.id for e in await store.events()]
+    assert ["a", "b", "c"] == [e.id for e in await store.events(account="acme")]
+    assert ["a", "d"] == [e.id for e in await store.events(start_us=T0_US,
+                                                           end_us=T0_US + 10 * MIN_US)]
+    assert [StoredEvent(seq=4, account="globex", id="d", type="login", user="u1", pool="agents",
+                        session=None, ts_us=T0_US + 5 * MIN_US, received_us=T0_US)] == (
+        await store.events(account="globex"))
+
+
+async def test_rating_rows_are_the_window_in_time_then_id_order(store: Store) -> None:
+    """`rating_rows` gives (id, type, user, pool, session, ts_us) of the account's window, ordered
+    by time then id by code point (not arrival), arrivals after `through_seq` left out, and the
+    newest arrival among the rows."""
+    await store.add([event("z", minutes=5), event("B", minutes=5, session="s"),
+                     event("\u00e9", minutes=5), event("early", minutes=-1),
+                     event("x", account="globex", minutes=5), event("late", minutes=20)],
+                    received_us=T0_US)
+    got = await store.rating_rows("acme", T0_US, T0_US + 20 * MIN_US, through_seq=6)
+    assert RatingRows(rows=(
+        ("B", "login", "u1", "agents", "s", T0_US + 5 * MIN_US),
+        ("z", "login", "u1", "agents", None, T0_US + 5 * MIN_US),
+        ("\u00e9", "login", "u1", "agents", None, T0_US + 5 * MIN_US),
+    ), last_seq=3) == got
+    older = await store.rating_rows("acme", T0_US, T0_US + 20 * MIN_US, through_seq=2)
+    assert (("B", "z"), 2) == (tuple(r[0] for r in older.rows), older.last_seq)
+
+
+async def test_rating_rows_put_earlier_seat_events_first(store: Store) -> None:
+    """With `seats_before`, every assign/unassign before the window comes first (a roster needs
+    them all), then the window; session events before the window stay out."""
+    await store.add([event("s1", type="assign", minutes=-600, pool="named"),
+                     event("l0", minutes=-5), event("s2", type="unassign", minutes=-3, pool=None),
+                     event("w1", minutes=1)], received_us=T0_US)
+    got = await store.rating_rows("acme", T0_US, T0_US + MIN_US * 60, through_seq=9,
+                                  seats_before=True)
+    assert (["s1", "s2", "w1"], 4) == ([r[0] for r in got.rows], got.last_seq)
+    without = await store.rating_rows("acme", T0_US, T0_US + MIN_US * 60, through_seq=9)
+    assert (["w1"], 4) == ([r[0] for r in without.rows], without.last_seq)
+
+
+async def test_seat_events_before_and_latest_times(store: Store) -> None:
+    """The rebuild's reads: every account's seat events before a time, and each account's newest
+    event time."""
+    await store.add([event("a1", type="assign", minutes=-10, pool="named"),
+                     event("a2", type="assign", account="globex", minutes=-20, pool="named"),
+                     event("l1", minutes=-15), event("a3", type="unassign", minutes=30),
+                     event("l2", account="globex", minutes=7)], received_us=T0_US)
+    assert ["a2", "a1"] == [e.id for e in await store.seat_events_before(T0_US)]
+    assert {"acme": T0_US + 30 * MIN_US, "globex": T0_US + 7 * MIN_US} == (
+        await store.latest_event_times())
+
+
+async def test_has_events_before_and_count_arrived(store: Store) -> None:
+    """`has_events_before` is strict (`ts < end`); `count_arrived` counts the window's events
+    with `after < seq <= through`."""
+    await store.add([event("e1"), event("e2", minutes=1), event("e3", minutes=2),
+                     event("g1", account="globex")], received_us=T0_US)
+    assert (False, True) == (await store.has_events_before("acme", T0_US),
+                             await store.has_events_before("acme", T0_US + 1))
+    assert False is await store.has_events_before("initech", T0_US + 10 * MIN_US)
+    window = (T0_US, T0_US + 2 * MIN_US)
+    assert 2 == await store.count_arrived("acme", *window, after_seq=0, through_seq=9)
+    assert 1 == await store.count_arrived("acme", *window, after_seq=1, through_seq=9)
+    assert 0 == await store.count_arrived("acme", *window, after_seq=2, through_seq=9)
+    assert 1 == await store.count_arrived("acme", T0_US, T0_US + 3 * MIN_US, after_seq=1,
+                                          through_seq=2)
+
+
+async def test_a_finalized_report_is_stored_once_and_never_replaced(store: Store) -> None:
+    """The first finalization of an account's period wins; a second one changes nothing and
+    says so; other accounts and periods are separate."""
+    first = finalized()
+    assert True is await store.add_finalized(first)
+    assert False is await store.add_finalized(finalized(report='{"total":"2.00"}', cutoff=9))
+    assert first == await store.finalized("acme", T0_US)
+    assert True is await store.add_finalized(finalized(account="globex"))
+    assert True is await store.add_finalized(finalized(start_us=T0_US + 1))
+    assert None is await store.finalized("acme", T0_US - 1)
+
+
+async def test_the_store_reopens_with_what_was_committed(store: Store) -> None:
+    """A second store opened at the same location sees every committed event and report."""
+    await store.add([event("e1")], received_us=T0_US)
+    await store.add_finalized(finalized())
+    async with await open_store(store.location) as again:
+        assert (["e1"], finalized()) == ([e.id for e in await again.events()],
+                                         await again.finalized("acme", T0_US))
