@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from rating.contracts import Contracts
+from rating.contracts import EVENT_KINDS, SEAT_KINDS, Contracts
 from rating.usage import to_us
 
 __all__ = [
@@ -26,9 +26,7 @@ __all__ = [
     "to_us",
 ]
 
-EVENT_TYPES: Final = ("login", "logout", "heartbeat", "assign", "unassign")
-SESSION_TYPES: Final = frozenset({"login", "logout", "heartbeat"})
-SEAT_TYPES: Final = frozenset({"assign", "unassign"})
+EVENT_TYPES: Final = EVENT_KINDS
 
 #: Every reason a message can be rejected for; metrics export one series per reason.
 REASONS: Final = (
@@ -172,21 +170,18 @@ def parse(
         if found is None:
             return Rejection("unknown_pool", f"no pool {pool!r} in account {account.id!r}",
                              wire.account)
-        if wire.type in SEAT_TYPES and found.model != "named":
+        if wire.type in SEAT_KINDS and found.model != "named":
             return Rejection("unknown_pool",
                              f"{wire.type} names pool {pool!r}, which is not a named pool",
                              wire.account)
-    elif wire.type in SEAT_TYPES:
-        named = [p.id for p in account.pools if p.model == "named"]
-        if len(named) != 1:
+    else:
+        # Only what holds whatever seats the user has (`Account.fixed_pool`); otherwise the pool
+        # stays None and the user's seat at the event's time decides it when rating.
+        pool = account.fixed_pool(wire.type)
+        if pool is None and wire.type in SEAT_KINDS:
             return Rejection("unknown_pool",
                              f"{wire.type} without `pool` in account {account.id!r}, which has "
-                             f"{len(named)} named pools", wire.account)
-        pool = named[0]
-    elif len(account.pools) == 1:
-        pool = account.pools[0].id
-    # Otherwise the pool stays None: the user's seat assignment or the account's single
-    # concurrent pool decides it when rating (DESIGN section 3).
+                             f"{len(account.named_pools)} named pools", wire.account)
 
     return Event(
         id=wire.id,

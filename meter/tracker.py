@@ -381,12 +381,16 @@ class Tracker:
         self._pools: dict[tuple[str, str], _PoolState] = {}
         # account -> (account, add-on id -> steps) for accounts with Elite concurrent pools
         self._addons: dict[str, tuple[Account, dict[str, tuple[tuple[int, int], ...]]]] = {}
-        self.unresolved = 0  # session events whose pool could not be told
+        # account -> (account, its named pools' states): where a user's seat is looked up
+        self._named: dict[str, tuple[Account, tuple[_PoolState, ...]]] = {}
+        self.unresolved = 0  # events whose pool could not be told
         for account in contracts.accounts:
             ledger = apply_orders(account)
             for pool in account.pools:
                 self._pools[account.id, pool.id] = _PoolState(
                     account, pool, start_us, licensed_schedule(ledger, pool.id))
+            self._named[account.id] = (account, tuple(
+                self._pools[account.id, p] for p in account.named_pools))
             if any(p.tier == "elite" and p.model == "concurrent" for p in account.pools):
                 self._addons[account.id] = (account, {
                     addon_id: licensed_schedule(ledger, addon_id) for addon_id in SHORTFALL_ADDONS
@@ -398,19 +402,17 @@ class Tracker:
         return len(self._pending)
 
     def _resolve(self, event: TrackedEvent) -> _PoolState | None:
+        """The pool state an event applies to: its pool, else `Account.pool_for` with the seat
+        its user holds now (the tracker applies events in time order, so now is its time)."""
         if event.pool is not None:
             return self._pools.get((event.account, event.pool))
-        account = self.contracts.get(event.account)
-        if account is None or event.type in ("assign", "unassign"):
-            return None
-        for pool in account.pools:
-            state = self._pools[account.id, pool.id]
-            if pool.model == "named" and event.user in state.assigned:
-                return state
-        concurrent = [p for p in account.pools if p.model == "concurrent"]
-        if len(concurrent) == 1:
-            return self._pools[account.id, concurrent[0].id]
-        return None
+        named = self._named.get(event.account)
+        if named is None:
+            return None  # an account the contracts do not have
+        account, states = named
+        held = next((s.pool.id for s in states if event.user in s.assigned), None)
+        pool = account.pool_for(event.type, held)
+        return None if pool is None else self._pools[account.id, pool]
 
     def _apply_now(self, event: TrackedEvent) -> None:
         state = self._resolve(event)

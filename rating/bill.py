@@ -8,7 +8,7 @@ least for the period's concurrency curve under the pool's grace rule).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -36,7 +36,6 @@ __all__ = [
     "adjustments",
     "rate_account",
     "rate_rows",
-    "resolve_pools",
     "right_size",
 ]
 
@@ -198,39 +197,6 @@ def monthly_price(account: Account, pool: Pool) -> Decimal:
     return pool.price if account.billing == "monthly" else pool.price / 12
 
 
-# --- pool resolution ------------------------------------------------------------------------------
-
-
-def resolve_pools(account: Account, events: Sequence[UsageEvent],
-                  steps: Mapping[str, QuantitySteps] | None = None) -> tuple[tuple[UsageEvent, ...], int]:
-    """Give every session event a pool, as DESIGN section 3 says, and count those left without.
-
-    An event without a pool belongs to the named pool its user holds a seat of at its time, or
-    else to the account's single concurrent pool; with neither it stays without a pool and is
-    counted (it cannot be rated). Seat events keep theirs (`rating.named` resolves them).
-    """
-    if all(e.pool is not None for e in events):
-        return tuple(events), 0
-    rosters = build_rosters(account, events, steps)
-    concurrent = [p.id for p in account.pools if p.model == "concurrent"]
-    named = [p.id for p in account.pools if p.model == "named"]
-    out: list[UsageEvent] = []
-    unresolved = 0
-    for event in events:
-        if event.pool is not None or event.type in ("assign", "unassign"):
-            out.append(event)
-            continue
-        pool = rosters.assigned_pool(event.user, event.ts)
-        if pool is None and len(concurrent) == 1:
-            pool = concurrent[0]
-        if pool is None and len(named) == 1 and not concurrent:
-            pool = named[0]  # unlicensed use of the only pool there is
-        if pool is None:
-            unresolved += 1
-        out.append(replace(event, pool=pool) if pool is not None else event)
-    return tuple(out), unresolved
-
-
 # --- right-sizing ---------------------------------------------------------------------------------
 
 
@@ -331,12 +297,10 @@ def _event(account: str, row: Row, pool: str | None) -> UsageEvent:
 
 def _resolve_rows(account: Account, rows: Sequence[Row],
                   steps: Mapping[str, QuantitySteps]) -> tuple[list[Row], list[UsageEvent], int]:
-    """Session rows with their pools resolved (as `resolve_pools`), the events named seats need
-    (seat events, and use of named pools), and how many rows stayed without a pool."""
-    named = [p.id for p in account.pools if p.model == "named"]
-    concurrent = [p.id for p in account.pools if p.model == "concurrent"]
-    fallback = concurrent[0] if len(concurrent) == 1 else (
-        named[0] if len(named) == 1 and not concurrent else None)
+    """Session rows with their pools resolved (`Account.pool_for`, with the seat the user holds
+    at the row's time), the events named seats need (seat events, and use of named pools), and
+    how many session rows stayed without a pool."""
+    named = account.named_pools
     seat_events = [_event(account.id, r, r[3]) for r in rows if r[1] in _SEAT] if named else []
     rosters = build_rosters(account, seat_events, steps) if named else None
     out: list[Row] = []
@@ -348,10 +312,8 @@ def _resolve_rows(account: Account, rows: Sequence[Row],
         if kind in _SEAT:
             continue
         if pool is None:
-            if rosters is not None:
-                pool = rosters.assigned_pool(row[2], from_us(row[5])) or fallback
-            else:
-                pool = fallback
+            held = None if rosters is None else rosters.assigned_pool(row[2], from_us(row[5]))
+            pool = account.pool_for(kind, held)
             if pool is None:
                 unresolved += 1
                 continue

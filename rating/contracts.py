@@ -45,6 +45,9 @@ PER_SEAT_ADDONS: tuple[str, ...] = ("wfm", "qm", "aea")
 ACCOUNT_ADDONS: tuple[str, ...] = ("virtual_agent",)
 COUNTED_ADDONS: tuple[str, ...] = ("toll_free_numbers", "global_numbers", "cloud_storage")
 ADDONS: tuple[str, ...] = PER_SEAT_ADDONS + ACCOUNT_ADDONS + COUNTED_ADDONS
+#: Event types (DESIGN section 3); seat events assign and unassign named seats.
+EVENT_KINDS: tuple[str, ...] = ("login", "logout", "heartbeat", "assign", "unassign")
+SEAT_KINDS: frozenset[str] = frozenset({"assign", "unassign"})
 
 #: ISO 4217 minor-unit exponents of the currencies we bill in. Money is rounded to these.
 CURRENCY_EXPONENTS: Mapping[str, int] = {
@@ -104,7 +107,11 @@ class Order:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """A tenant: its billing rules, pools, add-ons and dated seat orders (sorted by time)."""
+    """A tenant: its billing rules, pools, add-ons and dated seat orders (sorted by time).
+
+    It owns the one rule for events that name no pool (`pool_for`); `named_pools` and
+    `concurrent_pools` are the pool ids of each model in contract order.
+    """
 
     id: str
     timezone: str
@@ -117,6 +124,55 @@ class Account:
     addons: tuple[Addon, ...] = ()
     orders: tuple[Order, ...] = ()
     tz: ZoneInfo = field(default=ZoneInfo("UTC"), compare=False, repr=False)
+    # Derived from `pools` once: the tracker and the report resolve pools per event.
+    named_pools: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    concurrent_pools: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _only_named: str | None = field(init=False, repr=False, compare=False)
+    _unheld_use: str | None = field(init=False, repr=False, compare=False)
+    _fixed: dict[str, str | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        named = tuple(p.id for p in self.pools if p.model == "named")
+        concurrent = tuple(p.id for p in self.pools if p.model == "concurrent")
+        only_named = named[0] if len(named) == 1 else None
+        if len(concurrent) == 1:
+            unheld = concurrent[0]
+        elif concurrent:
+            unheld = None  # several concurrent pools: the event must say which
+        else:
+            # Unlicensed use of the only named pool: counted and reported (DESIGN section 2).
+            unheld = only_named
+        for name, value in (("named_pools", named), ("concurrent_pools", concurrent),
+                            ("_only_named", only_named), ("_unheld_use", unheld)):
+            object.__setattr__(self, name, value)
+        # Derived from `pool_for` itself, so the two can never disagree.
+        fixed = {}
+        for kind in EVENT_KINDS:
+            answers = {self.pool_for(kind, held) for held in (None, *named)}
+            fixed[kind] = answers.pop() if len(answers) == 1 else None
+        object.__setattr__(self, "_fixed", fixed)
+
+    def pool_for(self, kind: str, held: str | None) -> str | None:
+        """The pool of an event of type `kind` that names none, or None where nothing tells.
+
+        `held` is the named pool whose seat the event's user holds at the event's time (the
+        first in contract order), or None. A seat event (assign, unassign) goes to the account's
+        only named pool; an unassign goes to the pool whose seat the user holds. A session event
+        (login, logout, heartbeat) goes to the named pool the user holds a seat of, else to the
+        account's single concurrent pool, else, where there is no concurrent pool and exactly
+        one named pool, to that pool as unlicensed use. Callers count the events left at None.
+        """
+        if kind in SEAT_KINDS:
+            return held if kind == "unassign" and held is not None else self._only_named
+        return held if held is not None else self._unheld_use
+
+    def fixed_pool(self, kind: str) -> str | None:
+        """`pool_for(kind, held)` where it is the same whatever seat the user holds, else None.
+
+        What can be told of an event without a pool before any seat is known (at ingest):
+        the account's only pool for a session event, its only named pool for a seat event.
+        """
+        return self._fixed.get(kind)
 
     @property
     def exponent(self) -> int:

@@ -124,10 +124,6 @@ class NamedUsage:
     refused: tuple[RefusedAssign, ...] = ()
 
 
-def _named_pools(account: Account) -> tuple[str, ...]:
-    return tuple(p.id for p in account.pools if p.model == "named")
-
-
 def _steps_for(account: Account, pool_id: str, steps: Mapping[str, QuantitySteps] | None) -> QuantitySteps:
     if steps is not None and pool_id in steps:
         return steps[pool_id]
@@ -147,9 +143,9 @@ def build_rosters(account: Account, events: Iterable[EventLike],
 
     `steps` gives each named pool's quantity in force over time (`SeatLedger.licensed_steps`);
     a pool without steps has its contract quantity from the anchor. An event without a pool goes
-    to the account's only named pool, or (an unassign) to the pool the user holds a seat of.
+    where `Account.pool_for` says (the only named pool; an unassign: the pool the user holds).
     """
-    named = _named_pools(account)
+    named = account.named_pools
     held: dict[str, dict[str, datetime]] = {p: {} for p in named}
     done: dict[str, list[Assignment]] = {p: [] for p in named}
     refused: dict[str, list[RefusedAssign]] = {p: [] for p in named}
@@ -160,12 +156,9 @@ def build_rosters(account: Account, events: Iterable[EventLike],
             continue
         pool = event.pool
         if pool is None:
-            holding = [p for p in named if event.user in held[p]]
-            if event.type == "unassign" and holding:
-                pool = holding[0]
-            elif len(named) == 1:
-                pool = named[0]
-            else:
+            holding = next((p for p in named if event.user in held[p]), None)
+            pool = account.pool_for(event.type, holding)
+            if pool is None:
                 unresolved.append(event.id)
                 continue
         if pool not in held:
@@ -200,14 +193,13 @@ def rate_named(account: Account, events: Iterable[EventLike], period: Period,
     """Seat holding and use of each named pool of `account` in `period`, in contract order.
 
     `events` may (and for a right roster must) include events before the period. A login or
-    heartbeat counts for a named pool when it names the pool, or names none and its user holds a
-    seat of the pool; without a pool and a seat it is unlicensed use of the account's only named
-    pool where the account has no concurrent pool (otherwise it is concurrent use).
+    heartbeat counts for a named pool when it names the pool, or names none and
+    `Account.pool_for` puts it there (its user holds a seat of the pool, or the account's only
+    pool is that named pool: unlicensed use).
     """
     events = list(events)
     rosters = build_rosters(account, events, steps)
-    named = _named_pools(account)
-    has_concurrent = any(p.model == "concurrent" for p in account.pools)
+    named = account.named_pools
     active: dict[str, set[str]] = {p: set() for p in named}
     unlicensed: dict[str, set[str]] = {p: set() for p in named}
     for event in _order(events, account):
@@ -215,9 +207,7 @@ def rate_named(account: Account, events: Iterable[EventLike], period: Period,
             continue
         pool = event.pool
         if pool is None:
-            pool = rosters.assigned_pool(event.user, event.ts)
-            if pool is None and len(named) == 1 and not has_concurrent:
-                pool = named[0]
+            pool = account.pool_for(event.type, rosters.assigned_pool(event.user, event.ts))
         if pool not in active:
             continue
         roster = rosters.get(pool)

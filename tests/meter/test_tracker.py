@@ -450,3 +450,81 @@ def test_same_instant_seat_handover_then_login_is_licensed() -> None:
     t.advance(t0 + MIN)
     desk = next(v for v in t.views() if v.pool == "desk")
     assert (0, 1, 1) == (desk.refused_assigns, desk.assigned, desk.active_users)
+
+
+def test_seat_events_without_pool_go_to_the_only_named_pool() -> None:
+    """`Account.pool_for`: an assign and unassign without a pool are the only named pool's (the
+    tracker once dropped them as unresolved); the user's logins then go to `desk`, others' to the
+    single concurrent pool."""
+    contracts = parse_contracts(PACKS_AND_NAMED)
+    t0 = us(datetime(2026, 11, 12, 9, tzinfo=UTC))
+    t = Tracker(contracts, t0 - MIN)
+    for ev in (Ev("assign", "a", t0, pool=None, account="packs"),
+               Ev("login", "a", t0 + MIN, "s", pool=None, account="packs"),
+               Ev("login", "b", t0 + MIN, "s", pool=None, account="packs")):
+        t.apply(ev)
+    t.advance(t0 + 2 * MIN)
+    counts = {v.pool: (v.assigned, v.active_users) for v in t.views()}
+    assert ({"agents": (0, 1), "desk": (1, 1)}, 0) == (counts, t.unresolved)
+    t.apply(Ev("unassign", "a", t0 + 3 * MIN, pool=None, account="packs"))
+    t.apply(Ev("login", "a", t0 + 4 * MIN, "t", pool=None, account="packs"))
+    t.advance(t0 + 5 * MIN)
+    counts = {v.pool: (v.assigned, v.active_users) for v in t.views()}
+    assert ({"agents": (0, 2), "desk": (0, 1)}, 0) == (counts, t.unresolved)
+
+
+ONLY_NAMED = """
+[[account]]
+id = "solo"
+timezone = "UTC"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-01-01"
+policy = "prorate"
+
+  [[account.pool]]
+  id = "desk"
+  tier = "essentials"
+  model = "named"
+  quantity = 1
+  price = "49.00"
+
+[[account]]
+id = "twin"
+timezone = "UTC"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-01-01"
+policy = "prorate"
+
+  [[account.pool]]
+  id = "n1"
+  tier = "essentials"
+  model = "named"
+  quantity = 1
+  price = "49.00"
+
+  [[account.pool]]
+  id = "n2"
+  tier = "essentials"
+  model = "named"
+  quantity = 1
+  price = "49.00"
+"""
+
+
+def test_login_without_seat_in_the_only_named_pool_is_unlicensed_use_there() -> None:
+    """With no concurrent pool and one named pool, a pool-less login by a user without a seat is
+    that pool's (unlicensed use, as the bill counts it); with two named pools it is unresolved
+    unless the user holds a seat, and an assign without a pool is unresolved."""
+    t0 = us(datetime(2026, 11, 12, 9, tzinfo=UTC))
+    t = Tracker(parse_contracts(ONLY_NAMED), t0 - MIN)
+    for ev in (Ev("login", "x", t0, "s", pool=None, account="solo"),
+               Ev("login", "y", t0, "s", pool=None, account="twin"),
+               Ev("assign", "z", t0, pool=None, account="twin"),
+               Ev("assign", "w", t0, pool="n2", account="twin"),
+               Ev("login", "w", t0 + MIN, "s", pool=None, account="twin")):
+        t.apply(ev)
+    t.advance(t0 + 2 * MIN)
+    counts = {v.pool: (v.assigned, v.active_users) for v in t.views()}
+    assert ({"desk": (0, 1), "n1": (0, 0), "n2": (1, 1)}, 2) == (counts, t.unresolved)

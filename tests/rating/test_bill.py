@@ -15,7 +15,6 @@ from rating.bill import (
     PoolUse,
     adjustments,
     rate_account,
-    resolve_pools,
     right_size,
 )
 from rating.contracts import Account, Pool, parse_contracts
@@ -172,12 +171,10 @@ def test_events_without_pool_go_to_the_users_named_seat_else_the_concurrent_pool
               ev("login", "lead1", at(3, "09:00"), None, "a"),
               ev("login", "agent1", at(3, "09:00"), None, "b"),
               ev("login", "lead1", at(1, "08:00"), None, "c")]  # before the seat was assigned
-    resolved, unresolved = resolve_pools(acct, events)
-    assert ["leads", "leads", "agents", "agents"] == [e.pool for e in resolved]
-    assert 0 == unresolved
     bill = rate_account(acct, events, NOV)
     assert (1, 0) == (bill.named[0].active_users, bill.named[0].unlicensed_users)
-    assert 2 == agents(bill).users
+    assert 2 == agents(bill).users  # agent1, and lead1 before the seat
+    assert 0 == bill.unresolved_events
 
 
 def test_events_without_pool_and_no_single_concurrent_pool_are_counted_unresolved() -> None:
@@ -186,10 +183,9 @@ def test_events_without_pool_and_no_single_concurrent_pool_are_counted_unresolve
              '  model = "concurrent"\n  quantity = 1\n  price = "10.00"\n'
              '  overage_price = "10.00"\n')
     acct = account(extra_pool=extra)
-    _, unresolved = resolve_pools(acct, [ev("login", "x", at(3, "09:00"), None)])
-    assert 1 == unresolved
     bill = rate_account(acct, [ev("login", "x", at(3, "09:00"), None)], NOV)
     assert 1 == bill.unresolved_events
+    assert [0, 0] == [u.users for u in bill.pools if u.pool.model == "concurrent"]
 
 
 def test_session_straddling_the_period_start_counts_from_the_start() -> None:
