@@ -26,7 +26,7 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from meter.report.document import Report
+from meter.report.document import AccountDoc, Charts, PoolDoc, Report
 from rating.bill import RATING_VERSION
 
 __all__ = ["render_account", "render_index", "write_html"]
@@ -216,27 +216,22 @@ def _zoom_day(pool: Mapping[str, Any], tz: ZoneInfo) -> tuple[datetime, datetime
 # --- pages ----------------------------------------------------------------------------------------
 
 
-def render_account(doc: Mapping[str, Any], charts: Mapping[str, Any], month: str,
-                   rating_version: str) -> str:
-    """One account's page."""
-    mpl.rcParams["svg.hashsalt"] = "license-meter"  # stable element ids: byte-identical pages
-    mpl.rcParams["svg.fonttype"] = "none"
-    tz = ZoneInfo(doc["timezone"])
+def _head(doc: AccountDoc, month: str, rating_version: str, tz: ZoneInfo) -> list[str]:
     cur = doc["currency"]
-    start = datetime.fromisoformat(doc["period"]["start"]).astimezone(UTC)
-    end = datetime.fromisoformat(doc["period"]["end"]).astimezone(UTC)
-    parts: list[str] = []
-    add = parts.append
-    add(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{_esc(doc['account'])} {month} overage report</title><style>{_CSS}</style></head><body>")
-    add(f"<h1>{_esc(doc['account'])}: overage report {month}</h1>")
-    add(f'<p class="meta">Period {_esc(_local(doc["period"]["start"], tz))} to '
+    return [
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{_esc(doc['account'])} {month} overage report</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(doc['account'])}: overage report {month}</h1>",
+        f'<p class="meta">Period {_esc(_local(doc["period"]["start"], tz))} to '
         f'{_esc(_local(doc["period"]["end"], tz))} ({_esc(doc["timezone"])}, half-open) &middot; '
         f'currency {_esc(cur)} &middot; {"finalized" if doc.get("finalized") else "not finalized"}'
         f'<br>input hash <code>{_esc(doc["input_hash"])}</code> over '
-        f'{_esc(doc["inputs"]["events"])} events &middot; rating version {_esc(rating_version)}</p>')
+        f'{_esc(doc["inputs"]["events"])} events &middot; rating version {_esc(rating_version)}</p>',
+    ]
 
-    add("<h2>Summary</h2>")
+
+def _summary(doc: AccountDoc, tz: ZoneInfo) -> list[str]:
+    cur = doc["currency"]
     summary = [
         {"pool": p["pool"], "model": p["model"], "tier": p.get("tier"), "licensed": p.get("licensed"),
          "raw peak": p["peak"], "peak at": _local(p["peak_at"], tz),
@@ -244,46 +239,57 @@ def render_account(doc: Mapping[str, Any], charts: Mapping[str, Any], month: str
          "overage seats": p["overage_seats"], f"overage ({cur})": p["overage_amount"]}
         for p in doc["pools"]
     ]
-    add(_table(summary, list(summary[0]) if summary else [],
-               numeric=["licensed", "raw peak", "billable peak", "overage seats", f"overage ({cur})"]))
-    add(f'<p class="total">Total {_esc(doc["total"])} {_esc(cur)}</p>')
-    add('<p class="note">The total is this period\'s variable charges: overage, seat changes '
-        "and adjustments for late events; the subscription itself is invoiced as usual.</p>")
+    return [
+        "<h2>Summary</h2>",
+        _table(summary, list(summary[0]) if summary else [],
+               numeric=["licensed", "raw peak", "billable peak", "overage seats", f"overage ({cur})"]),
+        f'<p class="total">Total {_esc(doc["total"])} {_esc(cur)}</p>',
+        '<p class="note">The total is this period\'s variable charges: overage, seat changes '
+        "and adjustments for late events; the subscription itself is invoiced as usual.</p>",
+    ]
 
-    for pool in doc["pools"]:
-        if pool["model"] != "concurrent":
-            continue
-        series = charts.get(pool["pool"], {})
-        add(f"<h2>Pool {_esc(pool['pool'])} ({_esc(pool.get('tier'))}, concurrent)</h2>")
-        grace = pool.get("grace") or {}
-        add(f'<p>Grace rule: {_esc(grace.get("rule"))}. Overage price {_esc(pool.get("overage_price"))} '
-            f"{_esc(cur)} per seat. Distinct users seen: {_esc(pool.get('users'))}.</p>")
-        add('<div class="chart">' + _chart(pool, series, start, end, tz=tz, title=
-                                            f"{pool['pool']}: users counted c(t) against licensed "
-                                            f"E(t), {month}") + "</div>")
-        zoom = _zoom_day(pool, tz)
-        if zoom is not None:
-            day = zoom[0].astimezone(tz).strftime("%a %d %b %Y")
-            add('<div class="chart">' + _chart(pool, series, zoom[0], zoom[1], tz=tz, title=
-                                                f"{pool['pool']}: {day} (local time)") + "</div>")
-        episodes = pool["episodes"]
-        rows = [
-            {"start": _local(e["start"], tz), "end": _local(e["end"], tz),
-             "duration": _span(e["duration_seconds"]), "peak excess": e["peak_excess"],
-             "sustained level": e["sustained_level"],
-             "grace": "within grace" if e["within_grace"] else "BILLED"}
-            for e in episodes[:_MAX_ROWS]
-        ]
-        add(f"<h3>Excess episodes ({len(episodes)}, "
-            f"{sum(1 for e in episodes if not e['within_grace'])} billed)</h3>")
-        add(_table(rows, ["start", "end", "duration", "peak excess", "sustained level", "grace"],
-                   numeric=["peak excess", "sustained level"]))
-        if len(episodes) > _MAX_ROWS:
-            add(f'<p class="note">{len(episodes) - _MAX_ROWS} more episodes are in the JSON report.</p>')
 
-    if doc["named"]:
-        add("<h2>Named seats</h2>")
-        add(_table(
+def _concurrent_pool(pool: PoolDoc, series: Mapping[str, Any], cur: str, month: str, *,
+                     period: tuple[datetime, datetime], tz: ZoneInfo) -> list[str]:
+    """A concurrent pool's section: grace rule, the month's chart, its busiest day, episodes."""
+    grace = pool["grace"]
+    out = [
+        f"<h2>Pool {_esc(pool['pool'])} ({_esc(pool.get('tier'))}, concurrent)</h2>",
+        f'<p>Grace rule: {_esc(grace and grace["rule"])}. Overage price {_esc(pool.get("overage_price"))} '
+        f"{_esc(cur)} per seat. Distinct users seen: {_esc(pool.get('users'))}.</p>",
+        '<div class="chart">' + _chart(pool, series, *period, tz=tz, title=
+                                       f"{pool['pool']}: users counted c(t) against licensed "
+                                       f"E(t), {month}") + "</div>",
+    ]
+    zoom = _zoom_day(pool, tz)
+    if zoom is not None:
+        day = zoom[0].astimezone(tz).strftime("%a %d %b %Y")
+        out.append('<div class="chart">' + _chart(pool, series, zoom[0], zoom[1], tz=tz, title=
+                                                  f"{pool['pool']}: {day} (local time)") + "</div>")
+    episodes = pool["episodes"]
+    rows = [
+        {"start": _local(e["start"], tz), "end": _local(e["end"], tz),
+         "duration": _span(e["duration_seconds"]), "peak excess": e["peak_excess"],
+         "sustained level": e["sustained_level"],
+         "grace": "within grace" if e["within_grace"] else "BILLED"}
+        for e in episodes[:_MAX_ROWS]
+    ]
+    out.append(f"<h3>Excess episodes ({len(episodes)}, "
+               f"{sum(1 for e in episodes if not e['within_grace'])} billed)</h3>")
+    out.append(_table(rows, ["start", "end", "duration", "peak excess", "sustained level", "grace"],
+                      numeric=["peak excess", "sustained level"]))
+    if len(episodes) > _MAX_ROWS:
+        out.append(f'<p class="note">{len(episodes) - _MAX_ROWS} more episodes are in the JSON '
+                   "report.</p>")
+    return out
+
+
+def _named(doc: AccountDoc) -> list[str]:
+    if not doc["named"]:
+        return []
+    return [
+        "<h2>Named seats</h2>",
+        _table(
             [{"pool": n["pool"], "licensed": n["licensed"], "assigned": n["assigned"],
               "active users": n["active_users"], "idle seats": n.get("idle_seats"),
               "unlicensed users": n["unlicensed_users"],
@@ -292,43 +298,67 @@ def render_account(doc: Mapping[str, Any], charts: Mapping[str, Any], month: str
             ["pool", "licensed", "assigned", "active users", "idle seats", "unlicensed users",
              "who", "refused assigns"],
             numeric=["licensed", "assigned", "active users", "idle seats", "unlicensed users",
-                     "refused assigns"]))
-        add('<p class="note">Idle seats are licensed seats no assigned user signed in with this '
-            "period: money the customer can save.</p>")
+                     "refused assigns"]),
+        '<p class="note">Idle seats are licensed seats no assigned user signed in with this '
+        "period: money the customer can save.</p>",
+    ]
 
-    add("<h2>Add-on coverage</h2>")
-    add(_table([{"add-on": a["addon"], "required": a["required"], "purchased": a["purchased"],
+
+def _lines(doc: AccountDoc, tz: ZoneInfo) -> list[str]:
+    """Add-on coverage, charges and refused orders."""
+    cur = doc["currency"]
+    return [
+        "<h2>Add-on coverage</h2>",
+        _table([{"add-on": a["addon"], "required": a["required"], "purchased": a["purchased"],
                  "shortfall": a["shortfall"]} for a in doc["addons"]],
                ["add-on", "required", "purchased", "shortfall"],
-               numeric=["required", "purchased", "shortfall"]))
-
-    add("<h2>Charges</h2>")
-    add(_table([{"kind": c["kind"], "for": c["target"], "quantity": c["quantity"],
+               numeric=["required", "purchased", "shortfall"]),
+        "<h2>Charges</h2>",
+        _table([{"kind": c["kind"], "for": c["target"], "quantity": c["quantity"],
                  f"amount ({cur})": c["amount"], "at": _local(c["at"], tz),
                  "description": c["description"]} for c in doc["charges"]],
                ["kind", "for", "quantity", f"amount ({cur})", "at", "description"],
-               numeric=["quantity", f"amount ({cur})"]))
-
-    add("<h2>Refused orders</h2>")
-    add(_table([{"kind": r["kind"], "for": r["target"], "at": _local(r["at"], tz),
+               numeric=["quantity", f"amount ({cur})"]),
+        "<h2>Refused orders</h2>",
+        _table([{"kind": r["kind"], "for": r["target"], "at": _local(r["at"], tz),
                  "quantity": r["quantity"], "reason": r["reason"]} for r in doc["refused"]],
-               ["kind", "for", "at", "quantity", "reason"]))
+               ["kind", "for", "at", "quantity", "reason"]),
+    ]
 
-    if doc.get("right_sizing"):
-        add("<h2>Right-sizing</h2>")
-        add(_table([{"pool": s["pool"], "licensed": s["licensed"], "billable peak": s["billable_peak"],
-                     "recommended": s["recommended"], f"cost now ({cur})": s["current_cost"],
-                     f"cost recommended ({cur})": s["recommended_cost"],
-                     f"saving ({cur})": s["saving"], "how": s["rule"]}
-                    for s in doc["right_sizing"]],
-                   ["pool", "licensed", "billable peak", "recommended", f"cost now ({cur})",
-                    f"cost recommended ({cur})", f"saving ({cur})", "how"],
-                   numeric=["licensed", "billable peak", "recommended", f"cost now ({cur})",
-                            f"cost recommended ({cur})", f"saving ({cur})"]))
-        add('<p class="note">The licence count that would have cost least for this period\'s '
-            "concurrency under the pool's grace rule: licences at the monthly price plus overage "
-            "for the billable peak above them.</p>")
-    add("</body></html>\n")
+
+def _right_sizing(doc: AccountDoc) -> list[str]:
+    if not doc.get("right_sizing"):
+        return []
+    cur = doc["currency"]
+    money = [f"cost now ({cur})", f"cost recommended ({cur})", f"saving ({cur})"]
+    return [
+        "<h2>Right-sizing</h2>",
+        _table([{"pool": s["pool"], "licensed": s["licensed"], "billable peak": s["billable_peak"],
+                 "recommended": s["recommended"], money[0]: s["current_cost"],
+                 money[1]: s["recommended_cost"], money[2]: s["saving"], "how": s["rule"]}
+                for s in doc["right_sizing"]],
+               ["pool", "licensed", "billable peak", "recommended", *money, "how"],
+               numeric=["licensed", "billable peak", "recommended", *money]),
+        '<p class="note">The licence count that would have cost least for this period\'s '
+        "concurrency under the pool's grace rule: licences at the monthly price plus overage "
+        "for the billable peak above them.</p>",
+    ]
+
+
+def render_account(doc: AccountDoc, charts: Charts, month: str, rating_version: str) -> str:
+    """One account's page."""
+    mpl.rcParams["svg.hashsalt"] = "license-meter"  # stable element ids: byte-identical pages
+    mpl.rcParams["svg.fonttype"] = "none"
+    tz = ZoneInfo(doc["timezone"])
+    period = (datetime.fromisoformat(doc["period"]["start"]).astimezone(UTC),
+              datetime.fromisoformat(doc["period"]["end"]).astimezone(UTC))
+    parts = _head(doc, month, rating_version, tz) + _summary(doc, tz)
+    for pool in doc["pools"]:
+        if pool["model"] == "concurrent":
+            series: Mapping[str, Any] = charts.get(pool["pool"], {})
+            parts += _concurrent_pool(pool, series, doc["currency"], month, period=period, tz=tz)
+    parts += _named(doc) + _lines(doc, tz) + _right_sizing(doc)
+    parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
