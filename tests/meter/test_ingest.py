@@ -194,7 +194,8 @@ def test_receive_time_is_as_of_or_now_and_max_future_is_configurable(
     (["{good}", "--as-of", "soon"],
      "meter ingest: --as-of: expected an RFC 3339 time with offset, got 'soon'"),
     (["{good}", "--max-future", "five"],
-     "meter ingest: --max-future: expected a duration like '30m' or '12h', got 'five'"),
+     "meter ingest: --max-future: expected a duration like '5ms', '30s', '30m' or '1h30m', "
+     "got 'five'"),
     (["{good}", "--db", "{dir}/no/such/dir/x.db"],
      "meter ingest: --db {dir}/no/such/dir/x.db: directory '{dir}/no/such/dir' does not exist"),
 ])
