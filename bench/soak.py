@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     persistence=True)
     broker.workdir.mkdir()
     broker.start()
-    daemon = Daemon(broker, workdir / "meter", "soak/meter", settings={"METER_KEEPALIVE": "2"})
+    daemon = Daemon(broker, workdir / "meter", "soak/meter", settings={"METER_KEEPALIVE": "2s"})
     daemon.start()
     publisher = Publisher(broker, "soak/meter")
     stop = threading.Event()

@@ -10,27 +10,14 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import NoReturn
 
 from meter import __version__
-from meter.errors import ConfigError, ContractError, InvalidEvent, MeterError, UsageError
+from meter.config import SETTINGS, Setting, setting
+from meter.errors import MeterError
 from rating.errors import RatingError
 
-__all__ = ["UsageError", "build_parser", "main", "parse_instant"]
-
-
-def parse_instant(text: str | None, flag: str) -> datetime:
-    """The RFC 3339 time (with an offset) given to `flag`, in UTC; now when it is absent."""
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{flag}: expected an RFC 3339 time with offset, got {text!r}") from None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise UsageError(f"{flag}: {text!r} has no UTC offset (add Z or +HH:MM)")
-    return value.astimezone(UTC)
+__all__ = ["build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,50 +39,25 @@ HANDLERS: dict[str, str] = {
 }
 
 
+def _add_setting(p: argparse.ArgumentParser, s: Setting, *, default: str | None = None) -> None:
+    """The flag of setting `s`, its help and metavar as `meter.config.SETTINGS` declares them.
+    The value stays a string (None when absent) so that `load_settings` parses every layer alike."""
+    p.add_argument(s.flag_name, dest=s.name, default=default, metavar=s.metavar, help=s.help_text)
+
+
 def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("serve", help="run the metering daemon (MQTT -> SQLite -> /metrics)")
-    p.add_argument("--config", help="TOML settings file (flags > METER_* env > file > defaults)")
-    p.add_argument("--broker", help="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")
-    p.add_argument("--db", help="SQLite database path")
-    p.add_argument("--contracts", help="contracts TOML file")
-    p.add_argument("--metrics-addr", help="HOST:PORT for /metrics (default 127.0.0.1:9464)")
-    _add_broker_auth(p)
-    p.add_argument("--client-id", help="MQTT client id of the persistent session "
-                                       "(default license-meter)")
-    p.add_argument("--topic-prefix", help="topics are PREFIX/<account>/events (default meter)")
-    p.add_argument("--synchronous", help="SQLite synchronous mode (default FULL)")
-    p.add_argument("--batch-max", help="most messages per commit (default 1000)")
-    p.add_argument("--batch-wait", help="longest wait to fill a batch, e.g. 5ms (default 5ms)")
-    p.add_argument("--max-future", help="how far ahead of receipt an event may be (default 5m)")
-    p.add_argument("--tracker-clock", help="live tracker's now: wall (default) or events "
-                                           "(latest event time, for fast replays)")
-    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
-    p.add_argument("--max-bytes", help="largest event payload accepted (default 8192)")
-    p.add_argument("--receive-maximum", help="messages the broker may have in flight to the meter")
-    p.add_argument("--keepalive", help="MQTT keepalive in seconds (a stalled broker is noticed "
-                                       "after 1.5x this)")
-    p.add_argument("--session-expiry", help="how long the broker keeps the meter's session while "
-                                            "it is down (default never)")
-    p.add_argument("--reconnect-min", help="first reconnect delay, e.g. 0.5s")
-    p.add_argument("--reconnect-max", help="longest reconnect delay (capped, jittered backoff)")
-    p.add_argument("--reorder-window", help="how long live gauges wait for late events (default 2s)")
-    p.add_argument("--shutdown-timeout", help="bounded drain on SIGTERM before exit")
-    p.add_argument("--finalize-after", help="finalize each period this long after it ends "
-                                            "(default 1h; 0 = never)")
-    p.add_argument("--metrics-cert-file", help="PEM certificate: serve /metrics over TLS only")
-    p.add_argument("--metrics-key-file", help="key for --metrics-cert-file (if not in it)")
-    p.add_argument("--metrics-username", help="require basic auth on /metrics with this user")
-    p.add_argument("--metrics-password-file", help="file holding the /metrics basic auth password")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML settings file (flags > METER_* env > file > defaults)")
+    for s in SETTINGS:
+        if s.flag:
+            _add_setting(p, s)
 
 
 def _add_broker_auth(p: argparse.ArgumentParser) -> None:
-    """Broker credentials and TLS, shared by serve and publish (no --password: see env)."""
-    p.add_argument("--username", help="broker username (password: --password-file or "
-                                      "METER_PASSWORD)")
-    p.add_argument("--password-file", help="file holding the broker password")
-    p.add_argument("--ca-file", help="CA certificate(s) for an mqtts:// broker")
-    p.add_argument("--cert-file", help="client certificate for an mqtts:// broker")
-    p.add_argument("--key-file", help="client key for --cert-file")
+    """Broker credentials and TLS, as serve takes them (no --password: see METER_PASSWORD)."""
+    for name in ("username", "password_file", "ca_file", "cert_file", "key_file"):
+        _add_setting(p, setting(name))
 
 
 def _add_ingest(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -108,8 +70,9 @@ def _add_ingest(sub: argparse._SubParsersAction[_Parser]) -> None:
                         "(RFC 3339 with offset; default now). For replays of files that lie ahead "
                         "of this machine's clock, e.g. the sample month (November 2026): "
                         "--as-of 2026-12-02T00:00:00Z")
-    p.add_argument("--max-future", default="5m", metavar="DURATION",
-                   help="how far ahead of receive time an event may be (default 5m)")
+    # The same setting as serve's: the same default, grammar and error.
+    max_future = setting("max_future")
+    _add_setting(p, max_future, default=max_future.default)
 
 
 def _add_publish(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -119,9 +82,9 @@ def _add_publish(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--rate", type=float, default=None, metavar="N",
                    help="events per second (default: as fast as the broker takes them)")
     _add_broker_auth(p)
-    p.add_argument("--topic-prefix", default=None, help="topic prefix (default meter)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="how long to wait for the last acknowledgements (default 60)")
+    _add_setting(p, setting("topic_prefix"))
+    p.add_argument("--timeout", default="60s", metavar="DURATION",
+                   help="how long to wait for the last acknowledgements (default 60s)")
 
 
 def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -186,12 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _handler(args.command)(args)
-    except (UsageError, ConfigError, ContractError, InvalidEvent) as exc:
-        print(f"meter {args.command}: {exc}", file=sys.stderr)
-        return 2
     except (MeterError, RatingError) as exc:
+        # Each error class says what it exits with (2 for bad input, 1 otherwise).
         print(f"meter {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except OSError as exc:
         # A file or socket the command needed: one line naming it, not a traceback.
         where = f"{exc.filename}: " if exc.filename else ""

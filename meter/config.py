@@ -1,34 +1,39 @@
 """Daemon settings: one frozen `Settings`, resolved as flags > `METER_*` environment > TOML file >
-defaults. Every problem is a `ConfigError` naming the flag, variable or key; the broker password
+defaults. `SETTINGS` declares each setting once; its flag, variable, TOML key and default all come
+from there. Every problem is a `ConfigError` naming the flag, variable or key; the broker password
 is never part of a repr or a log line.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from datetime import timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 from meter.errors import ConfigError
-from rating.contracts import parse_duration
+from rating.durations import parse_duration
 
 __all__ = [
+    "CONFIG_ENV",
     "DEFAULT_METRICS_ADDR",
     "ENV_PREFIX",
+    "FLAG_KEYS",
+    "SETTINGS",
     "BrokerAddress",
+    "Setting",
     "Settings",
     "load_settings",
     "parse_broker_url",
     "parse_host_port",
-    "parse_seconds",
+    "setting",
 ]
 
 ENV_PREFIX: Final = "METER_"
+#: The variable naming the TOML settings file, as `--config` does.
+CONFIG_ENV: Final = ENV_PREFIX + "CONFIG"
 DEFAULT_METRICS_ADDR: Final = ("127.0.0.1", 9464)
 #: MQTT v5 session expiry meaning "never" (the broker keeps the meter's queue however long it is down).
 SESSION_NEVER: Final = 0xFFFFFFFF
@@ -50,90 +55,7 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything `meter serve` needs, resolved once at startup. Durations are seconds (float)."""
-
-    broker: BrokerAddress
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_id: str = "license-meter"
-    topic_prefix: str = "meter"
-    metrics_addr: tuple[str, int] = DEFAULT_METRICS_ADDR
-    db: Path = Path("meter.db")
-    contracts: Path | None = None
-    synchronous: str = "FULL"
-    batch_max: int = 1000
-    batch_wait: float = 0.005
-    #: Unacknowledged messages the broker may have in flight to us (MQTT 5 Receive Maximum).
-    receive_maximum: int = 4000
-    max_future: float = 300.0
-    max_bytes: int = 8 * 1024
-    keepalive: int = 15
-    session_expiry: int = SESSION_NEVER
-    reconnect_min: float = 0.2
-    reconnect_max: float = 30.0
-    #: "wall": the tracker's now is max(wall clock, latest event time); "events": latest event time
-    #: only, for replays of historic data at high speed.
-    tracker_clock: TrackerClock = "wall"
-    #: The gauges show the state this long ago, so events that arrive up to this much out of
-    #: order are still applied in event-time order (a watermark).
-    reorder_window: float = 2.0
-    #: Longest a SIGTERM drain may take before the daemon gives up on in-flight work (exit < 5 s).
-    shutdown_timeout: float = 3.0
-    #: A period is finalized (`meter report --finalize`) this long after it ends; 0 turns it off.
-    finalize_after: float = 3600.0
-    log_level: str = "INFO"
-    #: TLS for /metrics (PEM; the key may sit in the certificate file) and basic auth.
-    metrics_cert_file: Path | None = None
-    metrics_key_file: Path | None = None
-    metrics_username: str | None = None
-    metrics_password: str | None = field(default=None, repr=False)
-
-    @property
-    def subscription(self) -> str:
-        """The topic filter the meter subscribes to."""
-        return f"{self.topic_prefix}/+/events"
-
-    def describe(self) -> str:
-        """One log line of the settings that matter, never the password."""
-        return (f"broker={self.broker.url} client_id={self.client_id} user={self.username or '-'} "
-                f"subscription={self.subscription} db={self.db} contracts={self.contracts or '-'} "
-                f"metrics={'https' if self.metrics_cert_file else 'http'}://"
-                f"{self.metrics_addr[0]}:{self.metrics_addr[1]}/metrics "
-                f"{'(basic auth) ' if self.metrics_username else ''}"
-                f"batch={self.batch_max}/{self.batch_wait * 1000:g}ms "
-                f"tracker_clock={self.tracker_clock}")
-
-
 # --- value parsers (each raises ValueError with a short reason) ----------------------------------
-
-_SECONDS = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_seconds(value: object) -> float:
-    """A duration: a number of seconds, or a string like "5ms", "1.5s", "5m", "12h"."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like '5ms' or '30s', got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value!r}")
-        return float(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    match = _SECONDS.match(value.strip()) if isinstance(value, str) else None
-    if match:
-        return float(match.group(1)) * _UNIT[match.group(2)]
-    try:
-        # Compound durations as in the contracts file ("1h30m"): one syntax everywhere.
-        return parse_duration(value).total_seconds()  # type: ignore[arg-type]
-    except ValueError:
-        raise ValueError(f"expected a duration like '5ms', '30s', '5m' or '1h30m', got {value!r}") from None
-
 
 def parse_broker_url(text: str) -> BrokerAddress:
     """`mqtt://HOST[:PORT]` (default 1883) or `mqtts://HOST[:PORT]` (default 8883)."""
@@ -211,154 +133,333 @@ def _choice(*allowed: str) -> Callable[[object], str]:
     return parse
 
 
+def _seconds(value: object) -> float:
+    return parse_duration(value).total_seconds()
+
+
+def _keepalive(value: object) -> int:
+    # MQTT carries the keepalive as a 16-bit count of seconds.
+    seconds = parse_duration(value).total_seconds()
+    if seconds != int(seconds) or not 1 <= seconds <= 0xFFFF:
+        raise ValueError(f"must be whole seconds from 1s to 65535s, got {value!r}")
+    return int(seconds)
+
+
+def _receive_maximum(value: object) -> int:
+    number = _positive_int(value)
+    if number > 0xFFFF:
+        raise ValueError(f"MQTT allows at most 65535, got {number}")
+    return number
+
+
 def _session_expiry(value: object) -> int:
     if isinstance(value, str) and value.strip().lower() == "never":
         return SESSION_NEVER
-    seconds = int(parse_seconds(value))
+    seconds = int(parse_duration(value).total_seconds())
     if seconds < 1:
-        raise ValueError("must be at least 1s (0 would drop the queue on every disconnect)")
+        raise ValueError("must be at least 1s (0s would drop the queue on every disconnect)")
     return min(seconds, SESSION_NEVER)
 
 
-#: Settings key -> parser. The key is also the TOML key, `--flag-name` and `METER_KEY`.
-_PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
-    "broker": lambda v: parse_broker_url(_text(v)),
-    "username": _text,
-    "password": _text,
-    "password_file": _path,
-    "ca_file": _path,
-    "cert_file": _path,
-    "key_file": _path,
-    "client_id": _client_id,
-    "topic_prefix": _topic_prefix,
-    "metrics_addr": lambda v: parse_host_port(_text(v)),
-    "db": _path,
-    "contracts": _path,
-    "synchronous": _choice("OFF", "NORMAL", "FULL", "EXTRA"),
-    "batch_max": _positive_int,
-    "batch_wait": parse_seconds,
-    "receive_maximum": _positive_int,
-    "max_future": parse_seconds,
-    "max_bytes": _positive_int,
-    "keepalive": _positive_int,
-    "session_expiry": _session_expiry,
-    "reconnect_min": parse_seconds,
-    "reconnect_max": parse_seconds,
-    "tracker_clock": _choice("wall", "events"),
-    "reorder_window": parse_seconds,
-    "shutdown_timeout": parse_seconds,
-    "finalize_after": parse_seconds,
-    "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
-    "metrics_cert_file": _path,
-    "metrics_key_file": _path,
-    "metrics_username": _text,
-    "metrics_password_file": _path,
-}
-
-#: Extra environment names accepted for a key (the names operators reach for first).
-_ENV_ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
-    "broker": ("METER_BROKER_URL",),
-    "username": ("METER_BROKER_USERNAME",),
-    "password": ("METER_BROKER_PASSWORD",),
-    "password_file": ("METER_BROKER_PASSWORD_FILE",),
-}
+def _broker(value: object) -> BrokerAddress:
+    return parse_broker_url(_text(value))
 
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+def _host_port(value: object) -> tuple[str, int]:
+    return parse_host_port(_text(value))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+# --- the settings, each declared once --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One `meter serve` setting. `name` is the `Settings` field and the TOML key; the flag is
+    `--name-with-dashes` (none when `flag` is False, so a secret never shows in a process list)
+    and the variables are `METER_NAME` then `aliases`. `default` is written as a user would write
+    it and goes through `parse` like any other value (None: unset)."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: str | None
+    help: str
+    metavar: str | None = None
+    aliases: tuple[str, ...] = ()
+    flag: bool = True
+
+    @property
+    def flag_name(self) -> str:
+        """The command-line flag, e.g. `--batch-wait`."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        """The environment variables that set it, the first set one winning."""
+        return (ENV_PREFIX + self.name.upper(), *self.aliases)
+
+    @property
+    def help_text(self) -> str:
+        """`help` with the default, as `--help` shows it."""
+        return self.help if self.default is None else f"{self.help} (default {self.default})"
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("broker", _broker, None, "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (required)",
+            "URL", aliases=("METER_BROKER_URL",)),
+    Setting("db", _path, "meter.db", "SQLite database path", "PATH"),
+    Setting("contracts", _path, None, "contracts TOML file (without one every event is "
+            "unknown_account)", "FILE"),
+    Setting("metrics_addr", _host_port, "{}:{}".format(*DEFAULT_METRICS_ADDR),
+            "HOST:PORT for /metrics (a bare PORT binds 127.0.0.1)", "HOST:PORT"),
+    Setting("username", _text, None, "broker username (password: --password-file or "
+            "METER_PASSWORD)", aliases=("METER_BROKER_USERNAME",)),
+    Setting("password", _text, None, "broker password", aliases=("METER_BROKER_PASSWORD",),
+            flag=False),
+    Setting("password_file", _path, None, "file holding the broker password", "FILE",
+            aliases=("METER_BROKER_PASSWORD_FILE",)),
+    Setting("ca_file", _path, None, "CA certificate(s) for an mqtts:// broker", "FILE"),
+    Setting("cert_file", _path, None, "client certificate for an mqtts:// broker", "FILE"),
+    Setting("key_file", _path, None, "client key for --cert-file", "FILE"),
+    Setting("client_id", _client_id, "license-meter", "MQTT client id of the persistent session"),
+    Setting("topic_prefix", _topic_prefix, "meter", "topics are PREFIX/<account>/events", "PREFIX"),
+    Setting("synchronous", _choice("OFF", "NORMAL", "FULL", "EXTRA"), "FULL",
+            "SQLite synchronous mode: OFF, NORMAL, FULL or EXTRA"),
+    Setting("batch_max", _positive_int, "1000", "most messages per commit", "N"),
+    Setting("batch_wait", _seconds, "5ms", "longest wait to fill a batch", "DURATION"),
+    Setting("receive_maximum", _receive_maximum, "4000",
+            "messages the broker may have in flight to the meter (MQTT 5 Receive Maximum)", "N"),
+    Setting("max_future", _seconds, "5m", "how far ahead of receipt an event may be", "DURATION"),
+    Setting("max_bytes", _positive_int, "8192", "largest event payload accepted, in bytes", "N"),
+    Setting("keepalive", _keepalive, "15s", "MQTT keepalive, whole seconds (a stalled broker is "
+            "noticed after 1.5x this)", "DURATION"),
+    Setting("session_expiry", _session_expiry, "never", "how long the broker keeps the meter's "
+            "session while it is down: a duration or never", "DURATION"),
+    Setting("reconnect_min", _seconds, "200ms", "first reconnect delay", "DURATION"),
+    Setting("reconnect_max", _seconds, "30s", "longest reconnect delay (capped, jittered backoff)",
+            "DURATION"),
+    Setting("tracker_clock", _choice("wall", "events"), "wall",
+            "live tracker's now: wall, or events (latest event time, for fast replays)"),
+    Setting("reorder_window", _seconds, "2s", "how long live gauges wait for late events",
+            "DURATION"),
+    Setting("shutdown_timeout", _seconds, "3s", "bounded drain on SIGTERM before exit",
+            "DURATION"),
+    Setting("finalize_after", _seconds, "1h", 'finalize each period this long after it ends; '
+            '"0s" turns it off', "DURATION"),
+    Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO",
+            "DEBUG, INFO, WARNING or ERROR"),
+    Setting("metrics_cert_file", _path, None, "PEM certificate: serve /metrics over TLS only",
+            "FILE"),
+    Setting("metrics_key_file", _path, None, "key for --metrics-cert-file (if not in it)", "FILE"),
+    Setting("metrics_username", _text, None, "require basic auth on /metrics with this user"),
+    Setting("metrics_password_file", _path, None, "file holding the /metrics basic auth password",
+            "FILE"),
+)
+
+_BY_NAME: Final[Mapping[str, Setting]] = {s.name: s for s in SETTINGS}
+#: Every setting's default, parsed (None where unset); the base layer of `load_settings`.
+_DEFAULTS: Final[Mapping[str, Any]] = {
+    s.name: None if s.default is None else s.parse(s.default) for s in SETTINGS}
+#: The `flags` keys `load_settings` takes: `config` and every setting that has a flag.
+FLAG_KEYS: Final[tuple[str, ...]] = ("config", *(s.name for s in SETTINGS if s.flag))
+
+
+def setting(name: str) -> Setting:
+    """The declaration of setting `name` (KeyError for an unknown name)."""
+    return _BY_NAME[name]
+
+
+def _default(name: str) -> Any:
+    return _DEFAULTS.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `meter serve` needs, resolved once at startup by `load_settings`. Durations are
+    seconds (float). Each field is the setting of that name in `SETTINGS`, which says what it means
+    and its default; only `metrics_password` is read from a file instead."""
+
+    #: The `flags` keys `load_settings` takes (for callers that hold only this class).
+    FLAG_KEYS: ClassVar[tuple[str, ...]] = FLAG_KEYS
+
+    broker: BrokerAddress
+    username: str | None
+    password: str | None = field(repr=False)
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    client_id: str
+    topic_prefix: str
+    metrics_addr: tuple[str, int]
+    db: Path
+    contracts: Path | None
+    synchronous: str
+    batch_max: int
+    batch_wait: float
+    receive_maximum: int
+    max_future: float
+    max_bytes: int
+    keepalive: int
+    session_expiry: int
+    reconnect_min: float
+    reconnect_max: float
+    tracker_clock: TrackerClock
+    reorder_window: float
+    shutdown_timeout: float
+    finalize_after: float
+    log_level: str
+    metrics_cert_file: Path | None
+    metrics_key_file: Path | None
+    metrics_username: str | None
+    #: Read from `metrics_password_file`; there is no other way to set it.
+    metrics_password: str | None = field(default=None, repr=False)
+
+    @property
+    def subscription(self) -> str:
+        """The topic filter the meter subscribes to."""
+        return f"{self.topic_prefix}/+/events"
+
+    def describe(self) -> str:
+        """One log line of the settings that matter, never the password."""
+        return (f"broker={self.broker.url} client_id={self.client_id} user={self.username or '-'} "
+                f"subscription={self.subscription} db={self.db} contracts={self.contracts or '-'} "
+                f"metrics={'https' if self.metrics_cert_file else 'http'}://"
+                f"{self.metrics_addr[0]}:{self.metrics_addr[1]}/metrics "
+                f"{'(basic auth) ' if self.metrics_username else ''}"
+                f"batch={self.batch_max}/{self.batch_wait * 1000:g}ms "
+                f"tracker_clock={self.tracker_clock}")
+
+
+# --- resolving the layers ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """Raw values from one source; `where[key]` is how an error names the place `key` came from."""
+
+    values: Mapping[str, object]
+    where: Mapping[str, str]
+
+    def parse(self) -> dict[str, Any]:
+        """Every value through its setting's parser; the first bad one is a `ConfigError`."""
+        parsed: dict[str, Any] = {}
+        for key, raw in self.values.items():
+            try:
+                parsed[key] = _BY_NAME[key].parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{self.where[key]}: {exc}") from None
+        return parsed
+
+
+def _file_layer(path: Path) -> _Layer:
+    """The TOML settings file: keys at the top level or under `[serve]`."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read settings: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError(f"{path}: cannot read settings: {_why(exc)}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    # Allow the keys either at the top level or under [serve].
     table = doc.get("serve", doc)
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: key 'serve': expected a table")
-    unknown = sorted(k for k in table if k not in _PARSERS and k != "serve")
+    unknown = sorted(k for k in table if k not in _BY_NAME and k != "serve")
     if unknown:
         raise ConfigError(f"{path}: key {unknown[0]!r}: unknown setting "
-                          f"(known: {', '.join(sorted(_PARSERS))})")
-    return {k: v for k, v in table.items() if k in _PARSERS}
+                          f"(known: {', '.join(sorted(_BY_NAME))})")
+    values = {k: v for k, v in table.items() if k in _BY_NAME}
+    return _Layer(values, {k: f"{path}: key {k!r}" for k in values})
 
 
-def load_settings(flags: Mapping[str, object] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
-    """Resolve settings: `flags` (keys as in `Settings`, None = not given) > `environ` > the TOML
-    file named by `flags["config"]` or `METER_CONFIG` > defaults. Reads the config and password
-    files; raises `ConfigError` naming the source of a bad value."""
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    environ = environ if environ is not None else {}
+def _env_layer(environ: Mapping[str, str]) -> _Layer:
+    """`METER_*` variables (and aliases); an empty variable counts as unset."""
+    values: dict[str, object] = {}
+    where: dict[str, str] = {}
+    for s in SETTINGS:
+        name = next((n for n in s.env_names if environ.get(n)), None)
+        if name is not None:
+            values[s.name], where[s.name] = environ[name], name
+    return _Layer(values, where)
 
-    config_path = flags.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
-    layers: list[tuple[str, Mapping[str, object]]] = []
-    if config_path:
-        path = Path(str(config_path))
-        layers.append((f"{path}: key", _read_toml(path)))
-    env_values: dict[str, object] = {}
-    env_names: dict[str, str] = {}
-    for key in _PARSERS:
-        for name in (ENV_PREFIX + key.upper(), *_ENV_ALIASES.get(key, ())):
-            if name in environ and environ[name] != "":
-                env_values[key], env_names[key] = environ[name], name
-                break
-    layers.append(("environment", env_values))
-    unknown_flags = sorted(k for k in flags if k not in _PARSERS)
-    if unknown_flags:
-        raise ConfigError(f"unknown setting {unknown_flags[0]!r}")
-    layers.append(("flag", flags))
 
-    resolved: dict[str, Any] = {}
-    for source, values in layers:  # lowest precedence first; later layers win
-        for key, raw in values.items():
-            try:
-                resolved[key] = _PARSERS[key](raw)
-            except ValueError as exc:
-                where = (f"{source} {key!r}" if source.endswith("key") else
-                         f"{env_names[key]}" if source == "environment" else _flag(key))
-                raise ConfigError(f"{where}: {exc}") from None
+#: The defaults of the `Settings` fields (the password files are read into passwords instead).
+_SETTINGS_DEFAULTS: Final = {k: v for k, v in _DEFAULTS.items()
+                             if k not in ("password_file", "metrics_password_file")}
 
-    if "broker" not in resolved:
-        raise ConfigError("no broker: pass --broker mqtt://HOST:PORT (or set METER_BROKER)")
+
+def _flag_layer(flags: Mapping[str, object]) -> _Layer:
+    """Command-line values, keyed by setting name."""
+    unknown = sorted(k for k in flags if k not in _BY_NAME)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    return _Layer(flags, {k: _BY_NAME[k].flag_name for k in flags})
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        # One line; a trailing newline from `echo secret > file` is not part of the password.
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {_why(exc)}") from None
+
+
+def _read_password_files(resolved: dict[str, Any]) -> None:
+    """Replace `password_file` and `metrics_password_file` by the passwords they hold; a password
+    given directly (any layer) wins over a broker password file."""
     password_file = resolved.pop("password_file", None)
     if password_file is not None and "password" not in resolved:
-        try:
-            # One line; a trailing newline from `echo secret > file` is not part of the password.
-            resolved["password"] = password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{password_file}: cannot read the broker password: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
-    if resolved.get("password") is not None and resolved.get("username") is None:
-        raise ConfigError("a broker password needs a username (--username or METER_USERNAME)")
+        resolved["password"] = _read_secret(password_file, "broker password")
     metrics_password_file = resolved.pop("metrics_password_file", None)
     if metrics_password_file is not None:
-        try:
-            resolved["metrics_password"] = (
-                metrics_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{metrics_password_file}: cannot read the metrics password: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        resolved["metrics_password"] = _read_secret(metrics_password_file, "metrics password")
+
+
+def _check_broker(resolved: Mapping[str, Any]) -> None:
+    """A broker is given; credentials and TLS options fit it."""
+    if "broker" not in resolved:
+        raise ConfigError("no broker: pass --broker mqtt://HOST:PORT (or set METER_BROKER)")
+    if resolved.get("password") is not None and resolved.get("username") is None:
+        raise ConfigError("a broker password needs a username (--username or METER_USERNAME)")
+    tls_keys = [k for k in ("ca_file", "cert_file", "key_file") if k in resolved]
+    if tls_keys and not resolved["broker"].tls:
+        raise ConfigError(f"{setting(tls_keys[0]).flag_name}: TLS options need an mqtts:// "
+                          "broker URL")
+    if "key_file" in resolved and "cert_file" not in resolved:
+        raise ConfigError("--key-file: a client key needs --cert-file")
+
+
+def _check_metrics(resolved: Mapping[str, Any]) -> None:
+    """Basic auth on /metrics has both halves; a TLS key has its certificate."""
     if ("metrics_username" in resolved) != bool(resolved.get("metrics_password")):
         raise ConfigError("metrics basic auth needs both --metrics-username and "
                           "--metrics-password-file")
     if "metrics_key_file" in resolved and "metrics_cert_file" not in resolved:
         raise ConfigError("--metrics-key-file: a key needs --metrics-cert-file")
-    broker: BrokerAddress = resolved["broker"]
-    tls_keys = [k for k in ("ca_file", "cert_file", "key_file") if k in resolved]
-    if tls_keys and not broker.tls:
-        raise ConfigError(f"{_flag(tls_keys[0])}: TLS options need an mqtts:// broker URL")
-    if ("cert_file" in resolved) != ("key_file" in resolved) and "cert_file" not in resolved:
-        raise ConfigError("--key-file: a client key needs --cert-file")
-    if resolved.get("reconnect_min", 0.2) > resolved.get("reconnect_max", 30.0):
+
+
+def _check_reconnect(resolved: Mapping[str, Any]) -> None:
+    low = resolved.get("reconnect_min", _DEFAULTS["reconnect_min"])
+    if low > resolved.get("reconnect_max", _DEFAULTS["reconnect_max"]):
         raise ConfigError("--reconnect-min: must not exceed --reconnect-max")
-    if resolved.get("receive_maximum", 4000) > 65535:
-        raise ConfigError("--receive-maximum: MQTT allows at most 65535")
-    known = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in resolved.items() if k in known})
+
+
+def load_settings(flags: Mapping[str, object] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings: `flags` (keys as in `SETTINGS`, None = not given) > `environ` > the TOML
+    file named by `flags["config"]` or `METER_CONFIG` > defaults. Reads the config and password
+    files; raises `ConfigError` naming the source of a bad value."""
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = environ if environ is not None else {}
+    config_path = given.pop("config", None) or environ.get(CONFIG_ENV)
+    layers = [_env_layer(environ), _flag_layer(given)]  # lowest precedence first
+    if config_path:
+        layers.insert(0, _file_layer(Path(str(config_path))))
+    resolved: dict[str, Any] = {}
+    for layer in layers:
+        resolved.update(layer.parse())
+    _read_password_files(resolved)
+    for check in (_check_broker, _check_metrics, _check_reconnect):
+        check(resolved)
+    return Settings(**{**_SETTINGS_DEFAULTS, **resolved})

@@ -1,36 +1,30 @@
-"""Errors of the imperative shell.
+"""Errors of the imperative shell; each class carries the exit code `meter` ends with.
 
-    MeterError
-     +-- InvalidEvent     an event that fails validation (carries the rejection reason)
-     +-- StoreError       the database cannot be opened, migrated or written
-     +-- ConfigError      settings or command-line values that cannot work
-     +-- UsageError       bad usage or a bad input file
+    MeterError  (exit 1)
+     +-- StoreError       the database cannot be opened, migrated or written        (exit 1)
+     +-- ConfigError      settings or command-line values that cannot work          (exit 2)
+     +-- UsageError       bad usage or a bad input file                             (exit 2)
 
-`ContractError` (a bad contracts file) is raised by the pure core, `rating.errors`; it is
+`ContractError` (a bad contracts file, exit 2) is raised by the pure core, `rating.errors`; it is
 re-exported here so shell code can catch `(MeterError, ContractError)` from one place.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rating.errors import ContractError
 
-__all__ = ["ConfigError", "ContractError", "InvalidEvent", "MeterError", "StoreError", "UsageError"]
+__all__ = ["ConfigError", "ContractError", "MeterError", "StoreError", "UsageError"]
 
 
 class MeterError(Exception):
     """Base of every error raised by `meter`."""
 
+    #: What `meter` exits with when this error ends a command: 2 is bad input, 1 anything else.
+    exit_code: ClassVar[int] = 1
     #: Whether retrying the same operation later can succeed (a locked or full database can).
     retriable: bool = False
-
-
-class InvalidEvent(MeterError):
-    """An event failed validation; `reason` is one of `meter.events.REASONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class StoreError(MeterError):
@@ -44,6 +38,10 @@ class StoreError(MeterError):
 class ConfigError(MeterError):
     """Settings that cannot work; the message names the flag, variable or key."""
 
+    exit_code = 2
+
 
 class UsageError(MeterError):
     """Bad usage or a bad input file: exit code 2, one line on stderr."""
+
+    exit_code = 2

@@ -17,11 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
-from meter.cli import parse_instant
 from meter.errors import UsageError
 from meter.events import REASONS, Event, Limits, Rejection, parse, to_us
+from meter.instants import parse_instant
 from meter.store import BatchResult, RejectedMessage, Store
-from rating.contracts import Contracts, parse_contracts, parse_duration
+from rating.contracts import Contracts, parse_contracts
+from rating.durations import parse_duration
 
 __all__ = ["BATCH_LINES", "Summary", "ingest", "load_contracts", "parse_as_of", "run"]
 
@@ -223,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         skew = parse_duration(args.max_future)
     except ValueError as exc:
+        # Word for word what `meter serve --max-future` says (a ConfigError there).
         raise UsageError(f"--max-future: {exc}") from None
     db_dir = Path(args.db).parent
     if not db_dir.is_dir():

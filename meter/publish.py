@@ -22,14 +22,18 @@ from typing import IO, Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from meter.config import BrokerAddress, load_settings
-from meter.errors import ConfigError, MeterError, UsageError
+from meter.config import BrokerAddress, Settings, load_settings, setting
+from meter.errors import MeterError, UsageError
+from rating.durations import parse_duration
 
 __all__ = ["PublishResult", "publish", "run", "topic_for"]
 
 UNKNOWN: Final = "unknown"
 #: Unacknowledged messages we allow in flight: enough to keep the broker busy, bounded memory.
 IN_FLIGHT: Final = 1000
+#: The `meter serve` settings publish shares: where the broker is and how to log in to it.
+SETTING_KEYS: Final = ("broker", "username", "password", "password_file", "ca_file", "cert_file",
+                       "key_file", "topic_prefix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,20 +165,24 @@ def publish(stream: IO[bytes], broker: BrokerAddress, *, prefix: str = "meter",
     return result
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The broker settings from the flags, and from the environment only for these keys (a
+    variable meant for serve, such as a bad `METER_BATCH_WAIT`, must not stop a publish).
+    A bad value is a `ConfigError` naming the flag or variable (exit 2)."""
+    flags = {key: getattr(args, key, None) for key in SETTING_KEYS}
+    names = {name for key in SETTING_KEYS for name in setting(key).env_names}
+    return load_settings(flags, {k: v for k, v in os.environ.items() if k in names})
+
+
 def run(args: argparse.Namespace) -> int:
-    """`meter publish FILE --broker URL [--rate N]`."""
+    """`meter publish FILE --broker URL [--rate N] [--timeout DURATION]`."""
     if args.rate is not None and args.rate <= 0:
         raise UsageError(f"--rate: must be more than 0, got {args.rate:g}")
-    flags = {"broker": args.broker, "username": args.username,
-             "password_file": args.password_file, "ca_file": args.ca_file,
-             "cert_file": args.cert_file, "key_file": args.key_file,
-             "topic_prefix": args.topic_prefix}
     try:
-        settings = load_settings(flags, {k: v for k, v in os.environ.items()
-                                         if k in ("METER_PASSWORD", "METER_BROKER_PASSWORD",
-                                                  "METER_TOPIC_PREFIX", "METER_USERNAME")})
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+        timeout = parse_duration(args.timeout).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"--timeout: {exc}") from None
+    settings = _settings(args)
 
     def go(stream: IO[bytes]) -> PublishResult:
         return publish(stream, settings.broker, prefix=settings.topic_prefix, rate=args.rate,
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
                        ca_file=str(settings.ca_file) if settings.ca_file else None,
                        cert_file=str(settings.cert_file) if settings.cert_file else None,
                        key_file=str(settings.key_file) if settings.key_file else None,
-                       timeout=args.timeout, progress=sys.stderr.isatty())
+                       timeout=timeout, progress=sys.stderr.isatty())
 
     if args.file == "-":
         result = go(sys.stdin.buffer)

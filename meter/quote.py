@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from meter.cli import parse_instant
 from meter.errors import UsageError
+from meter.instants import parse_instant
 from rating.contracts import Order, parse_contracts
 from rating.errors import ContractError
 from rating.money import format_money
@@ -22,9 +22,6 @@ from rating.usage import iso
 __all__ = ["format_quote", "run", "run_cli"]
 
 _PROG = "meter quote"
-
-
-
 
 
 def format_quote(q: Quote) -> list[str]:

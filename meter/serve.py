@@ -41,15 +41,8 @@ __all__ = ["Ingestor", "rebuild", "run", "run_cli", "watermark"]
 
 log = logging.getLogger("meter.serve")
 
-#: Settings that `meter serve` flags may set (argparse dest == settings key).
-FLAG_KEYS: Final = (
-    "config", "broker", "username", "password_file", "ca_file", "cert_file", "key_file",
-    "client_id", "topic_prefix", "metrics_addr", "db", "contracts", "synchronous", "batch_max",
-    "batch_wait", "max_future", "tracker_clock", "log_level", "max_bytes", "receive_maximum",
-    "keepalive", "session_expiry", "reconnect_min", "reconnect_max", "reorder_window",
-    "shutdown_timeout", "finalize_after", "metrics_cert_file", "metrics_key_file",
-    "metrics_username", "metrics_password_file",
-)
+#: The parsed flags `run_cli` hands to `load_settings`, derived from `meter.config.SETTINGS`.
+FLAG_KEYS: Final = Settings.FLAG_KEYS
 #: How often the tracker snapshot behind the gauges is refreshed without traffic.
 TICK_SECONDS: Final = 1.0
 _RNG: Final = random.Random()  # noqa: S311 - retry jitter, not cryptography

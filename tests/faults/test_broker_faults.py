@@ -158,7 +158,7 @@ def test_stalled_broker_is_detected_and_nothing_is_lost(
     """A broker frozen (SIGSTOP) for longer than the keepalive: the daemon notices (connected
     goes to 0), and after SIGCONT (or a kill and restart) it reconnects and loses nothing."""
     broker = broker_factory.new(persistence=True)  # type: ignore[attr-defined]
-    daemon = Daemon(broker, tmp_path / "meter", topic_prefix, settings={"METER_KEEPALIVE": "1"})
+    daemon = Daemon(broker, tmp_path / "meter", topic_prefix, settings={"METER_KEEPALIVE": "1s"})
     daemon.start()
     publisher = Publisher(broker, topic_prefix)
     try:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from meter.config import BrokerAddress, load_settings, parse_broker_url, parse_seconds
+from meter.config import (
+    FLAG_KEYS,
+    SETTINGS,
+    BrokerAddress,
+    Settings,
+    load_settings,
+    parse_broker_url,
+    setting,
+)
 from meter.errors import ConfigError
 
 
@@ -90,9 +99,127 @@ def test_broker_urls(text: str, expected: BrokerAddress) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("5ms", 0.005), ("1.5s", 1.5), ("5m", 300.0), ("12h", 43200.0), ("2", 2.0), (0.25, 0.25),
+    ("5ms", 0.005), ("1.5s", 1.5), ("5m", 300.0), ("12h", 43200.0), ("0s", 0.0),
     ("1h30m", 5400.0), ("2d", 172800.0),  # the contracts file's compound form too
 ])
-def test_durations(text: str | float, expected: float) -> None:
-    """Durations are seconds or strings with ms, s, m, h or d."""
-    assert expected == parse_seconds(text)
+def test_durations(text: str, expected: float) -> None:
+    """Duration settings take the one grammar of `rating.durations` and hold seconds."""
+    assert expected == load_settings({"broker": "mqtt://x", "batch_wait": text}, {}).batch_wait
+
+
+#: A value for every setting other than its default, as a user would write it on any layer.
+SAMPLE = {
+    "broker": "mqtt://b:2", "db": "x.db", "contracts": "c.toml", "metrics_addr": "127.0.0.1:1",
+    "username": "u", "password": "p", "password_file": "PW", "ca_file": "ca.pem",
+    "cert_file": "c.pem", "key_file": "k.pem", "client_id": "c", "topic_prefix": "t",
+    "synchronous": "OFF", "batch_max": "7", "batch_wait": "7ms", "receive_maximum": "7",
+    "max_future": "7m", "max_bytes": "7", "keepalive": "7s", "session_expiry": "7h",
+    "reconnect_min": "7ms", "reconnect_max": "7s", "tracker_clock": "events",
+    "reorder_window": "7s", "shutdown_timeout": "7s", "finalize_after": "7h", "log_level": "DEBUG",
+    "metrics_cert_file": "c.pem", "metrics_key_file": "k.pem", "metrics_username": "u",
+    "metrics_password_file": "PW",
+}
+
+
+#: What else a setting needs to be accepted, and which Settings field shows it (files -> passwords).
+NEEDS = {"ca_file": {"broker": "mqtts://b"}, "cert_file": {"broker": "mqtts://b"},
+         "key_file": {"broker": "mqtts://b", "cert_file": "c.pem"},
+         "password": {"username": "u"}, "password_file": {"username": "u"},
+         "metrics_key_file": {"metrics_cert_file": "c.pem"},
+         "metrics_username": {"metrics_password_file": "PW"},
+         "metrics_password_file": {"metrics_username": "u"}}
+SHOWN_AS = {"password_file": "password", "metrics_password_file": "metrics_password"}
+
+
+@pytest.mark.parametrize("name", [s.name for s in SETTINGS])
+def test_every_setting_is_reachable_by_flag_env_and_toml_key(name: str, tmp_path: Path) -> None:
+    """Each entry of SETTINGS sets the field of its name from the flags, `METER_NAME` and the
+    TOML key alike, to the same value."""
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+
+    def fill(value: str) -> str:
+        return str(secret) if value == "PW" else value
+    base = {"broker": "mqtt://b"} | {k: fill(v) for k, v in NEEDS.get(name, {}).items()}
+    base.pop(name, None)
+    raw = fill(SAMPLE[name])
+    field = SHOWN_AS.get(name, name)
+    expected = getattr(load_settings({**base, name: raw}, {}), field)
+    conf = tmp_path / "m.toml"
+    conf.write_text(f"[serve]\n{name} = {raw!r}\n".replace("'", '"'))
+    from_env = getattr(load_settings(base, {"METER_" + name.upper(): raw}), field)
+    from_file = getattr(load_settings({**base, "config": str(conf)}, {}), field)
+    assert (expected, expected) == (from_env, from_file)
+    declared = setting(name)
+    assert expected not in (None, declared.default and declared.parse(declared.default))
+
+
+def test_the_table_names_flags_variables_and_settings_fields() -> None:
+    """One declaration per setting: the flag and variable are derived from the name, FLAG_KEYS
+    lists every setting but the password, and each Settings field is a setting."""
+    batch_wait = setting("batch_wait")
+    assert ("--batch-wait", ("METER_BATCH_WAIT",)) == (batch_wait.flag_name, batch_wait.env_names)
+    assert ("METER_BROKER", "METER_BROKER_URL") == setting("broker").env_names
+    assert "longest wait to fill a batch (default 5ms)" == batch_wait.help_text
+    names = [s.name for s in SETTINGS]
+    assert ("config", *(n for n in names if n != "password")) == FLAG_KEYS
+    assert FLAG_KEYS == Settings.FLAG_KEYS
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert set(names) - {"password_file", "metrics_password_file"} == fields - {"metrics_password"}
+
+
+def test_defaults_are_the_tables() -> None:
+    """Every default in SETTINGS is what a Settings has when nothing sets it."""
+    s = load_settings({"broker": "mqtt://b"}, {})
+    assert (0xFFFFFFFF, 15, 0.2, 30.0, 2.0, 3.0, 3600.0, 4000, 8192) == (
+        s.session_expiry, s.keepalive, s.reconnect_min, s.reconnect_max, s.reorder_window,
+        s.shutdown_timeout, s.finalize_after, s.receive_maximum, s.max_bytes)
+    assert (Path("meter.db"), "FULL", "wall", "INFO") == (s.db, s.synchronous, s.tracker_clock,
+                                                           s.log_level)
+
+
+@pytest.mark.parametrize(("flags", "env", "message"), [
+    ({"max_future": "5"}, {},
+     '--max-future: 5 is not a duration: write a unit, e.g. "5s" or "5m"'),
+    ({}, {"METER_BATCH_WAIT": "5"},
+     'METER_BATCH_WAIT: 5 is not a duration: write a unit, e.g. "5s" or "5m"'),
+    ({}, {"METER_REORDER_WINDOW": "0.5"},
+     'METER_REORDER_WINDOW: 0.5 is not a duration: write a unit, e.g. "0.5s"'),
+    ({"finalize_after": "0"}, {},
+     '--finalize-after: 0 is not a duration: write a unit, e.g. "0s" or "0m"'),
+    ({"keepalive": "1.5s"}, {}, "--keepalive: must be whole seconds from 1s to 65535s, got '1.5s'"),
+    ({"session_expiry": "0s"}, {},
+     "--session-expiry: must be at least 1s (0s would drop the queue on every disconnect)"),
+    ({"receive_maximum": "70000"}, {}, "--receive-maximum: MQTT allows at most 65535, got 70000"),
+    ({"reconnect_min": "1m", "reconnect_max": "30s"}, {},
+     "--reconnect-min: must not exceed --reconnect-max"),
+    ({"shutdown_timeout": "3 s"}, {},
+     "--shutdown-timeout: expected a duration like '5ms', '30s', '30m' or '1h30m', got '3 s'"),
+])
+def test_bad_durations_say_what_to_write(flags: dict[str, str], env: dict[str, str],
+                                         message: str) -> None:
+    """A bare number is refused with the fix in the message; the flag or variable is named."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"broker": "mqtt://x", **flags}, env)
+    assert message == str(info.value)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("batch_wait = 5", 'key \'batch_wait\': 5 is not a duration: write a unit, e.g. "5s" or "5m"'),
+    ("max_future = 0.5", 'key \'max_future\': 0.5 is not a duration: write a unit, e.g. "0.5s"'),
+    ('batch_wait = "5"', 'key \'batch_wait\': 5 is not a duration: write a unit, e.g. "5s" or "5m"'),
+    ("keepalive = 15", 'key \'keepalive\': 15 is not a duration: write a unit, e.g. "15s" or "15m"'),
+])
+def test_toml_bare_number_durations_name_the_key(toml: str, message: str, tmp_path: Path) -> None:
+    """`batch_wait = 5` in the settings file no longer means 5 seconds: it is refused, key named."""
+    conf = tmp_path / "m.toml"
+    conf.write_text(f'[serve]\nbroker = "mqtt://x"\n{toml}\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings({"config": str(conf)}, {})
+    assert f"{conf}: {message}" == str(info.value)
+
+
+def test_special_durations() -> None:
+    """session_expiry "never" is the MQTT maximum; finalize_after "0s" turns finalization off."""
+    s = load_settings({"broker": "mqtt://x", "session_expiry": "never", "finalize_after": "0s"}, {})
+    assert (0xFFFFFFFF, 0.0) == (s.session_expiry, s.finalize_after)
