@@ -1,63 +1,47 @@
 """The account's bill for one period: pools, named seats, add-ons, seat changes, overage, total.
 
-It owns the assembly of the other rating modules into one `AccountBill`, the late-event
-`adjustment` lines of a finalized period, and right-sizing (the licence count that would have cost
-least for the period's concurrency curve under the pool's grace rule).
+It owns the assembly of the other rating modules into one `AccountBill` (their results carried
+as they are: `NamedUsage`, `Coverage`, `Episode`, `RightSizing`) and the late-event `adjustment`
+lines of a finalized period.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 import numpy as np
 
 from rating.contracts import Account, Pool
-from rating.coverage import cover
+from rating.coverage import Coverage, cover
+from rating.grace import format_hms, grace_text
 from rating.money import format_money, format_price, round_money
-from rating.named import build_rosters, rate_named
+from rating.named import NamedUsage, build_rosters, rate_named
 from rating.periods import Period
-from rating.pool import PoolJob, PoolRating, rate_pools
-from rating.seatchanges import QuantitySteps, SeatLedger, apply_orders, licensed_at
+from rating.pool import Episode, PoolJob, PoolRating, rate_pools
+from rating.rightsizing import RightSizing, right_size_pools
+from rating.seatchanges import QuantitySteps, SeatLedger, apply_orders, format_seats
 from rating.timeline import Timeline
 from rating.usage import KINDS, EventColumns, UsageEvent, from_us, iso, to_us
 
 __all__ = [
     "RATING_VERSION",
     "AccountBill",
-    "AddonUse",
-    "Episode",
     "Line",
-    "NamedUse",
     "PoolUse",
-    "RightSizing",
+    "RefusedOrder",
+    "Row",
     "adjustments",
+    "grace_text",  # re-exported for meter.report; it lives in rating.grace
     "rate_account",
     "rate_rows",
-    "right_size",
 ]
 
 #: Bumped whenever a rule change can change a bill: it is part of every report's input hash,
 #: so a report made under other rules never verifies as reproducible.
 RATING_VERSION = "1"
-
-
-@dataclass(frozen=True, slots=True)
-class Episode:
-    """A maximal stretch `[start, end)` with c(t) above E(t), and what the grace rule made of it."""
-
-    start: datetime
-    end: datetime
-    peak_excess: int
-    sustained_level: int
-    within_grace: bool
-
-    @property
-    def duration(self) -> timedelta:
-        """How long the excess lasted."""
-        return self.end - self.start
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,34 +61,10 @@ class PoolUse:
     billable_peak: int | None
     overage_seats: int
     overage_amount: Decimal
-    episodes: tuple[Episode, ...]
+    episodes: tuple[Episode, ...]  # concurrent pools only
     users: int
     concurrency: Timeline | None
     licensed_steps: QuantitySteps
-
-
-@dataclass(frozen=True, slots=True)
-class NamedUse:
-    """Seat holding and use of a named pool (see `rating.named.NamedUsage`)."""
-
-    pool: str
-    licensed: int
-    assigned: int
-    active_users: int
-    unlicensed_users: int
-    refused_assigns: int
-    idle_seats: int
-    unlicensed: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class AddonUse:
-    """How many of an add-on the period's use required, how many were bought, the shortfall."""
-
-    addon: str
-    required: int
-    purchased: int
-    shortfall: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,104 +97,19 @@ class RefusedOrder:
 
 
 @dataclass(frozen=True, slots=True)
-class RightSizing:
-    """What a constant licence count would have cost for this period's use.
-
-    With E(t) constant at L, level k of the excess is billable exactly when level L + k of c(t)
-    is, so the overage is max(0, billable_peak - L) under either grace mode, and the cost is
-    L x price + max(0, billable_peak - L) x overage price (the monthly share of an annual price).
-    """
-
-    pool: str
-    licensed: int
-    billable_peak: int
-    recommended: int
-    current_cost: Decimal
-    recommended_cost: Decimal
-    saving: Decimal
-    rule: str
-
-
-@dataclass(frozen=True, slots=True)
 class AccountBill:
     """Everything an account owes or used in one period. `total` is the sum of `charges`."""
 
     account: Account
     period: Period
     pools: tuple[PoolUse, ...]
-    named: tuple[NamedUse, ...]
-    addons: tuple[AddonUse, ...]
+    named: tuple[NamedUsage, ...]
+    addons: tuple[Coverage, ...]
     charges: tuple[Line, ...]
     refused: tuple[RefusedOrder, ...]
     right_sizing: tuple[RightSizing, ...]
     total: Decimal
     unresolved_events: int = 0
-
-
-def _seats(n: int) -> str:
-    return f"{n} seat" if n == 1 else f"{n} seats"
-
-
-
-def _duration_text(span: timedelta) -> str:
-    seconds = span // timedelta(seconds=1)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def grace_text(pool: Pool) -> str:
-    """The pool's grace rule in words, as the report states it."""
-    minutes = _duration_text(pool.grace)
-    if pool.grace_mode == "cumulative":
-        return (f"cumulative: a level is billed when its total time in the period reaches "
-                f"{minutes}")
-    return f"continuous: a level is billed when held for one unbroken stretch longer than {minutes}"
-
-
-def monthly_price(account: Account, pool: Pool) -> Decimal:
-    """The pool's price per seat per monthly period (an annual price spread over 12 months)."""
-    return pool.price if account.billing == "monthly" else pool.price / 12
-
-
-# --- right-sizing ---------------------------------------------------------------------------------
-
-
-def right_size(account: Account, use: PoolUse, paid: Decimal) -> RightSizing:
-    """The constant licence count that would have cost least for `use`, and the saving.
-
-    `paid` is what the period's licences actually cost (seats in force at the start at the
-    monthly price, plus the period's seat-add charges); the current cost adds the overage billed.
-    Ties go to the larger count (fewer overage seats for the same money). A recommendation that
-    would cost more than what happened (seats bought late in the period are prorated) keeps the
-    current count.
-    """
-    pool = use.pool
-    exp = account.exponent
-    price = monthly_price(account, pool)
-    over = pool.overage_price or Decimal(0)
-    peak = use.billable_peak or 0
-
-    def cost(licences: int) -> Decimal:
-        return round_money(licences * price + max(0, peak - licences) * over, exp)
-
-    # cost(L) is linear below the billable peak and rising above it: the optimum is 0 or the peak.
-    recommended = peak if price <= over else 0
-    current = round_money(paid + use.overage_amount, exp)
-    best = cost(recommended)
-    how = (f"{_seats(recommended)} x {format_price(price, exp)} + "
-           f"{_seats(max(0, peak - recommended))} overage x {format_price(over, exp)}")
-    grace = f"billable peak {peak} under the {pool.grace_mode} grace of {_duration_text(pool.grace)}"
-    if best >= current:
-        rule = (f"keep {use.licensed}: the period cost least as it was; {how} would cost "
-                f"{format_money(best, exp)}; {grace}")
-        recommended, best = use.licensed, current
-    else:
-        rule = f"{how} = {format_money(best, exp)}; {grace}"
-    return RightSizing(
-        pool=pool.id, licensed=use.licensed, billable_peak=peak, recommended=recommended,
-        current_cost=current, recommended_cost=best, saving=current - best, rule=rule,
-    )
 
 
 # --- assembly -------------------------------------------------------------------------------------
@@ -246,15 +121,11 @@ def _pool_use(account: Account, rating: PoolRating) -> PoolUse:
     concurrent = pool.model == "concurrent"
     overage_seats = rating.overage_seats if concurrent else 0
     overage = round_money(rating.overage_amount, account.exponent) if concurrent else Decimal(0)
-    episodes = tuple(
-        Episode(start=e.start, end=e.end, peak_excess=e.peak_excess,
-                sustained_level=e.sustained_level, within_grace=e.within_grace)
-        for e in rating.episodes
-    ) if concurrent else ()
     return PoolUse(
         pool=pool, licensed=max(q for _, q in licensed_steps), peak=rating.peak,
         peak_at=rating.peak_at, billable_peak=rating.billable_peak if concurrent else None,
-        overage_seats=overage_seats, overage_amount=overage, episodes=episodes,
+        overage_seats=overage_seats, overage_amount=overage,
+        episodes=rating.episodes if concurrent else (),
         users=rating.users, concurrency=rating.concurrency,
         licensed_steps=licensed_steps,
     )
@@ -266,15 +137,15 @@ def _overage_line(account: Account, use: PoolUse, period: Period) -> Line:
     billed = [e for e in use.episodes if not e.within_grace]
     worst = max(billed, key=lambda e: (e.sustained_level, e.duration), default=None)
     if pool.grace_mode == "cumulative":
-        where = f"; {len(billed)} billed episodes, cumulative grace {_duration_text(pool.grace)}"
+        where = f"; {len(billed)} billed episodes, cumulative grace {format_hms(pool.grace)}"
     elif worst is not None:
-        where = f"; sustained {_duration_text(worst.duration)} from {iso(worst.start)}"
+        where = f"; sustained {format_hms(worst.duration)} from {iso(worst.start)}"
     else:
         where = ""
     return Line(
         kind="overage", target=pool.id, quantity=use.overage_seats, amount=use.overage_amount,
         unit_price=price, at=period.end,
-        description=(f"{_seats(use.overage_seats)} over the licensed quantity x "
+        description=(f"{format_seats(use.overage_seats)} over the licensed quantity x "
                      f"{format_price(price, account.exponent)} (billable peak "
                      f"{use.billable_peak} against {use.licensed} licensed{where})"),
     )
@@ -390,22 +261,10 @@ def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
     jobs = [PoolJob(account.id, pool, period, steps[pool.id], account.session_timeout)
             for pool in account.pools]
     pools = tuple(_pool_use(account, rating) for rating in rate_pools(cols, jobs))
-    named_usage = (rate_named(account, named_events, period, steps)
-                   if any(p.model == "named" for p in account.pools) else ())
-    named = tuple(
-        NamedUse(pool=n.pool, licensed=n.licensed, assigned=n.assigned,
-                 active_users=n.active_users, unlicensed_users=n.unlicensed_users,
-                 refused_assigns=n.refused_assigns, idle_seats=n.idle_seats,
-                 unlicensed=n.unlicensed)
-        for n in named_usage
-    )
-    users = {u.pool.id: u.users for u in pools}
-    licensed = {u.pool.id: u.licensed for u in pools}
-    purchased = {a.id: ledger.licensed_max(a.id, period) for a in account.addons}
-    addons = tuple(
-        AddonUse(addon=c.addon, required=c.required, purchased=c.purchased, shortfall=c.shortfall)
-        for c in cover(account, users, licensed=licensed, purchased=purchased)
-    )
+    named = rate_named(account, named_events, period, steps) if account.named_pools else ()
+    addons = cover(account, {u.pool.id: u.users for u in pools},
+                   licensed={u.pool.id: u.licensed for u in pools},
+                   purchased={a.id: ledger.licensed_max(a.id, period) for a in account.addons})
 
     charges: list[Line] = [
         Line(kind=c.kind, target=c.target, quantity=c.quantity, amount=c.amount,
@@ -423,23 +282,20 @@ def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
     refused += [
         RefusedOrder(kind="assign", target=r.pool, at=r.at, quantity=None,
                      reason=f"assign of {r.user!r} (event {r.event_id}): {r.reason}")
-        for n in named_usage for r in n.refused
+        for n in named for r in n.refused
     ]
 
-    sizing = []
-    for use in pools:
-        if use.pool.model != "concurrent":
-            continue
-        paid = licensed_at(use.licensed_steps, period.start) * monthly_price(account, use.pool)
-        paid += sum((c.amount for c in charges if c.kind == "seat_add" and c.target == use.pool.id),
-                    Decimal(0))
-        sizing.append(right_size(account, use, paid))
+    seat_adds: dict[str, Decimal] = {}
+    for c in charges:
+        if c.kind == "seat_add":
+            seat_adds[c.target] = seat_adds.get(c.target, Decimal(0)) + c.amount
+    sizing = right_size_pools(account, pools, period, seat_adds)
 
     total = sum((c.amount for c in charges), Decimal(0))
     return AccountBill(
         account=account, period=period, pools=pools, named=named, addons=addons,
         charges=tuple(charges), refused=tuple(sorted(refused, key=lambda r: (r.at, r.target))),
-        right_sizing=tuple(sizing), total=round_money(total, account.exponent),
+        right_sizing=sizing, total=round_money(total, account.exponent),
         unresolved_events=unresolved,
     )
 

@@ -9,17 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 from numpy.typing import NDArray
 
+from rating.contracts import Pool
 from rating.sessions import argsort_pairs
 from rating.timeline import SPAN_BITS, Steps
 
 __all__ = ["EpisodeArrays", "billable_levels", "continuous_levels", "cumulative_levels",
-           "episode_arrays", "window_minimum"]
+           "episode_arrays", "format_hms", "grace_text", "window_minimum"]
 
 I64 = NDArray[np.int64]
+
+
+def format_hms(span: timedelta) -> str:
+    """A grace or an episode to the second as bills write it: "30m00s", "1h02m03s"."""
+    seconds = span // timedelta(seconds=1)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def grace_text(pool: Pool) -> str:
+    """The pool's grace rule in words, as the report states it."""
+    grace = format_hms(pool.grace)
+    if pool.grace_mode == "cumulative":
+        return f"cumulative: a level is billed when its total time in the period reaches {grace}"
+    return f"continuous: a level is billed when held for one unbroken stretch longer than {grace}"
 
 
 def window_minimum(steps: Steps, grace_us: I64, only: NDArray[np.bool_] | None = None

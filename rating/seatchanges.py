@@ -28,6 +28,7 @@ __all__ = [
     "SeatLedger",
     "apply_orders",
     "describe_total",
+    "format_seats",
     "format_span",
     "licensed_at",
     "quote",
@@ -201,7 +202,8 @@ def format_span(span: timedelta, *, compact: bool = False) -> str:
     return " ".join(f"{n}{unit}" for n, unit in parts)
 
 
-def _seats(n: int) -> str:
+def format_seats(n: int) -> str:
+    """"1 seat", "3 seats": how bill lines count seats."""
     return f"{n} seat" if n == 1 else f"{n} seats"
 
 
@@ -342,21 +344,21 @@ class _Walk:
         seat.renews = total
         parts = []
         if added and packs:
-            parts.append(f"{_seats(added)} added, charged the full price of the term ending "
+            parts.append(f"{format_seats(added)} added, charged the full price of the term ending"
                          f"{iso(self.term.end)}")
         elif added:
-            parts.append(f"{_seats(added)} added, charged for the rest of the billing period "
+            parts.append(f"{format_seats(added)} added, charged for the rest of the billing period "
                          f"ending {iso(self.term.end)}")
         if restored:
-            parts.append(f"{_seats(restored)} restored from a scheduled removal at no charge")
+            parts.append(f"{format_seats(restored)} restored from a scheduled removal at no charge")
         if removing:
-            parts.append(f"{_seats(removing)} to be removed at the end of the term "
+            parts.append(f"{format_seats(removing)} to be removed at the end of the term "
                          f"{iso(self.term.end)}, usable until then, no refund")
         change = Change(
             order=order, account=self.account.id, target=seat.id, at=order.at, before=before,
             after=seat.in_force, renews=total, added=added, restored=restored, removing=removing,
             removal_at=self.term.end if removing else None,
-            description="; ".join(parts) or f"no change: {_seats(total)} already in force",
+            description="; ".join(parts) or f"no change: {format_seats(total)} already in force",
         )
         self.changes.append(change)
         self.charges.extend(charges)
@@ -368,7 +370,7 @@ class _Walk:
         if packs:
             # Seed 002: the price of the term's package, the same whatever time is left.
             exact = price * added
-            how = (f"{_seats(added)} x {format_price(price, exp)} "
+            how = (f"{format_seats(added)} x {format_price(price, exp)} "
                    f"({added // PACK_SIZE} x pack of {PACK_SIZE}, full term price, not prorated)")
         else:
             left = self.term.end - order.at
@@ -376,7 +378,7 @@ class _Walk:
             left_s = left // timedelta(seconds=1)
             whole_s = self.term.duration // timedelta(seconds=1)
             exact = price * added * left_s / whole_s
-            how = (f"{_seats(added)} x {format_price(price, exp)} x "
+            how = (f"{format_seats(added)} x {format_price(price, exp)} x "
                    f"{format_span(left)} / {format_span(self.term.duration, compact=True)}")
         return Charge(
             kind="seat_add", account=self.account.id, target=seat.id, target_kind=seat.kind,
@@ -411,7 +413,7 @@ class _Walk:
                 target_kind=seat.kind, at=order.at, quantity=seat.in_force, unit_price=price,
                 amount=-round_money(exact, exp), currency=self.account.currency,
                 description=(f"unused part of the {old_name}, credited {toward}: "
-                             f"{_seats(seat.in_force)} x {format_price(price, exp)} x "
+                             f"{format_seats(seat.in_force)} x {format_price(price, exp)} x "
                              f"{format_span(left)} / "
                              f"{format_span(self.term.duration, compact=True)}"),
             ))
