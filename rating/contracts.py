@@ -109,8 +109,8 @@ class Order:
 class Account:
     """A tenant: its billing rules, pools, add-ons and dated seat orders (sorted by time).
 
-    It owns the one rule for events that name no pool (`pool_for`); `named_pools` and
-    `concurrent_pools` are the pool ids of each model in contract order.
+    It owns the one rule for events that name no pool (`pool_for`); `named_pools` are the ids
+    of its named pools in contract order.
     """
 
     id: str
@@ -126,7 +126,6 @@ class Account:
     tz: ZoneInfo = field(default=ZoneInfo("UTC"), compare=False, repr=False)
     # Derived from `pools` once: the tracker and the report resolve pools per event.
     named_pools: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    concurrent_pools: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _only_named: str | None = field(init=False, repr=False, compare=False)
     _unheld_use: str | None = field(init=False, repr=False, compare=False)
     _fixed: dict[str, str | None] = field(init=False, repr=False, compare=False)
@@ -142,8 +141,8 @@ class Account:
         else:
             # Unlicensed use of the only named pool: counted and reported (DESIGN section 2).
             unheld = only_named
-        for name, value in (("named_pools", named), ("concurrent_pools", concurrent),
-                            ("_only_named", only_named), ("_unheld_use", unheld)):
+        for name, value in (("named_pools", named), ("_only_named", only_named),
+                            ("_unheld_use", unheld)):
             object.__setattr__(self, name, value)
         # Derived from `pool_for` itself, so the two can never disagree.
         fixed = {}

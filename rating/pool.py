@@ -103,11 +103,6 @@ class PoolRating:
     users: int
     user_ids: frozenset[str]
 
-    @property
-    def distinct_users(self) -> int:
-        """How many different users had a session in the period (same as `users`)."""
-        return self.users
-
 
 def rate_pools(cols: EventColumns, jobs: Sequence[PoolJob]) -> tuple[PoolRating, ...]:
     """Rate every job's pool from one batch of events, vectorised over all of them.

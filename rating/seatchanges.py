@@ -151,10 +151,6 @@ class SeatLedger:
         """The orders placed within `period` that were refused."""
         return tuple(r for r in self.refused if r.order.at in period)
 
-    def changes_in(self, period: Period) -> tuple[Change, ...]:
-        """The orders placed within `period` that were accepted."""
-        return tuple(c for c in self.changes if c.at in period)
-
 
 @dataclass(frozen=True, slots=True)
 class Quote:

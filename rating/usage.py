@@ -44,7 +44,6 @@ UNASSIGN: Final = 4
 KINDS: Final[dict[str, int]] = {
     "heartbeat": HEARTBEAT, "logout": LOGOUT, "login": LOGIN, "assign": ASSIGN, "unassign": UNASSIGN,
 }
-KIND_NAMES: Final = ("heartbeat", "logout", "login", "assign", "unassign")
 #: The one same-instant order every component sorts by. Seat changes first, unassign before
 #: assign, so a seat handed over at an instant fits the quantity and covers a login at that
 #: instant; then heartbeats, logouts, logins (DESIGN: logouts before logins, so an instant

@@ -106,10 +106,9 @@ def test_unknown_kind_has_no_fixed_pool() -> None:
     assert None is ACCOUNTS["c"].fixed_pool("break")
 
 
-def test_pool_lists_are_in_contract_order() -> None:
-    """`named_pools` and `concurrent_pools` are the ids of each model, in contract order."""
-    acct = make("n2", "c", "n1")
-    assert (("n2", "n1"), ("c",)) == (acct.named_pools, acct.concurrent_pools)
+def test_named_pools_are_in_contract_order() -> None:
+    """`named_pools` are the ids of the named pools, in contract order."""
+    assert ("n2", "n1") == make("n2", "c", "n1").named_pools
 
 
 def test_derived_fields_follow_replace_and_pickle() -> None:
