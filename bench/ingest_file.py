@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import PYTHON, ROOT, Run, results_arg, table
 
-from meter.store import MIGRATIONS
+from meter.store.sqlite import MIGRATIONS
 
 _COLS = "account, id, type, user, pool, session, ts_us, received_us, raw"
 _AS_OF = "2026-12-01T00:00:00Z"

@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from meter.errors import ConfigError
@@ -276,9 +276,6 @@ class Settings:
     """Everything `meter serve` needs, resolved once at startup by `load_settings`. Durations are
     seconds (float). Each field is the setting of that name in `SETTINGS`, which says what it means
     and its default; only `metrics_password` is read from a file instead."""
-
-    #: The `flags` keys `load_settings` takes (for callers that hold only this class).
-    FLAG_KEYS: ClassVar[tuple[str, ...]] = FLAG_KEYS
 
     broker: BrokerAddress
     username: str | None

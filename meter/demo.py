@@ -15,21 +15,19 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final
 
 from meter.errors import MeterError, UsageError
-from meter.report import Report, make_report, write_outputs
-from meter.store import Store
+from meter.report import Report, make_report, summary, write_outputs
+from meter.store import open_store
 from rating.contracts import parse_contracts
 from rating.periods import monthly_period
 
@@ -163,15 +161,14 @@ def _meter(*args: str) -> list[str]:
 
 
 def _counts(db: Path) -> tuple[int, int]:
-    if not db.exists():
-        return 0, 0
-    try:
-        with closing(sqlite3.connect(db, timeout=5)) as conn:
-            events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-            rejected = conn.execute("SELECT count(*) FROM rejected").fetchone()[0]
-    except sqlite3.OperationalError:  # not migrated yet
-        return 0, 0
-    return int(events), int(rejected)
+    """Accepted and rejected rows so far (the daemon created the database before it listened)."""
+
+    async def count() -> dict[str, int]:
+        async with await open_store(db) as store:
+            return await store.counts()
+
+    counts = asyncio.run(count())
+    return counts["events"], counts["rejected"]
 
 
 def _wait_stored(db: Path, serve: subprocess.Popen[bytes], quiet_for: float = 1.5,
@@ -223,7 +220,7 @@ def collect_with_broker(paths: DemoPaths, mosquitto: str, group: Processes) -> l
         "--metrics-addr", f"127.0.0.1:{metrics_port}", "--max-future", max_future(),
         "--tracker-clock", "events", "--client-id", f"meter-demo-{os.getpid()}",
         # A replay of a past month must not be frozen half-way by the wall clock.
-        "--finalize-after", "0",
+        "--finalize-after", "0s",
     ), serve_log)
     _wait_port(metrics_port, serve, "meter serve", serve_log)
     _say(f"daemon     meter serve (pid {serve.pid}), metrics on "
@@ -249,42 +246,6 @@ def collect_with_ingest(paths: DemoPaths) -> None:
                    check=True, stdin=subprocess.DEVNULL)
 
 
-def summary(report: Report) -> str:
-    """Each account's bill in a few lines for the terminal."""
-    out = []
-    for part in report.accounts:
-        doc = part.doc
-        cur = doc["currency"]
-        out.append(f"{doc['account']}  {doc['period']['start']} .. {doc['period']['end']}  "
-                   f"total {doc['total']} {cur}")
-        for pool in doc["pools"]:
-            if pool["model"] == "concurrent":
-                billed = sum(1 for e in pool["episodes"] if not e["within_grace"])
-                out.append(f"  pool {pool['pool']:<10} licensed {pool['licensed']:>3}  "
-                           f"peak {pool['peak']:>3}  billable {pool['billable_peak']:>3}  "
-                           f"overage {pool['overage_seats']} seats = {pool['overage_amount']} {cur}"
-                           f"  ({len(pool['episodes'])} excess episodes, {billed} billed)")
-        for named in doc["named"]:
-            out.append(f"  named {named['pool']:<9} licensed {named['licensed']:>3}  "
-                       f"assigned {named['assigned']}  active {named['active_users']}  "
-                       f"unlicensed {named['unlicensed_users']}  refused assigns "
-                       f"{named['refused_assigns']}")
-        for addon in doc["addons"]:
-            if addon["shortfall"]:
-                out.append(f"  add-on {addon['addon']:<8} required {addon['required']}  purchased "
-                           f"{addon['purchased']}  shortfall {addon['shortfall']}")
-        for line in doc["charges"]:
-            out.append(f"  {line['kind']:<13} {line['target']:<10} {line['amount']:>10} {cur}  "
-                       f"{line['description']}")
-        for refused in doc["refused"]:
-            out.append(f"  refused       {refused['target']:<10} {refused['reason']}")
-        for size in doc["right_sizing"]:
-            if size["saving"] and size["recommended"] != size["licensed"]:
-                out.append(f"  right-size    {size['pool']:<10} {size['licensed']} -> "
-                           f"{size['recommended']} licences would have saved {size['saving']} {cur}")
-    return "\n".join(out)
-
-
 async def bills(paths: DemoPaths) -> list[tuple[Report, list[Path]]]:
     """Rate each account's period holding the middle of the sample month; write all formats."""
     text = paths.contracts.read_text(encoding="utf-8")
@@ -294,7 +255,7 @@ async def bills(paths: DemoPaths) -> list[tuple[Report, list[Path]]]:
         start = monthly_period(account, MID_SAMPLE).start.astimezone(account.tz)
         months.setdefault(f"{start:%Y-%m}", []).append(account.id)
     results = []
-    async with await Store.open(paths.db) as store:
+    async with await open_store(paths.db) as store:
         for month, accounts in sorted(months.items()):
             report = await make_report(store, contracts, text, month, accounts=accounts)
             written: list[Path] = []

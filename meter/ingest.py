@@ -20,7 +20,7 @@ from typing import IO, Any, Final
 from meter.errors import UsageError
 from meter.events import REASONS, Event, Limits, Rejection, parse, to_us
 from meter.instants import parse_instant
-from meter.store import BatchResult, RejectedMessage, Store
+from meter.store import BatchResult, RejectedMessage, Store, open_store
 from rating.contracts import Contracts, parse_contracts
 from rating.durations import parse_duration
 
@@ -211,7 +211,7 @@ async def _main(args: argparse.Namespace, contracts: Contracts, received_at: dat
     with ExitStack() as stack:
         sources = _open_sources(stack, args.files)
         progress = _progress_bar(stack)
-        async with await Store.open(args.db) as store:
+        async with await open_store(args.db) as store:
             return await ingest(_reading(sources), store, contracts, received_at=received_at,
                                 limits=limits, progress=progress)
 

@@ -25,13 +25,13 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from meter.config import Settings, load_settings
+from meter.config import FLAG_KEYS, Settings, load_settings
 from meter.errors import ConfigError, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.metrics import Metrics, Snapshot
 from meter.metrics_http import serve_metrics
 from meter.source import Delivery, MqttSource, backoff_delay, topic_account
-from meter.store import RejectedMessage, Store, StoredEvent
+from meter.store import RejectedMessage, Store, StoredEvent, open_store
 from meter.tracker import Tracker
 from rating.contracts import Contracts, parse_contracts
 from rating.errors import RatingError
@@ -41,8 +41,6 @@ __all__ = ["Ingestor", "rebuild", "run", "run_cli", "watermark"]
 
 log = logging.getLogger("meter.serve")
 
-#: The parsed flags `run_cli` hands to `load_settings`, derived from `meter.config.SETTINGS`.
-FLAG_KEYS: Final = Settings.FLAG_KEYS
 #: How often the tracker snapshot behind the gauges is refreshed without traffic.
 TICK_SECONDS: Final = 1.0
 _RNG: Final = random.Random()  # noqa: S311 - retry jitter, not cryptography
@@ -175,8 +173,7 @@ async def rebuild(store: Store, contracts: Contracts, settings: Settings,
                   metrics: Metrics) -> Tracker:
     """Live state after a restart: replay the current periods' events (from each period start
     minus the session timeout, so sessions open at the start are seen) into a new tracker."""
-    rows = await store.execute_fetchall("SELECT account, max(ts_us) FROM events GROUP BY account")
-    latest = {str(a): int(t) for a, t in rows if isinstance(t, int)}
+    latest = await store.latest_event_times()
     for account, ts_us in latest.items():
         metrics.saw_event(account, ts_us)
     if settings.tracker_clock == "events":
@@ -188,10 +185,7 @@ async def rebuild(store: Store, contracts: Contracts, settings: Settings,
     start_us = min(starts, default=now_us)
     tracker = Tracker(contracts, start_us)
     # Seat assignments from before the window still decide which pool a session event is in.
-    seat_rows = await store.execute_fetchall(
-        "SELECT seq, account, id, type, user, pool, session, ts_us, received_us FROM events "
-        "WHERE type IN ('assign', 'unassign') AND ts_us < ? ORDER BY ts_us, seq", [start_us])
-    seats = [StoredEvent(*r) for r in seat_rows]  # type: ignore[arg-type]
+    seats = await store.seat_events_before(start_us)
     for e in seats:
         e_at_start = StoredEvent(e.seq, e.account, e.id, e.type, e.user, e.pool, e.session,
                                  start_us, e.received_us)
@@ -223,7 +217,7 @@ async def run(settings: Settings, stop: asyncio.Event, *,
     log.info("meter serve: %s", settings.describe())
     contracts = load_contracts(settings.contracts)
     registry = registry if registry is not None else CollectorRegistry()
-    store = await Store.open(settings.db, synchronous=settings.synchronous)
+    store = await open_store(settings.db, synchronous=settings.synchronous)
     server = None
     try:
         metrics = Metrics(contracts, registry, db_path=settings.db)

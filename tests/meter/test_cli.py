@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meter.cli import main
-from meter.store import Store
+from meter.store import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = ROOT / "sample_sessions" / "contracts.toml"
@@ -29,7 +29,7 @@ session_timeout = "0s"
 
 def _empty_db(path: Path) -> Path:
     async def make() -> None:
-        store = await Store.open(path)
+        store = await open_store(path)
         await store.close()
 
     asyncio.run(make())

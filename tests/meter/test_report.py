@@ -297,11 +297,11 @@ def test_verify_of_something_that_is_not_a_report_exits_2(sample_db: Path, tmp_p
 async def test_worker_processes_give_the_same_report(sample_db: Path) -> None:
     """Spreading the accounts over worker processes changes nothing in the report."""
     from meter.report import make_report, render_json
-    from meter.store import Store
+    from meter.store import open_store
     from rating.contracts import parse_contracts
 
     text = CONTRACTS.read_text()
-    async with await Store.open(sample_db) as store:
+    async with await open_store(sample_db) as store:
         one = await make_report(store, parse_contracts(text), text, "2026-11", workers=1)
         two = await make_report(store, parse_contracts(text), text, "2026-11", workers=2)
     assert render_json(one) == render_json(two)

@@ -13,7 +13,8 @@ import pytest
 
 from meter.errors import StoreError
 from meter.events import Event
-from meter.store import MIGRATIONS, RejectedMessage, Store, StoredEvent
+from meter.store import RejectedMessage, Store, StoredEvent, open_store
+from meter.store.sqlite import MIGRATIONS
 
 T0 = datetime(2026, 11, 12, 15, 0, tzinfo=UTC)
 T0_US = 1_794_495_600_000_000
@@ -33,7 +34,7 @@ def rejected(topic: str | None, raw: bytes = b"nope", reason: str = "not_json") 
 
 @pytest.fixture
 async def store(db_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db_path)
+    s = await open_store(db_path)
     yield s
     await s.close()
 
@@ -140,7 +141,7 @@ async def test_a_failing_batch_is_rolled_back_whole(store: Store) -> None:
 
 async def test_a_locked_database_is_a_retriable_error(db_path: Path) -> None:
     """When another writer holds the lock past the busy timeout, the error says retry."""
-    store = await Store.open(db_path, busy_timeout_ms=50)
+    store = await open_store(db_path, busy_timeout_ms=50)
     other = sqlite3.connect(db_path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
@@ -175,7 +176,7 @@ async def test_a_file_line_rejected_twice_is_stored_once(store: Store) -> None:
 async def test_synchronous_is_checked() -> None:
     """Only SQLite's synchronous levels are accepted."""
     with pytest.raises(StoreError, match="synchronous must be"):
-        await Store.open("unused.db", synchronous="SOMETIMES")
+        await open_store("unused.db", synchronous="SOMETIMES")
 
 
 # --- migrations on databases made by hand -------------------------------------------------------
@@ -194,7 +195,7 @@ def _make(path: Path, version: int, script: str = "") -> None:
 async def test_a_version_0_database_with_other_tables_is_migrated(db_path: Path) -> None:
     """An existing file without our schema gets every migration; its own tables are untouched."""
     _make(db_path, 0, "CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('keep me');")
-    async with await Store.open(db_path) as store:
+    async with await open_store(db_path) as store:
         assert len(MIGRATIONS) == await store.schema_version()
         assert [("keep me",)] == await store.execute_fetchall("SELECT x FROM notes")
         assert 1 == (await store.add([event(1)], received_us=T0_US)).new
@@ -211,7 +212,7 @@ async def test_a_version_1_database_keeps_its_rows_and_gains_file_dedupe(db_path
           (3, 'meter/acme/events', 'acme', 'schema', 'bad', x'6e6f'),
           (4, 'meter/acme/events', 'acme', 'schema', 'bad', x'6e6f');
     """)  # noqa: S608 - a test's own constant, no input
-    async with await Store.open(db_path) as store:
+    async with await open_store(db_path) as store:
         assert len(MIGRATIONS) == await store.schema_version()
         assert ["e1"] == [e.id for e in await store.events()]
         assert [(1, "file:a.jsonl:2"), (3, "meter/acme/events"), (4, "meter/acme/events")] == (
@@ -223,9 +224,9 @@ async def test_a_version_1_database_keeps_its_rows_and_gains_file_dedupe(db_path
 
 async def test_reopening_a_current_database_changes_nothing(db_path: Path) -> None:
     """Migrations run once: a second open finds the latest version and keeps the data."""
-    async with await Store.open(db_path) as store:
+    async with await open_store(db_path) as store:
         await store.add([event(1)], [rejected("file:x:1")], received_us=T0_US)
-    async with await Store.open(db_path) as store:
+    async with await open_store(db_path) as store:
         assert len(MIGRATIONS) == await store.schema_version()
         assert {"events": 1, "rejected": 1} == await store.counts()
 
@@ -238,7 +239,7 @@ async def test_a_database_from_a_newer_meter_is_refused(db_path: Path) -> None:
     db.commit()
     db.close()
     with pytest.raises(StoreError, match=f"schema version {len(MIGRATIONS) + 5} is newer"):
-        await Store.open(db_path)
+        await open_store(db_path)
     db = sqlite3.connect(db_path)
     assert [(len(MIGRATIONS) + 5,)] == db.execute("PRAGMA user_version").fetchall()
     db.close()
@@ -252,7 +253,7 @@ async def test_a_failed_migration_leaves_the_previous_version(db_path: Path) -> 
                       "VALUES (1, 'file:a:1', NULL, 'x', 'y', x'00'),"
                       "       (2, 'file:a:1', NULL, 'x', 'y', x'00');")
     with pytest.raises(StoreError, match="cannot prepare database"):
-        await Store.open(db_path)
+        await open_store(db_path)
     db = sqlite3.connect(db_path)
     assert [(1,)] == db.execute("PRAGMA user_version").fetchall()
     assert [(2,)] == db.execute("SELECT count(*) FROM rejected").fetchall()

@@ -26,7 +26,7 @@ from meter.config import load_settings
 from meter.events import Event
 from meter.metrics import Metrics
 from meter.serve import rebuild
-from meter.store import Store
+from meter.store import open_store
 from meter.tracker import PoolView, Tracker
 from rating.contracts import parse_contracts
 from rating.periods import monthly_period
@@ -118,7 +118,7 @@ def times_out(events: list[Ev], until: datetime, timeout: timedelta) -> bool:
 
 
 async def _rebuilt(path: Path, events: list[Ev]) -> Tracker:
-    async with await Store.open(path) as store:
+    async with await open_store(path) as store:
         await store.add([e.stored() for e in events])
         return await rebuild(store, CONTRACTS, SETTINGS, Metrics(CONTRACTS, CollectorRegistry()))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from meter.events import Event
-from meter.store import Store
+from meter.store import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 SQL_METHODS = {"execute", "executemany", "executescript", "execute_fetchall", "execute_insert"}
@@ -244,7 +244,7 @@ async def test_hostile_text_is_stored_verbatim(db_path: Path) -> None:
               raw=text.encode())
         for text in HOSTILE
     ]
-    async with await Store.open(db_path) as store:
+    async with await open_store(db_path) as store:
         result = await store.add(events)
         stored = await store.events(account="acme")
         counts = await store.counts()
