@@ -1,8 +1,8 @@
 """The account's bill for one period: pools, named seats, add-ons, seat changes, overage, total.
 
 It owns the assembly of the other rating modules into one `AccountBill` (their results carried
-as they are: `NamedUsage`, `Coverage`, `Episode`, `RightSizing`) and the late-event `adjustment`
-lines of a finalized period.
+as they are: `NamedUsage`, `Coverage`, `Episode`, `RightSizing`). Late-event adjustments of a
+finalized period are `rating.late`'s.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 
 from rating.contracts import Account, Pool
 from rating.coverage import Coverage, cover
-from rating.grace import format_hms, grace_text
-from rating.money import format_money, format_price, round_money
+from rating.grace import format_hms
+from rating.money import format_price, round_money
 from rating.named import NamedUsage, build_rosters, rate_named
 from rating.periods import Period
 from rating.pool import Episode, PoolJob, PoolRating, rate_pools
@@ -33,8 +33,6 @@ __all__ = [
     "PoolUse",
     "RefusedOrder",
     "Row",
-    "adjustments",
-    "grace_text",  # re-exported for meter.report; it lives in rating.grace
     "rate_account",
     "rate_rows",
 ]
@@ -298,34 +296,3 @@ def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
         right_sizing=sizing, total=round_money(total, account.exponent),
         unresolved_events=unresolved,
     )
-
-
-# --- late events ----------------------------------------------------------------------------------
-
-
-def adjustments(account: Account, finalized: Period, billed: Mapping[str, tuple[int, Decimal]],
-                recomputed: AccountBill, *, late_events: int,
-                label: str) -> tuple[Line, ...]:
-    """Adjustment lines for a finalized period: what its recomputation owes beyond what was billed.
-
-    `billed` maps each pool to the (overage seats, overage amount) already billed for
-    `finalized` (the finalized report plus earlier adjustments); `recomputed` is the period
-    rated again with every event now known. Only overage depends on events, so only overage is
-    adjusted; a negative line is a credit.
-    """
-    lines = []
-    for use in recomputed.pools:
-        seats, amount = billed.get(use.pool.id, (0, Decimal(0)))
-        delta = use.overage_amount - amount
-        if not delta and use.overage_seats == seats:
-            continue
-        lines.append(Line(
-            kind="adjustment", target=use.pool.id, quantity=use.overage_seats - seats,
-            amount=round_money(delta, account.exponent), unit_price=use.pool.overage_price,
-            at=finalized.end, for_period=finalized,
-            description=(f"late events for finalized period {label} ({late_events} received after "
-                         f"finalization): overage {seats} -> {use.overage_seats} seats, billed "
-                         f"{format_money(amount, account.exponent)}, now "
-                         f"{format_money(use.overage_amount, account.exponent)}"),
-        ))
-    return tuple(lines)

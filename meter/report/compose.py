@@ -12,7 +12,8 @@ from typing import Any
 
 from meter.report.document import AccountDoc, ChargeDoc, Charts, PoolDoc
 from meter.report.inputs import Inputs
-from rating.bill import AccountBill, Line, PoolUse, grace_text
+from rating.bill import AccountBill, Line, PoolUse
+from rating.grace import grace_text
 from rating.money import format_money, format_price
 from rating.seatchanges import QuantitySteps
 from rating.usage import iso, to_us

@@ -79,6 +79,6 @@ async def load_inputs(store: Store, account: Account, contract: str, period: Per
     window plus, where the account has named pools, every earlier assign/unassign (the rosters)."""
     lo, hi = window(account, period)
     got = await store.rating_rows(account.id, lo, hi, through_seq=through_seq,
-                                  seats_before=any(p.model == "named" for p in account.pools))
+                                  seats_before=bool(account.named_pools))
     return Inputs(rows=got.rows, count=len(got.rows), through_seq=got.last_seq,
                   digest=input_hash(contract, got.rows))

@@ -14,9 +14,9 @@ from decimal import Decimal
 from meter.report.document import AccountDoc
 from meter.report.inputs import load_inputs, window
 from meter.store import FinalizedReport, Store
-from rating.bill import Line, adjustments, rate_rows
+from rating.bill import Line, rate_rows
 from rating.contracts import Account
-from rating.late import BilledLine, Overage, billed_overage
+from rating.late import BilledLine, Overage, adjustments, billed_overage
 from rating.periods import Period, monthly_period
 from rating.seatchanges import SeatLedger, apply_orders
 from rating.usage import to_us
@@ -84,6 +84,6 @@ async def late_adjustments(store: Store, account: Account, contract: str, period
         inputs = await load_inputs(store, account, contract, q, cutoff)
         ledger = ledger or apply_orders(account)
         again = rate_rows(account, inputs.rows, q, ledger=ledger)
-        lines += adjustments(account, q, {k: (v.seats, v.amount) for k, v in billed.items()},
-                             again, late_events=late, label=period_label(account, q))
+        lines += adjustments(account, q, billed, again, late_events=late,
+                             label=period_label(account, q))
     return lines

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rating.bill import AccountBill, PoolUse, adjustments, rate_account
+from rating.bill import AccountBill, PoolUse, rate_account
 from rating.contracts import Account, parse_contracts
+from rating.late import Overage, adjustments
 from rating.periods import Period, period_of_month
 from rating.pool import rate_pool
 from rating.usage import UsageEvent
@@ -208,7 +209,8 @@ def test_adjustments_bill_the_difference_with_what_was_billed(
     """An adjustment is the recomputed overage minus what the finalized report billed."""
     again = rate_account(account(), crowd(2 + now, at(10, "10:00"), at(10, "12:00")), NOV)
     assert now == agents(again).overage_seats
-    lines = adjustments(account(), NOV, {"agents": billed}, again, late_events=4, label="2026-11")
+    lines = adjustments(account(), NOV, {"agents": Overage(*billed)}, again, late_events=4,
+                        label="2026-11")
     assert expected == [(ln.quantity, ln.amount) for ln in lines]
     assert all(ln.kind == "adjustment" and ln.for_period == NOV for ln in lines)
 
@@ -216,7 +218,7 @@ def test_adjustments_bill_the_difference_with_what_was_billed(
 def test_adjustment_lines_are_billed_in_the_total() -> None:
     """Adjustments handed to the next period's bill add to its total."""
     again = rate_account(account(), crowd(4, at(10, "10:00"), at(10, "12:00")), NOV)
-    lines = adjustments(account(), NOV, {"agents": (1, Decimal("150.00"))}, again,
+    lines = adjustments(account(), NOV, {"agents": Overage(1, Decimal("150.00"))}, again,
                         late_events=1, label="2026-11")
     dec = Period(NOV.end, datetime(2027, 1, 1, tzinfo=UTC))
     bill = rate_account(account(), [], dec, adjustment_lines=lines)
