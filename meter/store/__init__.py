@@ -12,15 +12,9 @@ from pathlib import Path
 from meter.store.base import BatchResult, FinalizedReport, RatingRows, RejectedMessage, Store, StoredEvent
 from meter.store.sqlite import SqliteStore
 
-__all__ = [
-    "BatchResult",
-    "FinalizedReport",
-    "RatingRows",
-    "RejectedMessage",
-    "Store",
-    "StoredEvent",
-    "open_store",
-]
+# The interface's values (meter.store.base), and the one way to open a store.
+__all__ = ["BatchResult", "FinalizedReport", "RatingRows", "RejectedMessage", "Store",
+           "StoredEvent", "open_store"]
 
 
 async def open_store(db: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000,

@@ -8,8 +8,9 @@ transaction; nothing is acknowledged by callers until `add` has returned.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -274,36 +275,26 @@ class SqliteStore(Store):
         says whether a retry can succeed.
         """
         batch = _json_rows(events) if events and one_statement and self._json else None
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                known: set[tuple[str, str]] = set()
-                before = self._db.total_changes
-                if batch is not None:
-                    if which:
-                        async with self._db.execute(_KNOWN_JSON, (batch,)) as cur:
-                            known.update((str(a), str(i)) for a, i in await cur.fetchall())
-                    await self._db.execute(_INSERT_EVENTS_JSON, (received_us, batch))
-                elif events:
-                    if which:
-                        known = await self._known(events)
-                    await self._db.executemany(_INSERT_EVENT, [
-                        (e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, received_us,
-                         e.raw) for e in events])
-                new = self._db.total_changes - before
-                if rejected:
-                    await self._db.executemany(_INSERT_REJECTED, [
-                        (r.received_us, r.topic, r.account, r.reason, r.detail, r.raw)
-                        for r in rejected
-                    ])
-                await self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: batch not stored: {exc}",
-                             retriable=_retriable(exc)) from None
+        known: set[tuple[str, str]] = set()
+        async with self._transaction("batch"):
+            before = self._db.total_changes
+            if batch is not None:
+                if which:
+                    async with self._db.execute(_KNOWN_JSON, (batch,)) as cur:
+                        known.update((str(a), str(i)) for a, i in await cur.fetchall())
+                await self._db.execute(_INSERT_EVENTS_JSON, (received_us, batch))
+            elif events:
+                if which:
+                    known = await self._known(events)
+                await self._db.executemany(_INSERT_EVENT, [
+                    (e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, received_us,
+                     e.raw) for e in events])
+            new = self._db.total_changes - before
+            if rejected:
+                await self._db.executemany(_INSERT_REJECTED, [
+                    (r.received_us, r.topic, r.account, r.reason, r.detail, r.raw)
+                    for r in rejected
+                ])
         if not which:
             return BatchResult(new=new, duplicates=len(events) - new, rejected=len(rejected))
         fresh: list[int] = []
@@ -424,23 +415,29 @@ class SqliteStore(Store):
 
     async def add_finalized(self, report: FinalizedReport) -> bool:
         r = report
+        async with self._transaction("finalized report"):
+            before = self._db.total_changes
+            await self._db.execute(_INSERT_FINALIZED, (
+                r.account, r.period_start_us, r.period_end_us, r.report, r.charts, r.input_hash,
+                r.cutoff_seq, r.finalized_us))
+            return self._db.total_changes > before
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[None]:
+        """One write transaction (BEGIN IMMEDIATE .. COMMIT), rolled back whole on any error; an
+        SQLite error becomes a `StoreError` naming `what` and whether a retry can succeed."""
         try:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
-                before = self._db.total_changes
-                await self._db.execute(_INSERT_FINALIZED, (
-                    r.account, r.period_start_us, r.period_end_us, r.report, r.charts,
-                    r.input_hash, r.cutoff_seq, r.finalized_us))
-                stored = self._db.total_changes > before
+                yield
                 await self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     await self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: finalized report not stored: {exc}",
+            raise StoreError(f"{self.path}: {what} not stored: {exc}",
                              retriable=_retriable(exc)) from None
-        return stored
 
     async def _int(self, sql: str, params: Iterable[object] = ()) -> int:
         """The one integer a query answers."""
