@@ -14,10 +14,11 @@ the bill is never affected. Rules and approximations:
   `session_timeout` closes. The report closes it at its last event (inferred); the live view only
   learns that the session was dead when the timeout passes, so it drops the user then, and the
   period peak may include that stretch.
-* Events are buffered and applied in event-time order up to a watermark the caller advances
-  (the daemon uses now minus a short reorder window). Each pool has its own clock, moved by its
-  events and by the watermark. An event older than its pool's clock (late) changes the state at
-  the clock, never in the past; a late login or
+* Events are buffered and applied in event-time order up to a watermark per account, which the
+  caller advances (the daemon: the later of now and the account's newest event, minus a short
+  reorder window), so one account's clock, even one running ahead, never moves another's. Each
+  pool has its own clock, moved by its events and by its account's watermark. An event older
+  than its pool's clock (late) changes the state at the clock, never in the past; a late login or
   heartbeat that is already `session_timeout` old opens nothing; a late logout closes only
   sessions whose last event is not newer than it. Counts are never negative.
 * Events at the same instant count as one change: c(t), the peak and the grace stretches are
@@ -359,14 +360,28 @@ class _PoolState:
         )
 
 
+class _AccountClock:
+    """One account's watermark, newest event time and buffer of events waiting for the watermark
+    (accounts share no state, so each is applied in order on its own)."""
+
+    __slots__ = ("latest", "pending", "states", "watermark")
+
+    def __init__(self, start_us: int) -> None:
+        self.watermark = start_us
+        self.latest = start_us  # newest event time seen (start_us before any)
+        self.pending: list[tuple[int, int, int, TrackedEvent]] = []
+        self.states: tuple[_PoolState, ...] = ()
+
+
 class Tracker:
     """Live state of every configured pool. Feed it events in any order; read `views()`.
 
-    Events newer than the watermark wait in a buffer and are applied in event-time order
-    (heartbeats, logouts, logins at the same instant) when `advance` moves the watermark past
-    them, so a caller that advances to "now minus a reorder window" gets events that arrive up to
-    that window out of order applied exactly. Events older than the watermark apply at once
-    (late; see the module docstring). `views()` shows the state at the watermark.
+    Each account has its own watermark. Events newer than it wait in the account's buffer and are
+    applied in event-time order (heartbeats, logouts, logins at the same instant) when the
+    watermark passes them, so a caller that advances each account to "now minus a reorder window"
+    (`advance_each`) gets events that arrive up to that window out of order applied exactly.
+    Events older than their account's watermark apply at once (late; see the module docstring).
+    `views()` shows each pool at its account's watermark.
 
     `start_us` is where every pool's clock begins (to rebuild after a restart, start at the
     earliest current period start minus the session timeout, apply the stored events, advance).
@@ -374,9 +389,7 @@ class Tracker:
 
     def __init__(self, contracts: Contracts, start_us: int) -> None:
         self.contracts = contracts
-        self.watermark = start_us
-        self.latest_us = start_us  # newest event time seen
-        self._pending: list[tuple[int, int, int, TrackedEvent]] = []
+        self._clocks: dict[str, _AccountClock] = {}
         self._seq = itertools.count()
         self._pools: dict[tuple[str, str], _PoolState] = {}
         # account -> (account, add-on id -> steps) for accounts with Elite concurrent pools
@@ -389,6 +402,8 @@ class Tracker:
             for pool in account.pools:
                 self._pools[account.id, pool.id] = _PoolState(
                     account, pool, start_us, licensed_schedule(ledger, pool.id))
+            clock = self._clocks[account.id] = _AccountClock(start_us)
+            clock.states = tuple(self._pools[account.id, p.id] for p in account.pools)
             self._named[account.id] = (account, tuple(
                 self._pools[account.id, p] for p in account.named_pools))
             if any(p.tier == "elite" and p.model == "concurrent" for p in account.pools):
@@ -398,8 +413,21 @@ class Tracker:
 
     @property
     def pending(self) -> int:
-        """Events waiting for the watermark."""
-        return len(self._pending)
+        """Events waiting for their account's watermark."""
+        return sum(len(c.pending) for c in self._clocks.values())
+
+    @property
+    def latest_us(self) -> int:
+        """The newest event time seen in any account (the start before any event)."""
+        return max((c.latest for c in self._clocks.values()), default=0)
+
+    def latest_of(self, account: str) -> int:
+        """The newest event time seen in `account` (the start before any event)."""
+        return self._clocks[account].latest
+
+    def watermark_of(self, account: str) -> int:
+        """How far `account` has been applied: its pools' state is shown at this time."""
+        return self._clocks[account].watermark
 
     def _resolve(self, event: TrackedEvent) -> _PoolState | None:
         """The pool state an event applies to: its pool, else `Account.pool_for` with the seat
@@ -424,11 +452,15 @@ class Tracker:
     def apply(self, event: TrackedEvent) -> None:
         """Take one accepted, newly stored event (duplicates must not be applied twice)."""
         ts = event.ts_us
-        self.latest_us = max(self.latest_us, ts)
-        if ts < self.watermark:
+        clock = self._clocks.get(event.account)
+        if clock is None:
+            self.unresolved += 1  # an account the contracts do not have
+            return
+        clock.latest = max(clock.latest, ts)
+        if ts < clock.watermark:
             self._apply_now(event)
         else:
-            heapq.heappush(self._pending, (ts, KIND_ORDER.get(event.type, 3), next(self._seq),
+            heapq.heappush(clock.pending, (ts, KIND_ORDER.get(event.type, 3), next(self._seq),
                                            event))
 
     def apply_all(self, events: Iterable[TrackedEvent]) -> int:
@@ -438,29 +470,43 @@ class Tracker:
             self.apply(event)
         return n
 
+    def _advance(self, clock: _AccountClock, to_us: int) -> None:
+        clock.watermark = max(clock.watermark, to_us)
+        watermark, pending = clock.watermark, clock.pending
+        while pending and pending[0][0] <= watermark:
+            self._apply_now(heapq.heappop(pending)[3])
+        for state in clock.states:
+            state.advance(watermark)
+
     def advance(self, to_us: int) -> None:
-        """Move the watermark to `to_us` (never backwards): apply the events up to it in order,
-        then timeouts, licence changes, rollovers and grace up to it in every pool."""
-        self.watermark = max(self.watermark, to_us)
-        while self._pending and self._pending[0][0] <= self.watermark:
-            self._apply_now(heapq.heappop(self._pending)[3])
-        for state in self._pools.values():
-            state.advance(self.watermark)
+        """Move every account's watermark to `to_us` (never backwards): apply the events up to it
+        in order, then timeouts, licence changes, rollovers and grace up to it in every pool."""
+        for clock in self._clocks.values():
+            self._advance(clock, to_us)
+
+    def advance_each(self, now_us: int | None, window_us: int) -> None:
+        """Move each account's watermark (never backwards) to its own "now" minus `window_us`,
+        where an account's now is the later of `now_us` and its newest event, or with `now_us`
+        None its newest event alone. An account's events never move another's watermark."""
+        for clock in self._clocks.values():
+            latest = clock.latest if now_us is None or clock.latest > now_us else now_us
+            self._advance(clock, latest - window_us)
 
     def flush(self) -> None:
-        """Advance to the newest event seen: every buffered event is applied."""
-        self.advance(self.latest_us)
+        """Advance each account to its newest event: every buffered event is applied."""
+        self.advance_each(None, 0)
 
     def views(self) -> tuple[PoolView, ...]:
-        """Every pool's state at the watermark, in contracts order."""
+        """Every pool's state at its account's watermark, in contracts order."""
         return tuple(state.view() for state in self._pools.values())
 
     def addon_views(self) -> tuple[AddonView, ...]:
-        """Add-on coverage of accounts with Elite concurrent pools, at the watermark."""
+        """Add-on coverage of accounts with Elite concurrent pools, at their watermarks."""
         out = []
         for account_id, (account, schedules) in self._addons.items():
             states = [self._pools[account_id, p.id] for p in account.pools]
-            purchased = {a: quantity_at(steps, self.watermark) for a, steps in schedules.items()}
+            watermark = self._clocks[account_id].watermark
+            purchased = {a: quantity_at(steps, watermark) for a, steps in schedules.items()}
             coverage = {c.addon: c for c in cover(
                 account,
                 {st.pool.id: len(st.seen) for st in states},

@@ -528,3 +528,115 @@ def test_login_without_seat_in_the_only_named_pool_is_unlicensed_use_there() -> 
     t.advance(t0 + 2 * MIN)
     counts = {v.pool: (v.assigned, v.active_users) for v in t.views()}
     assert ({"desk": (0, 1), "n1": (0, 0), "n2": (1, 1)}, 2) == (counts, t.unresolved)
+
+
+TWO_TENANTS = """
+[[account]]
+id = "a"
+timezone = "UTC"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-01-01"
+policy = "prorate"
+
+  [[account.pool]]
+  id = "desk"
+  tier = "premium"
+  model = "concurrent"
+  quantity = 1
+  price = "99.00"
+  overage_price = "99.00"
+  grace = "30m"
+
+[[account]]
+id = "b"
+timezone = "UTC"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-01-01"
+policy = "prorate"
+
+  [[account.pool]]
+  id = "desk"
+  tier = "premium"
+  model = "concurrent"
+  quantity = 1
+  price = "99.00"
+  overage_price = "99.00"
+  grace = "30m"
+"""
+WINDOW = 2_000_000  # the daemon's default reorder window
+
+
+def _b_gauges(t: Tracker) -> tuple[object, ...]:
+    v = next(v for v in t.views() if v.account == "b")
+    return (v.active_users, v.peak_users, v.peak_at_us, v.excess, v.grace_remaining_s,
+            v.billable_overage)
+
+
+def _tenant_b_day(*, skewed_a: bool, clock: str = "wall") -> list[tuple[object, ...]]:
+    """Account b's on-time logins and logout, advanced as the daemon does after each step
+    (`advance_each` with the wall clock, or with tracker_clock=events none); optionally
+    account a first sends an event 4 minutes ahead of the wall clock."""
+    t = Tracker(parse_contracts(TWO_TENANTS), at(0))
+    if skewed_a:
+        t.apply(Ev("login", "x", at(1) + 4 * MIN, "s", pool="desk", account="a"))
+    gauges = []
+    for minute, event in ((1, Ev("login", "b1", at(1), "s", pool="desk", account="b")),
+                          (2, Ev("login", "b2", at(2), "s", pool="desk", account="b")),
+                          (5, None),
+                          (6, Ev("logout", "b1", at(6), "s", pool="desk", account="b")),
+                          (8, None)):
+        if event is not None:
+            t.apply(event)
+        t.advance_each(at(minute) if clock == "wall" else None, WINDOW)
+        gauges.append(_b_gauges(t))
+    return gauges
+
+
+def test_one_accounts_future_event_does_not_move_another_accounts_clock() -> None:
+    """Account a's event 4 minutes ahead of the wall clock (within max_future) moves a's
+    watermark only: b's on-time sequence gives exactly the gauges it gives without it (active
+    users, period peak and its time, excess, grace remaining, billable overage)."""
+    expected = [
+        (0, 0, at(0), 0, 1800.0, 0),  # b1's login waits for the reorder window
+        (1, 1, at(1), 0, 1800.0, 0),
+        (2, 2, at(2), 1, 1800.0 - (3 * 60 - 2), 0),  # excess since at(2): 178 s of grace used
+        (2, 2, at(2), 1, 1800.0 - (4 * 60 - 2), 0),  # the logout at at(6) not yet applied
+        (1, 2, at(2), 0, 1800.0, 0),
+    ]
+    assert expected == _tenant_b_day(skewed_a=False)
+    assert expected == _tenant_b_day(skewed_a=True)
+
+
+def test_each_account_has_its_own_watermark() -> None:
+    """With the wall clock an account's watermark is max(wall, its newest event) minus the
+    window; with the events clock its newest event minus the window; `advance` moves all."""
+    t = Tracker(parse_contracts(TWO_TENANTS), at(0))
+    t.apply(Ev("login", "x", at(5), "s", pool="desk", account="a"))
+    t.apply(Ev("login", "y", at(1), "s", pool="desk", account="b"))
+    t.advance_each(None, WINDOW)
+    assert (at(5) - WINDOW, at(1) - WINDOW, 2) == (t.watermark_of("a"), t.watermark_of("b"),
+                                                    t.pending)
+    t.advance_each(at(3), WINDOW)
+    assert (at(5) - WINDOW, at(3) - WINDOW, 1) == (t.watermark_of("a"), t.watermark_of("b"),
+                                                    t.pending)
+    t.advance_each(at(2), WINDOW)  # never backwards
+    assert (at(5) - WINDOW, at(3) - WINDOW) == (t.watermark_of("a"), t.watermark_of("b"))
+    t.advance(at(6))
+    assert (at(6), at(6), 0) == (t.watermark_of("a"), t.watermark_of("b"), t.pending)
+    assert {"a": at(6), "b": at(6)} == {v.account: v.at_us for v in t.views()}
+
+
+def test_events_clock_is_per_account_too() -> None:
+    """With tracker_clock=events, a's future event does not move b: b's gauges are the same,
+    the reorder window trailing b's own newest event."""
+    expected = [
+        (0, 0, at(0), 0, 1800.0, 0),
+        (1, 1, at(1), 0, 1800.0, 0),
+        (1, 1, at(1), 0, 1800.0, 0),  # no b event: b's clock stays at at(2) - 2 s
+        (2, 2, at(2), 1, 1800.0 - (4 * 60 - 2), 0),
+        (2, 2, at(2), 1, 1800.0 - (4 * 60 - 2), 0),
+    ]
+    assert expected == _tenant_b_day(skewed_a=False, clock="events")
+    assert expected == _tenant_b_day(skewed_a=True, clock="events")
