@@ -149,40 +149,46 @@ class Ingestor:
         return True
 
     def refresh(self, *, force: bool) -> None:
-        """Advance the tracker (wall clock mode) and publish a new snapshot for scrapes."""
+        """Advance each account of the tracker to its own `watermark` and publish a new snapshot
+        for scrapes."""
         now = time.monotonic()
         # At most once a tick under load: with 1,000 pools a snapshot costs ~30 ms, and five a
         # second took 16% of the daemon (bench/ingest.py --profile); scrapes come every 15 s.
         if not force and now - self._snapshot_at < TICK_SECONDS:
             return
         self._snapshot_at = now
-        self.tracker.advance(watermark(self.settings, self.tracker))
+        wall_us = _now_us() if self.settings.tracker_clock == "wall" else None
+        self.tracker.advance_each(wall_us, int(self.settings.reorder_window * 1e6))
         self.metrics.snapshot = Snapshot.of(self.tracker)
 
 
-def watermark(settings: Settings, tracker: Tracker) -> int:
-    """Where the tracker may apply events up to: the reorder window before now, where now is the
-    wall clock (or the newest event, if later) or, with tracker_clock=events, the newest event."""
-    now_us = tracker.latest_us
-    if settings.tracker_clock == "wall":
-        now_us = max(now_us, _now_us())
+def watermark(settings: Settings, latest_us: int, wall_us: int) -> int:
+    """Where the tracker may apply one account's events up to: the reorder window before its now,
+    which is the wall clock or the account's newest event (`latest_us`), whichever is later, or
+    with tracker_clock=events its newest event alone. Another account's events never count (the
+    rule `Tracker.advance_each` applies)."""
+    now_us = max(latest_us, wall_us) if settings.tracker_clock == "wall" else latest_us
     return now_us - int(settings.reorder_window * 1e6)
 
 
 async def rebuild(store: Store, contracts: Contracts, settings: Settings,
                   metrics: Metrics) -> Tracker:
     """Live state after a restart: replay the current periods' events (from each period start
-    minus the session timeout, so sessions open at the start are seen) into a new tracker."""
+    minus the session timeout, so sessions open at the start are seen) into a new tracker. An
+    account's current period is the one at its own `watermark`."""
     latest = await store.latest_event_times()
     for account, ts_us in latest.items():
         metrics.saw_event(account, ts_us)
-    if settings.tracker_clock == "events":
-        now_us = max(latest.values(), default=_now_us())
-    else:
-        now_us = max([_now_us(), *latest.values()])
-    now = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=now_us)
-    starts = [to_us(monthly_period(a, now).start - a.session_timeout) for a in contracts.accounts]
-    start_us = min(starts, default=now_us)
+    wall_us = _now_us()
+    # An account with no stored event: the wall clock, or in events mode the newest of any (it
+    # only decides where replay starts; that account's watermark stays put until its events).
+    default_us = max(latest.values(), default=wall_us)
+    starts = []
+    for a in contracts.accounts:
+        at_us = watermark(settings, latest.get(a.id, default_us), wall_us)
+        at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
+        starts.append(to_us(monthly_period(a, at).start - a.session_timeout))
+    start_us = min(starts, default=wall_us)
     tracker = Tracker(contracts, start_us)
     # Seat assignments from before the window still decide which pool a session event is in.
     seats = await store.seat_events_before(start_us)
@@ -191,7 +197,8 @@ async def rebuild(store: Store, contracts: Contracts, settings: Settings,
                                  start_us, e.received_us)
         tracker.apply(e_at_start)
     replayed = tracker.apply_all(await store.events(start_us=start_us))
-    tracker.advance(watermark(settings, tracker))
+    tracker.advance_each(wall_us if settings.tracker_clock == "wall" else None,
+                         int(settings.reorder_window * 1e6))
     metrics.snapshot = Snapshot.of(tracker)
     log.info("rebuilt live state from %d stored events (%d seat events before the window)",
              replayed, len(seats))
