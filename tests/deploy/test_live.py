@@ -29,47 +29,21 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Broker, free_port, wait_port
+from tests.contracts_toml import account, contracts, pool
 from tests.deploy.tools import DEPLOY, metric_names, promtool, require
 
 pytestmark = pytest.mark.broker
 
 #: acme/agents has 2 licenses and a 5-minute grace, so a third user is an excess whose grace
 #: clock is under the 10 minutes at which MeterGraceAboutToExpire fires.
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = 2
-  price = "149.00"
-  overage_price = "149.00"
-  grace = "5m"
-
-[[account]]
-id = "globex"
-timezone = "Europe/Berlin"
-currency = "EUR"
-billing = "monthly"
-anchor = "2026-01-15"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "desk"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 10
-  price = "89.00"
-  overage_price = "99.00"
-  grace = "30m"
-"""
+CONTRACTS = contracts(
+    account("acme", pools=[
+        pool("agents", tier="elite", model="concurrent", quantity=2, price="149.00",
+             overage_price="149.00", grace="5m")]),
+    account("globex", timezone="Europe/Berlin", currency="EUR", anchor="2026-01-15", pools=[
+        pool("desk", tier="premium", model="concurrent", quantity=10, price="89.00",
+             overage_price="99.00", grace="30m")]),
+)
 
 _DEADLINE = 20.0  # seconds any one condition may take to show up (a 1 s scrape interval)
 

@@ -26,38 +26,16 @@ import paho.mqtt.client as mqtt
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Broker, free_port, wait_port
+from tests.contracts_toml import account, contracts, pool
 
-CONTRACTS_TOML = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 1000
-  price = "149.00"
-  overage_price = "149.00"
-
-[[account]]
-id = "globex"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 1000
-  price = "99.00"
-  overage_price = "99.00"
-"""
+CONTRACTS_TOML = contracts(
+    account("acme", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=1000, price="149.00",
+             overage_price="149.00")]),
+    account("globex", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=1000, price="99.00",
+             overage_price="99.00")]),
+)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:

@@ -17,44 +17,17 @@ from hypothesis import strategies as st
 
 from meter.events import EVENT_TYPES, REASONS, Event, Limits, Rejection, parse
 from rating.contracts import Contracts, parse_contracts
+from tests.contracts_toml import account, contracts, pool
 
-CONTRACTS_TOML = """
-[[account]]
-id = "acme"
-timezone = "America/New_York"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = 10
-  price = "149.00"
-  overage_price = "149.00"
-
-[[account]]
-id = "globex"
-timezone = "UTC"
-currency = "EUR"
-billing = "monthly"
-anchor = "2026-01-15"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 5
-  price = "99.00"
-  overage_price = "99.00"
-  [[account.pool]]
-  id = "seats"
-  tier = "elite"
-  model = "named"
-  quantity = 5
-  price = "99.00"
-"""
+CONTRACTS_TOML = contracts(
+    account("acme", timezone="America/New_York", pools=[
+        pool("agents", tier="elite", model="concurrent", quantity=10, price="149.00",
+             overage_price="149.00")]),
+    account("globex", currency="EUR", anchor="2026-01-15", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=5, price="99.00",
+             overage_price="99.00"),
+        pool("seats", tier="elite", model="named", quantity=5, price="99.00")]),
+)
 CONTRACTS: Contracts = parse_contracts(CONTRACTS_TOML)
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DEFAULT_LIMITS = Limits()

@@ -11,20 +11,12 @@ import pytest
 
 from meter.cli import main
 from meter.store import open_store
+from tests.contracts_toml import account
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = ROOT / "sample_sessions" / "contracts.toml"
 
-ZERO_TIMEOUT = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-session_timeout = "0s"
-"""
+ZERO_TIMEOUT = account("acme", session_timeout="0s")
 
 
 def _empty_db(path: Path) -> Path:

@@ -10,86 +10,30 @@ import pytest
 
 from meter.events import REASONS, Event, Limits, Rejection, parse
 from rating.contracts import Contracts, parse_contracts
+from tests.contracts_toml import account, contracts, pool
 
-CONTRACTS = parse_contracts('''
-[[account]]
-id = "acme"                    # two concurrent pools: events must name one
-timezone = "America/New_York"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = 10
-  price = "149.00"
-  overage_price = "149.00"
-  [[account.pool]]
-  id = "support"
-  tier = "essentials"
-  model = "concurrent"
-  quantity = 5
-  price = "69.00"
-  overage_price = "69.00"
-
-[[account]]
-id = "solo"                    # one pool: it is the pool of every event
-timezone = "UTC"
-currency = "EUR"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "packs"
-  [[account.pool]]
-  id = "desk"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 3
-  price = "10.00"
-  overage_price = "10.00"
-
-[[account]]
-id = "mixed"                   # one concurrent and one named pool
-timezone = "Europe/Berlin"
-currency = "EUR"
-billing = "annual"
-anchor = "2026-01-01"
-policy = "packs"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 3
-  price = "10.00"
-  overage_price = "10.00"
-  [[account.pool]]
-  id = "leads"
-  tier = "elite"
-  model = "named"
-  quantity = 2
-  price = "20.00"
-
-[[account]]
-id = "twonamed"                # two named pools: a seat event must say which
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "a"
-  tier = "elite"
-  model = "named"
-  quantity = 2
-  price = "20.00"
-  [[account.pool]]
-  id = "b"
-  tier = "premium"
-  model = "named"
-  quantity = 2
-  price = "20.00"
-''', source="test")
+CONTRACTS = parse_contracts(contracts(
+    # Two concurrent pools: events must name one.
+    account("acme", timezone="America/New_York", pools=[
+        pool("agents", tier="elite", model="concurrent", quantity=10, price="149.00",
+             overage_price="149.00"),
+        pool("support", tier="essentials", model="concurrent", quantity=5, price="69.00",
+             overage_price="69.00")]),
+    # One pool: it is the pool of every event.
+    account("solo", currency="EUR", policy="packs", pools=[
+        pool("desk", tier="premium", model="concurrent", quantity=3, price="10.00",
+             overage_price="10.00")]),
+    # One concurrent and one named pool.
+    account("mixed", timezone="Europe/Berlin", currency="EUR", billing="annual",
+            policy="packs", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=3, price="10.00",
+             overage_price="10.00"),
+        pool("leads", tier="elite", model="named", quantity=2, price="20.00")]),
+    # Two named pools: a seat event must say which.
+    account("twonamed", pools=[
+        pool("a", tier="elite", model="named", quantity=2, price="20.00"),
+        pool("b", tier="premium", model="named", quantity=2, price="20.00")]),
+), source="test")
 
 NOW = datetime(2026, 11, 12, 15, 0, tzinfo=UTC)
 

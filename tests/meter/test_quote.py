@@ -10,49 +10,18 @@ import pytest
 
 from meter.cli import main
 from meter.quote import run
+from tests.contracts_toml import account, addon, order, pool
 
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-11-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = 10
-  price = "149.00"
-  overage_price = "149.00"
-
-  [[account.addon]]
-  id = "wfm"
-  quantity = 0
-  price = "25.00"
-
-  [[account.order]]
-  at = "2026-11-10T00:00:00Z"
-  pool = "agents"
-  quantity = 8
-
-[[account]]
-id = "globex"
-timezone = "UTC"
-currency = "USD"
-billing = "annual"
-anchor = "2026-01-01"
-policy = "packs"
-
-  [[account.pool]]
-  id = "seats"
-  tier = "premium"
-  model = "named"
-  quantity = 10
-  price = "5.00"
-"""
+CONTRACTS = account(
+    "acme", anchor="2026-11-01",
+    pools=[pool("agents", tier="elite", model="concurrent", quantity=10, price="149.00",
+                overage_price="149.00")],
+    addons=[addon("wfm", quantity=0, price="25.00")],
+    orders=[order("2026-11-10T00:00:00Z", pool="agents", quantity=8)],
+) + account(
+    "globex", billing="annual", policy="packs",
+    pools=[pool("seats", tier="premium", model="named", quantity=10, price="5.00")],
+)
 
 
 @pytest.fixture

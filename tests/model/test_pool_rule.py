@@ -15,65 +15,24 @@ from rating.contracts import parse_contracts
 from rating.named import rate_named
 from rating.periods import Period
 from rating.usage import to_us
+from tests.contracts_toml import account, contracts, pool
 
-CONTRACTS = parse_contracts("""
-[[account]]
-id = "mixed"                  # one concurrent pool and one named pool of one seat
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-11-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 5
-  price = "10.00"
-  overage_price = "10.00"
-  [[account.pool]]
-  id = "desk"
-  tier = "premium"
-  model = "named"
-  quantity = 1
-  price = "10.00"
-
-[[account]]
-id = "solo"                   # the only pool is named: use without a seat is unlicensed use
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-11-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "desk"
-  tier = "premium"
-  model = "named"
-  quantity = 1
-  price = "10.00"
-
-[[account]]
-id = "twin"                   # two concurrent pools: a login must say which
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-11-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "c1"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 5
-  price = "10.00"
-  overage_price = "10.00"
-  [[account.pool]]
-  id = "c2"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 5
-  price = "10.00"
-  overage_price = "10.00"
-""")
+CONTRACTS = parse_contracts(contracts(
+    # One concurrent pool and one named pool of one seat.
+    account("mixed", anchor="2026-11-01", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=5, price="10.00",
+             overage_price="10.00"),
+        pool("desk", tier="premium", model="named", quantity=1, price="10.00")]),
+    # The only pool is named: use without a seat is unlicensed use.
+    account("solo", anchor="2026-11-01", pools=[
+        pool("desk", tier="premium", model="named", quantity=1, price="10.00")]),
+    # Two concurrent pools: a login must say which.
+    account("twin", anchor="2026-11-01", pools=[
+        pool("c1", tier="premium", model="concurrent", quantity=5, price="10.00",
+             overage_price="10.00"),
+        pool("c2", tier="premium", model="concurrent", quantity=5, price="10.00",
+             overage_price="10.00")]),
+))
 NOV = Period(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 DAY = datetime(2026, 11, 12, tzinfo=UTC)
 _ids = itertools.count()

@@ -16,6 +16,10 @@ from rating.late import Overage, adjustments
 from rating.periods import Period, period_of_month
 from rating.pool import rate_pool
 from rating.usage import UsageEvent
+from tests.contracts_toml import account as toml_account
+from tests.contracts_toml import addon as toml_addon
+from tests.contracts_toml import order
+from tests.contracts_toml import pool as toml_pool
 
 NOV = Period(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 _ids = itertools.count()
@@ -25,38 +29,15 @@ def account(*, policy: str = "prorate", grace_mode: str = "continuous", price: s
             overage: str = "150.00", quantity: int = 2, orders: str = "",
             extra_pool: str = "") -> Account:
     """acme (UTC, monthly from 1 November): concurrent `agents`, named `leads`, add-on wfm."""
-    text = f"""
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-11-01"
-policy = "{policy}"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = {quantity}
-  price = "{price}"
-  overage_price = "{overage}"
-  grace = "30m"
-  grace_mode = "{grace_mode}"
-
-  [[account.pool]]
-  id = "leads"
-  tier = "elite"
-  model = "named"
-  quantity = 1
-  price = "50.00"
-{extra_pool}
-  [[account.addon]]
-  id = "wfm"
-  quantity = 0
-  price = "25.00"
-{orders}
-"""
+    text = toml_account(
+        "acme", anchor="2026-11-01", policy=policy,
+        pools=[toml_pool("agents", tier="elite", model="concurrent", quantity=quantity,
+                         price=price, overage_price=overage, grace="30m",
+                         grace_mode=grace_mode),
+               toml_pool("leads", tier="elite", model="named", quantity=1, price="50.00"),
+               extra_pool],
+        addons=[toml_addon("wfm", quantity=0, price="25.00")],
+        orders=[orders])
     return parse_contracts(text, "test.toml").accounts[0]
 
 
@@ -119,8 +100,7 @@ def test_continuous_grace_boundary_decides_the_overage_line(minutes: int, second
 
 def test_seat_add_of_the_period_is_charged_prorated() -> None:
     """2 -> 3 seats at the middle of the month: one seat at half the monthly price."""
-    acct = account(orders='\n  [[account.order]]\n  at = "2026-11-16T00:00:00Z"\n'
-                          '  pool = "agents"\n  quantity = 3\n')
+    acct = account(orders=order("2026-11-16T00:00:00Z", pool="agents", quantity=3))
     bill = rate_account(acct, [], NOV)
     assert [("seat_add", "agents", 1, Decimal("50.00"))] == [
         (c.kind, c.target, c.quantity, c.amount) for c in bill.charges]
@@ -131,8 +111,7 @@ def test_seat_add_of_the_period_is_charged_prorated() -> None:
 
 def test_purchase_mid_period_raises_e_before_the_excess() -> None:
     """Seats bought before a crowd arrives cover it: no overage, only the seat charge."""
-    acct = account(orders='\n  [[account.order]]\n  at = "2026-11-16T00:00:00Z"\n'
-                          '  pool = "agents"\n  quantity = 3\n')
+    acct = account(orders=order("2026-11-16T00:00:00Z", pool="agents", quantity=3))
     bill = rate_account(acct, crowd(3, at(20, "10:00"), at(20, "12:00")), NOV)
     assert 0 == agents(bill).overage_seats
     assert ["seat_add"] == [c.kind for c in bill.charges]
@@ -140,8 +119,8 @@ def test_purchase_mid_period_raises_e_before_the_excess() -> None:
 
 def test_refused_orders_of_the_period_are_listed_with_their_reason() -> None:
     """Under packs, 2 -> 4 seats is not a whole pack: refused, never charged."""
-    acct = account(policy="packs", orders='\n  [[account.order]]\n  at = "2026-11-05T00:00:00Z"\n'
-                                          '  pool = "agents"\n  quantity = 4\n')
+    acct = account(policy="packs",
+                   orders=order("2026-11-05T00:00:00Z", pool="agents", quantity=4))
     bill = rate_account(acct, [], NOV)
     assert [("order", "agents", 4)] == [(r.kind, r.target, r.quantity) for r in bill.refused]
     assert "whole packs of 5" in bill.refused[0].reason
@@ -174,9 +153,8 @@ def test_events_without_pool_go_to_the_users_named_seat_else_the_concurrent_pool
 
 def test_events_without_pool_and_no_single_concurrent_pool_are_counted_unresolved() -> None:
     """With two concurrent pools and no seat, a pool-less login cannot be placed."""
-    extra = ('\n  [[account.pool]]\n  id = "support"\n  tier = "essentials"\n'
-             '  model = "concurrent"\n  quantity = 1\n  price = "10.00"\n'
-             '  overage_price = "10.00"\n')
+    extra = toml_pool("support", tier="essentials", model="concurrent", quantity=1,
+                      price="10.00", overage_price="10.00")
     acct = account(extra_pool=extra)
     bill = rate_account(acct, [ev("login", "x", at(3, "09:00"), None)], NOV)
     assert 1 == bill.unresolved_events

@@ -8,32 +8,21 @@ from hypothesis import strategies as st
 
 from rating.contracts import Account, parse_contracts
 from rating.coverage import Coverage, cover
+from tests.contracts_toml import account as toml_account
+from tests.contracts_toml import addon as toml_addon
+from tests.contracts_toml import pool as toml_pool
 
 
 def account(pools: str, addons: dict[str, int]) -> Account:
-    text = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-""" + pools
-    for addon_id, quantity in addons.items():
-        text += (f'\n  [[account.addon]]\n  id = "{addon_id}"\n  quantity = {quantity}\n'
-                 '  price = "25.00"\n')
+    text = toml_account("acme", pools=[pools], addons=[
+        toml_addon(addon_id, quantity=quantity, price="25.00")
+        for addon_id, quantity in addons.items()])
     return parse_contracts(text, "test.toml").accounts[0]
 
 
 def pool(pool_id: str, tier: str, model: str, quantity: int, roster: int | None = None) -> str:
-    text = (f'\n  [[account.pool]]\n  id = "{pool_id}"\n  tier = "{tier}"\n  model = "{model}"\n'
-            f'  quantity = {quantity}\n  price = "149.00"\n')
-    if model == "concurrent":
-        text += '  overage_price = "149.00"\n'
-    if roster is not None:
-        text += f"  roster = {roster}\n"
-    return text
+    return toml_pool(pool_id, tier=tier, model=model, quantity=quantity, price="149.00",
+                     overage_price="149.00" if model == "concurrent" else None, roster=roster)
 
 
 def by_addon(result: tuple[Coverage, ...]) -> dict[str, tuple[int, int, int]]:

@@ -13,6 +13,9 @@ from rating.contracts import Account, parse_contracts
 from rating.named import build_rosters, rate_named
 from rating.periods import Period
 from rating.seatchanges import apply_orders
+from tests.contracts_toml import account as toml_account
+from tests.contracts_toml import order
+from tests.contracts_toml import pool as toml_pool
 
 NOV = Period(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 
@@ -33,34 +36,12 @@ class Event:
 def account(*, named: tuple[tuple[str, int], ...] = (("desk", 3),), concurrent: bool = False,
             orders: str = "") -> Account:
     """An account with named pools (id, quantity) and maybe a concurrent pool `floor`."""
-    text = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-"""
-    for pool_id, quantity in named:
-        text += f"""
-  [[account.pool]]
-  id = "{pool_id}"
-  tier = "premium"
-  model = "named"
-  quantity = {quantity}
-  price = "99.00"
-"""
+    pools = [toml_pool(pool_id, tier="premium", model="named", quantity=quantity, price="99.00")
+             for pool_id, quantity in named]
     if concurrent:
-        text += """
-  [[account.pool]]
-  id = "floor"
-  tier = "elite"
-  model = "concurrent"
-  quantity = 5
-  price = "149.00"
-  overage_price = "149.00"
-"""
+        pools.append(toml_pool("floor", tier="elite", model="concurrent", quantity=5,
+                               price="149.00", overage_price="149.00"))
+    text = toml_account("acme", pools=pools)
     return parse_contracts(text + orders, "test.toml").accounts[0]
 
 
@@ -151,12 +132,8 @@ def test_assigned_is_the_most_held_at_once() -> None:
 
 def test_seats_bought_mid_period_take_assigns_from_purchase() -> None:
     """With licensed steps from the seat ledger, an assign is judged by the quantity at its time."""
-    acc = account(named=(("desk", 1),), orders="""
-  [[account.order]]
-  at = "2026-11-10T00:00:00Z"
-  pool = "desk"
-  quantity = 2
-""")
+    acc = account(named=(("desk", 1),),
+                  orders=order("2026-11-10T00:00:00Z", pool="desk", quantity=2))
     steps = {"desk": apply_orders(acc).licensed_steps("desk")}
     s = (Stream().add("assign", "ann", at(2)).add("assign", "bob", at(9, 23, 59))
          .add("assign", "bob", at(10)))

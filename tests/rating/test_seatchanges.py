@@ -19,44 +19,34 @@ from rating.seatchanges import (
     licensed_at,
     quote,
 )
+from tests.contracts_toml import account as toml_account
+from tests.contracts_toml import addon as toml_addon
+from tests.contracts_toml import order as toml_order
+from tests.contracts_toml import pool as toml_pool
 
 
 def account(*, billing: str = "monthly", anchor: str = "2026-11-01", policy: str = "prorate",
             quantity: int = 10, price: str = "149.00", tz: str = "UTC", currency: str = "USD",
             orders: str = "") -> Account:
     """One account with one concurrent pool `agents` and a `wfm` add-on, from real TOML."""
-    text = f"""
-[[account]]
-id = "acme"
-timezone = "{tz}"
-currency = "{currency}"
-billing = "{billing}"
-anchor = "{anchor}"
-policy = "{policy}"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = {quantity}
-  price = "{price}"
-  overage_price = "{price}"
-
-  [[account.addon]]
-  id = "wfm"
-  quantity = 0
-  price = "25.00"
-{orders}
-"""
+    text = toml_account(
+        "acme", timezone=tz, currency=currency, billing=billing, anchor=anchor, policy=policy,
+        pools=[toml_pool("agents", tier="elite", model="concurrent", quantity=quantity,
+                         price=price, overage_price=price)],
+        addons=[toml_addon("wfm", quantity=0, price="25.00")],
+        orders=[orders])
     return parse_contracts(text, "test.toml").accounts[0]
 
 
 def order(at: str, quantity: int | None = None, pool: str | None = "agents",
-          billing: str | None = None) -> str:
-    """A [[account.order]] table as TOML text."""
+          billing: str | None = None, addon: str | None = None) -> str:
+    """A [[account.order]] table as TOML text: a new total of `pool` (or of `addon`), or a
+    switch to `billing`."""
     if billing is not None:
-        return f'\n  [[account.order]]\n  at = "{at}"\n  billing = "{billing}"\n'
-    return f'\n  [[account.order]]\n  at = "{at}"\n  pool = "{pool}"\n  quantity = {quantity}\n'
+        return toml_order(at, billing=billing)
+    if addon is not None:
+        return toml_order(at, addon=addon, quantity=quantity)
+    return toml_order(at, pool=pool, quantity=quantity)
 
 
 def utc(text: str) -> datetime:
@@ -192,8 +182,7 @@ def test_a_new_term_charges_again_above_what_it_started_with() -> None:
 
 def test_addon_orders_follow_the_same_policy() -> None:
     """An add-on order is a new total too, prorated at the add-on's price."""
-    acc = account(orders=order("2026-11-16T00:00:00Z", 4, pool=None).replace(
-        'pool = "None"', 'addon = "wfm"'))
+    acc = account(orders=order("2026-11-16T00:00:00Z", 4, addon="wfm"))
     line = apply_orders(acc).charges[0]
     assert ("wfm", None, Decimal("50.00")) == (line.addon, line.pool, line.amount)
 
