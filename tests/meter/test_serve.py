@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -474,3 +474,44 @@ async def test_run_in_process_stops_when_the_event_is_set(
     await asyncio.wait_for(task, 5)
     assert 0 == registry.get_sample_value("meter_mqtt_connected")
     assert 1 == count(tmp_path / "m.db")
+
+
+def test_one_accounts_future_event_does_not_move_another_accounts_gauges(
+        mosquitto: Broker, daemon_factory: Callable[[Broker], Daemon], topic_prefix: str) -> None:
+    """globex sends an event 4 minutes ahead (within max_future, 5 min); acme's on-time logins
+    that follow are applied at their own times: the peak is at the third login, the grace clock
+    runs from it, and a restart rebuilds the same (each account has its own watermark)."""
+    d = daemon_factory(mosquitto)
+    d.start()
+    now = datetime.now(UTC)
+    mosquitto_pub(mosquitto, f"{topic_prefix}/globex/events",
+                  [event(1, account="globex", user="far", ts=now + timedelta(minutes=4))])
+    wait_for(lambda: d.value("meter_events_received_total", account="globex") == 1, "globex")
+    time.sleep(1.5)  # a tick: the daemon advances its tracker with globex's event seen
+    t0 = datetime.now(UTC)
+    mosquitto_pub(mosquitto, f"{topic_prefix}/acme/events", [
+        event(2, user="ann", ts=t0),
+        event(3, user="bob", ts=t0 + timedelta(milliseconds=100)),
+        event(4, user="cat", ts=t0 + timedelta(milliseconds=200)),
+    ])
+    third_s = (t0 + timedelta(milliseconds=200)).timestamp()
+    acme = {"account": "acme", "pool": "agents"}
+
+    def grace_used() -> bool:
+        grace = d.value("meter_grace_remaining_seconds", **acme)
+        return grace is not None and grace < 1800
+
+    for restarted in (False, True):  # live, then rebuilt from the store after a SIGKILL
+        if restarted:
+            assert -signal.SIGKILL == d.signal(signal.SIGKILL)
+            d.start()
+        wait_for(lambda: d.value("meter_active_users", **acme) == 3, "acme's three logins")
+        key = frozenset(acme.items())
+        m = d.scrape()
+        assert (3, 1, 3) == (m["meter_active_users", key], m["meter_excess_users", key],
+                             m["meter_period_peak_users", key])
+        assert third_s == pytest.approx(m["meter_period_peak_timestamp_seconds", key], abs=1e-3)
+        wait_for(grace_used, "acme's grace clock to run")
+        m = d.scrape()
+        assert 0 < 1800 - m["meter_grace_remaining_seconds", key] \
+            <= datetime.now(UTC).timestamp() - third_s
