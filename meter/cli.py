@@ -96,6 +96,10 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--format", choices=("json", "csv", "html"), default="json")
     p.add_argument("--out", metavar="DIR", help="output directory (JSON to stdout when absent)")
     p.add_argument("--finalize", action="store_true", help="freeze the period's report")
+    p.add_argument("--finalize-after", metavar="DURATION", default="1h",
+                   help="--finalize refuses a period until this long after its end (default 1h)")
+    p.add_argument("--force", action="store_true",
+                   help="with --finalize: freeze a period that has not ended plus --finalize-after")
     v = sub.add_parser("verify", help="recompute a report's input hash and compare")
     v.add_argument("report", metavar="REPORT.json")
     v.add_argument("--db", required=True)

@@ -6,16 +6,19 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from meter.errors import UsageError
-from meter.report.build import make_report, verify
+from meter.report.build import make_report, parse_month, verify
 from meter.report.document import Report
 from meter.report.render_json import render_json
 from meter.store import Store, open_store
 from rating.bill import RATING_VERSION
 from rating.contracts import Contracts, parse_contracts
+from rating.durations import parse_duration
+from rating.periods import period_of_month
 
 __all__ = ["run", "run_verify", "write_outputs"]
 
@@ -68,10 +71,32 @@ def write_outputs(report: Report, fmt: str, out: Path | None) -> list[Path]:
     return write_html(report, out)
 
 
+def _refuse_early(contracts: Contracts, month: str, account: str | None, after_text: str,
+                  now: datetime) -> None:
+    """A `UsageError` when a chosen account's period `month` has not ended plus `after_text`."""
+    try:
+        after = parse_duration(after_text)
+    except ValueError as exc:
+        raise UsageError(f"--finalize-after: {exc}") from None
+    year, mon = parse_month(month)
+    for acc in contracts.accounts:
+        if account and acc.id != account:
+            continue
+        end = period_of_month(acc, year, mon).end
+        if now < end + after:
+            raise UsageError(
+                f"--finalize: {acc.id} {month} ends {end.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}; "
+                f"finalizing it before {(end + after).astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} "
+                f"(its end plus --finalize-after {after_text}) needs --force")
+
+
 async def _report(args: argparse.Namespace) -> int:
     if args.format == "html" and not args.out:
         raise UsageError("--format html writes one file per account: give --out DIR")
     contracts, text = _read_contracts(args.contracts)
+    if args.finalize and not args.force:
+        _refuse_early(contracts, args.period, args.account, args.finalize_after,
+                      datetime.now(UTC))
     store = await _open(args.db)
     async with store:
         report = await make_report(store, contracts, text, args.period,
