@@ -244,6 +244,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "DURATION"),
     Setting("finalize_after", _seconds, "1h", 'finalize each period this long after it ends; '
             '"0s" turns it off', "DURATION"),
+    Setting("finalize_quiet", _seconds, "10s", "finalize only after the broker connection has "
+            "been idle this long (the backlog it held is drained)", "DURATION"),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO",
             "DEBUG, INFO, WARNING or ERROR"),
     Setting("metrics_cert_file", _path, None, "PEM certificate: serve /metrics over TLS only",
@@ -302,6 +304,7 @@ class Settings:
     reorder_window: float
     shutdown_timeout: float
     finalize_after: float
+    finalize_quiet: float
     log_level: str
     metrics_cert_file: Path | None
     metrics_key_file: Path | None

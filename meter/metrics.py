@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from meter import __version__
 from meter.events import REASONS
+from meter.finalization import REASONS as WAIT_REASONS
 from meter.tracker import SHORTFALL_ADDONS, AddonView, PoolView, Tracker
 from rating.contracts import Contracts
 
@@ -66,6 +67,8 @@ class Metrics:
         self.store_errors = 0
         self.store_healthy = True
         self.snapshot = Snapshot()
+        #: Account -> why its last ended period waits for finalization (absent: not waiting).
+        self.finalization_waiting: dict[str, str] = {}
         self._addon_keys = [
             (a.id, addon) for a in contracts.accounts
             if any(p.tier == "elite" and p.model == "concurrent" for p in a.pools)
@@ -167,6 +170,16 @@ class Metrics:
         for (account, reason), value in list(self.rejected.items()):
             rejected.add_metric([account, reason], value)
         yield rejected
+        waiting = GaugeMetricFamily(
+            "meter_finalization_waiting",
+            "1 while the account's last ended period waits for finalization, for the reason "
+            "labelled (lateness, disconnected, draining, late_events); else 0.",
+            labels=["account", "reason"])
+        now_waiting = dict(self.finalization_waiting)
+        for account in self.received:
+            for reason in WAIT_REASONS:
+                waiting.add_metric([account, reason], 1 if now_waiting.get(account) == reason else 0)
+        yield waiting
 
         yield from self._pool_families()
 

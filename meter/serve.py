@@ -252,7 +252,8 @@ async def run(settings: Settings, stop: asyncio.Event, *,
                 consumer = tg.create_task(source.run(ingestor.handle, stop), name="mqtt-source")
                 tg.create_task(tick(), name="tracker-tick")
                 if settings.finalize_after > 0 and settings.contracts is not None:
-                    tg.create_task(finalizer(settings, stop), name="finalizer")
+                    tg.create_task(finalizer(settings, stop, source=source, metrics=metrics),
+                                   name="finalizer")
                 tg.create_task(_deadline(stop, consumer, settings.shutdown_timeout + 1.0),
                                name="shutdown-deadline")
         except BaseExceptionGroup as group:
@@ -298,27 +299,55 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-#: How often the daemon checks for periods due for finalization.
+#: How often the daemon checks for periods due for finalization (more often while one waits for
+#: the broker: see `_next_check`).
 FINALIZE_EVERY_SECONDS: Final = 60.0
 
 
-async def finalizer(settings: Settings, stop: asyncio.Event) -> None:
-    """Finalize each account's last period `finalize_after` seconds after it ends (issue 5).
+def _when(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+def _next_check(settings: Settings, waiting: dict[str, tuple[str, str]]) -> float:
+    """Seconds to the next check: each minute, or every half quiet interval (at least 1 s) while
+    a period waits for the connection, so a drained backlog is finalized soon after."""
+    if any(reason in ("disconnected", "draining") for _, reason in waiting.values()):
+        return min(FINALIZE_EVERY_SECONDS, max(1.0, settings.finalize_quiet / 2))
+    return FINALIZE_EVERY_SECONDS
+
+
+async def finalizer(settings: Settings, stop: asyncio.Event, *, source: MqttSource,
+                    metrics: Metrics) -> None:
+    """Finalize each account's last ended period once `meter.finalization.wait_reason` allows:
+    `finalize_after` past its end, the broker's backlog drained, no late event for it lately.
 
     Runs in a thread with a connection of its own, so rating a month never stalls the MQTT
     consumer; a failure is logged and tried again at the next check, never fatal to collection.
+    Each change of a period's reason to wait is logged once and shown in
+    `meter_finalization_waiting`.
     """
-    from meter.report import finalize_due  # noqa: PLC0415 - the rating stack loads only when used
+    from meter.finalization import EXPLAINED, Link  # noqa: PLC0415 - the rating stack loads only when used
+    from meter.report.build import Watch, finalize_due  # noqa: PLC0415 - as above
 
     assert settings.contracts is not None
     lateness = timedelta(seconds=settings.finalize_after)
+    quiet = timedelta(seconds=settings.finalize_quiet)
+    watch = Watch(started=datetime.now(UTC))
     while not stop.is_set():
+        before = dict(watch.waiting)
+        watch.link = Link(_when(source.connected_at), _when(source.received_at))
         try:
             done = await asyncio.to_thread(asyncio.run, finalize_due(
-                settings.db, settings.contracts, datetime.now(UTC), lateness))
+                settings.db, settings.contracts, datetime.now(UTC), lateness, quiet=quiet,
+                watch=watch))
             for account, month in done:
                 log.info("finalized %s %s", account, month)
         except (MeterError, RatingError, OSError, sqlite3.Error) as exc:
             log.error("finalization failed, retrying in %.0fs: %s", FINALIZE_EVERY_SECONDS, exc)
+        for account, (month, reason) in sorted(watch.waiting.items()):
+            if before.get(account) != (month, reason):
+                log.info("finalization of %s %s waits (%s): %s", account, month, reason,
+                         EXPLAINED[reason])
+        metrics.finalization_waiting = {a: r for a, (_, r) in watch.waiting.items()}
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), FINALIZE_EVERY_SECONDS)
+            await asyncio.wait_for(stop.wait(), _next_check(settings, watch.waiting))

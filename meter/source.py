@@ -120,6 +120,10 @@ class MqttSource:
         self._generations = itertools.count(1)
         self.generation = 0
         self.acked = 0
+        #: Wall-clock time (time.time()) the current connection was subscribed; None while down.
+        self.connected_at: float | None = None
+        #: Wall-clock time the last message was received, on any connection; None before one.
+        self.received_at: float | None = None
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
@@ -168,6 +172,7 @@ class MqttSource:
                             f"broker refused the subscription to {self.settings.subscription} "
                             f"(reason {granted[0] if granted else '?'}); check the ACL")
                     attempt = 0
+                    self.connected_at = time.time()
                     self._on_connected(True)
                     log.info("connected to %s as %s (connection %d), subscribed to %s",
                              self.settings.broker.url, self.settings.client_id, self.generation,
@@ -175,10 +180,12 @@ class MqttSource:
                     try:
                         await self._consume(client, handle, stop)
                     finally:
+                        self.connected_at = None
                         self._on_connected(False)
                 log.info("disconnected from %s", self.settings.broker.url)
                 return
             except aiomqtt.MqttError as exc:
+                self.connected_at = None
                 self._on_connected(False)
                 if stop.is_set():
                     return
@@ -222,7 +229,9 @@ class MqttSource:
             # bounded drain in _consume must take over from here.
             raise _Stopped
         with contextlib.suppress(asyncio.QueueEmpty):
-            return queue.get_nowait()
+            message = queue.get_nowait()
+            self.received_at = time.time()
+            return message
         if wait is not None and wait <= 0:
             return None
         getter = asyncio.ensure_future(queue.get())
@@ -238,6 +247,7 @@ class MqttSource:
             if not getter.done():
                 getter.cancel()
         if getter.done() and not getter.cancelled():
+            self.received_at = time.time()
             return getter.result()
         if disconnected.done():
             raise aiomqtt.MqttError(f"connection lost: {disconnected.exception()}")

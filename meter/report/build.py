@@ -12,11 +12,13 @@ import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from meter.errors import UsageError
+from meter.finalization import Link, wait_reason
 from meter.report.compose import canonical
 from meter.report.document import AccountDoc, AccountReport, Charts, Report
 from meter.report.inputs import account_contracts, load_inputs
@@ -27,7 +29,7 @@ from rating.contracts import Account, Contracts, parse_contracts
 from rating.periods import Period, monthly_period, period_of_month
 from rating.usage import to_us
 
-__all__ = ["finalize_due", "make_report", "parse_month", "verify"]
+__all__ = ["Watch", "finalize_due", "make_report", "parse_month", "verify"]
 
 
 def parse_month(text: str) -> tuple[int, int]:
@@ -123,28 +125,73 @@ async def make_report(store: Store, contracts: Contracts, contracts_text: str, m
     return Report(month=label, accounts=tuple(parts), finalized_now=tuple(finalized_now))
 
 
-async def finalize_due(db: str | Path, contracts: str | Path, now: datetime,
-                       lateness: timedelta = timedelta(hours=1)) -> list[tuple[str, str]]:
-    """Finalize each account's last completed period once `lateness` has passed since its end.
+@dataclass(slots=True)
+class Watch:
+    """A finalizer's memory between checks of `finalize_due` (one finalizer owns it).
 
-    For `meter serve`: call it periodically (say each minute) with the current time. Returns the
-    (account, "YYYY-MM") pairs finalized by this call. An account with no events before the
-    period's end is left alone (nothing was used; a fresh install does not freeze empty months).
+    The caller sets `link` before each check; `finalize_due` notes how far into the store it has
+    looked (`seq`), when it last saw an event for a waiting period arrive, and leaves in
+    `waiting` each account whose last ended period waits, as (period "YYYY-MM", reason).
+    """
+
+    #: When the daemon started: events stored before it count as arriving then (their arrival
+    #: was not watched, so a restart waits `finalize_after` again rather than guess).
+    started: datetime
+    link: Link | None = None
+    seq: int | None = None
+    arrivals: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    waiting: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+async def finalize_due(db: str | Path, contracts: str | Path, now: datetime,
+                       lateness: timedelta = timedelta(hours=1), *,
+                       quiet: timedelta = timedelta(0),
+                       watch: Watch | None = None) -> list[tuple[str, str]]:
+    """Finalize each account's last ended period once `meter.finalization.wait_reason` says so.
+
+    For `meter serve`: call it periodically with the current time and the same `watch` (without
+    one, only the lateness counts: there is no broker to drain). Returns the (account,
+    "YYYY-MM") pairs finalized by this call. An account with no events before the period's end
+    is left alone (nothing was used; a fresh install does not freeze empty months).
     """
     text = await asyncio.to_thread(Path(contracts).read_text, encoding="utf-8")
     parsed = parse_contracts(text, source=str(contracts))
     done: list[tuple[str, str]] = []
+    waiting: dict[str, tuple[str, str]] = {}
     async with await open_store(db, mmap=True) as store:
+        seq = await store.last_seq()
         for account in parsed.accounts:
-            due = previous_period(account, monthly_period(account, now - lateness))
-            if await store.finalized(account.id, to_us(due.start)) is not None:
+            due = previous_period(account, monthly_period(account, now))
+            start_us, end_us = to_us(due.start), to_us(due.end)
+            if await store.finalized(account.id, start_us) is not None:
                 continue
-            if not await store.has_events_before(account.id, to_us(due.end)):
+            if not await store.has_events_before(account.id, end_us):
                 continue
             label = period_label(account, due)
+            arrival = None
+            if watch is not None:
+                key = (account.id, start_us)
+                if watch.seq is None:
+                    watch.arrivals.setdefault(key, watch.started)
+                elif await store.count_arrived(account.id, start_us, end_us,
+                                               after_seq=watch.seq, through_seq=seq):
+                    watch.arrivals[key] = now
+                arrival = watch.arrivals.get(key)
+            reason = wait_reason(due.end, now, finalize_after=lateness, quiet=quiet,
+                                 link=watch.link if watch is not None else None,
+                                 last_arrival=arrival)
+            if reason is not None:
+                waiting[account.id] = (label, reason)
+                continue
             report = await make_report(store, parsed, text, label, accounts=[account.id],
                                        finalize=True, now=now)
             done += [(a, label) for a in report.finalized_now]
+    if watch is not None:
+        watch.seq = seq
+        watch.waiting = waiting
+        live = {(a.id, to_us(previous_period(a, monthly_period(a, now)).start))
+                for a in parsed.accounts}
+        watch.arrivals = {k: v for k, v in watch.arrivals.items() if k in live}
     return done
 
 

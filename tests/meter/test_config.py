@@ -115,7 +115,8 @@ SAMPLE = {
     "synchronous": "OFF", "batch_max": "7", "batch_wait": "7ms", "receive_maximum": "7",
     "max_future": "7m", "max_bytes": "7", "keepalive": "7s", "session_expiry": "7h",
     "reconnect_min": "7ms", "reconnect_max": "7s", "tracker_clock": "events",
-    "reorder_window": "7s", "shutdown_timeout": "7s", "finalize_after": "7h", "log_level": "DEBUG",
+    "reorder_window": "7s", "shutdown_timeout": "7s", "finalize_after": "7h",
+    "finalize_quiet": "7s", "log_level": "DEBUG",
     "metrics_cert_file": "c.pem", "metrics_key_file": "k.pem", "metrics_username": "u",
     "metrics_password_file": "PW",
 }

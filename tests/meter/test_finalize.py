@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import signal
@@ -18,8 +19,11 @@ from typing import Any
 import pytest
 
 from meter.cli import main
+from meter.finalization import Link
 from meter.report import finalize_due
+from meter.report.build import Watch
 from tests.conftest import Broker, free_port
+from tests.faults.harness import Daemon, Publisher, wait_for
 
 CONTRACTS = """
 [[account]]
@@ -214,6 +218,50 @@ async def test_finalize_due_after_the_lateness(meter: Meter, now: str, lateness:
     assert [] == await finalize_due(meter.db, meter.contracts, instant, lateness)
 
 
+H = timedelta(hours=1)
+QUIET = timedelta(seconds=10)
+
+
+def _due(*args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+    """finalize_due from synchronous code (these tests also ingest through the CLI)."""
+    return asyncio.run(finalize_due(*args, **kwargs))
+
+
+def test_finalize_due_waits_for_the_broker_and_for_late_events(meter: Meter) -> None:
+    """With a watch (the daemon's), a due period waits while disconnected, while messages still
+    arrive, and for finalize_after after an event for it arrived; each reason is left in
+    `watch.waiting` (accounts without events are not waiting: they are never finalized)."""
+    now = datetime(2026, 12, 1, 2, tzinfo=UTC)
+    watch = Watch(started=now - 2 * H, link=Link(None, None))
+    assert [] == _due(meter.db, meter.contracts, now, H, quiet=QUIET, watch=watch)
+    assert {"acme": ("2026-11", "disconnected")} == watch.waiting
+    watch.link = Link(now - timedelta(seconds=5), None)
+    assert [] == _due(meter.db, meter.contracts, now, H, quiet=QUIET, watch=watch)
+    assert {"acme": ("2026-11", "draining")} == watch.waiting
+    watch.link = Link(now - H, now - QUIET)
+    meter.crowd(1, "2026-11-21T10:00:00+00:00", 1, "late")  # a November event arrives now
+    assert [] == _due(meter.db, meter.contracts, now, H, quiet=QUIET, watch=watch)
+    assert {"acme": ("2026-11", "late_events")} == watch.waiting
+    later = now + H - timedelta(seconds=1)
+    assert [] == _due(meter.db, meter.contracts, later, H, quiet=QUIET, watch=watch)
+    assert [("acme", "2026-11")] == _due(meter.db, meter.contracts, now + H, H,
+                                                       quiet=QUIET, watch=watch)
+    assert {} == watch.waiting
+
+
+def test_events_stored_before_a_restart_count_as_arriving_at_it(meter: Meter) -> None:
+    """A daemon did not see what was stored before it started: it waits finalize_after from
+    its start (then finalizes, the connection idle)."""
+    start = datetime(2026, 12, 3, tzinfo=UTC)
+    idle = Link(start, None)
+    watch = Watch(started=start, link=idle)
+    at = start + timedelta(minutes=59)
+    assert [] == _due(meter.db, meter.contracts, at, H, quiet=QUIET, watch=watch)
+    assert {"acme": ("2026-11", "late_events")} == watch.waiting
+    assert [("acme", "2026-11")] == _due(meter.db, meter.contracts, start + H, H,
+                                                       quiet=QUIET, watch=watch)
+
+
 @pytest.mark.broker
 @pytest.mark.slow
 def test_meter_serve_finalizes_a_period_after_the_lateness(mosquitto: Broker, tmp_path: Path) -> None:
@@ -230,7 +278,7 @@ def test_meter_serve_finalizes_a_period_after_the_lateness(mosquitto: Broker, tm
         [sys.executable, "-m", "meter", "serve", "--broker", mosquitto.url, "--db", str(meter.db),
          "--contracts", str(meter.contracts), "--metrics-addr", f"127.0.0.1:{free_port()}",
          "--topic-prefix", f"t{uuid.uuid4().hex[:8]}/meter", "--client-id",
-         f"fin-{uuid.uuid4().hex[:8]}", "--finalize-after", "1s"],
+         f"fin-{uuid.uuid4().hex[:8]}", "--finalize-after", "1s", "--finalize-quiet", "1s"],
         stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -247,3 +295,63 @@ def test_meter_serve_finalizes_a_period_after_the_lateness(mosquitto: Broker, tm
     assert 0 == proc.returncode
     assert f"finalized acme {label}" in (tmp_path / "serve.log").read_text()
     assert meter.acme(label)["finalized"] is True
+
+
+def _users(n: int, start: datetime, hours: float, tag: str) -> list[dict[str, str]]:
+    """`n` acme `agents` users signed in together from `start` for `hours`, as events."""
+    docs = []
+    for kind, at in (("login", start), ("logout", start + timedelta(hours=hours))):
+        for i in range(n):
+            docs.append({"id": f"{tag}-{i}-{kind}", "type": kind, "account": "acme",
+                         "user": f"{tag}-u{i}", "pool": "agents", "session": "s",
+                         "ts": at.isoformat().replace("+00:00", "Z")})
+    return docs
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_restart_past_month_end_finalizes_only_after_the_backlog(mosquitto: Broker,
+                                                                  tmp_path: Path) -> None:
+    """Last month partly stored, the daemon down over its end, the rest of the month queued on
+    the broker (persistent session, QoS 1), the daemon restarted past end + finalize_after:
+    it waits while disconnected and while the backlog drains, and the finalized report counts
+    every queued event (before the quiet rule it froze the month from the stored part)."""
+    meter = Meter(tmp_path)
+    month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last = (month_start - timedelta(days=1)).replace(day=1)
+    label = f"{last:%Y-%m}"
+    meter.crowd(3, (last + timedelta(days=9, hours=10)).isoformat(), 1, "stored")
+    prefix = f"t{uuid.uuid4().hex[:8]}/meter"
+    daemon = Daemon(mosquitto, tmp_path, prefix, client_id=f"fin-{uuid.uuid4().hex[:8]}",
+                    settings={"METER_FINALIZE_AFTER": "0s"})  # first run: only the session
+    assert (meter.db, meter.contracts) == (daemon.db, daemon.contracts)
+    daemon.start()
+    assert 0 == daemon.terminate()
+
+    backlog = _users(2500, last + timedelta(days=20, hours=10), 2, "queued")
+    publisher = Publisher(mosquitto, prefix)
+    try:
+        publisher.publish_many(backlog)
+        publisher.wait_all_acked()
+    finally:
+        publisher.close()
+
+    daemon.settings = {"METER_FINALIZE_AFTER": "1s", "METER_FINALIZE_QUIET": "2s"}
+    daemon.start(wait=False)
+    try:
+        def finalized() -> bool:
+            assert daemon.alive, daemon.log_text()[-3000:]
+            with closing(sqlite3.connect(meter.db, timeout=5)) as conn:
+                return bool(conn.execute("SELECT count(*) FROM finalized").fetchone()[0])
+        wait_for(finalized, 60, "the daemon to finalize last month")
+    finally:
+        daemon.stop()
+    doc = meter.acme(label)
+    pool = doc["pools"][0]
+    assert (True, 2500, 2498) == (doc["finalized"], pool["peak"], pool["overage_seats"])
+    with closing(sqlite3.connect(meter.db)) as conn:
+        assert 6 + len(backlog) == conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    log = daemon.log_text()
+    assert f"finalization of acme {label} waits (disconnected)" in log
+    assert f"finalization of acme {label} waits (draining)" in log
+    assert f"finalized acme {label}" in log

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meter.events import REASONS
+from meter.finalization import REASONS as WAIT_REASONS
 from meter.metrics import Metrics, Snapshot
 from meter.tracker import Tracker
 from rating.contracts import Contracts, parse_contracts
@@ -158,7 +159,7 @@ def test_labels_only_from_configured_values(contracts: Contracts,
     metrics.count_rejected("attacker-chosen-account", "schema")
     allowed = {
         "account": {"acme", ""}, "pool": {"agents", "sups"}, "addon": {"wfm", "qm"},
-        "reason": set(REASONS),
+        "reason": {*REASONS, *WAIT_REASONS},
     }
     text = generate_latest(registry).decode()
     for family in text_string_to_metric_families(text):
