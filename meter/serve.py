@@ -78,6 +78,9 @@ class Ingestor:
         self.limits = Limits(max_bytes=settings.max_bytes,
                              future_skew=timedelta(seconds=settings.max_future))
         self._snapshot_at = 0.0
+        #: Held while a batch is committed and applied: whoever reads the store to replace or
+        #: save tracker state (re-rating, checkpoints) sees exactly what the tracker has applied.
+        self.lock = asyncio.Lock()
 
     async def _write(self, events: Sequence[Event], rejected: Sequence[RejectedMessage],
                      received_us: int) -> list[Event] | None:
@@ -129,9 +132,11 @@ class Ingestor:
                                                 outcome.reason, outcome.detail, d.payload))
             else:
                 events.append(outcome)
-        fresh = await self._write(events, rejected, received_us)
-        if fresh is None:
-            return False
+        async with self.lock:
+            fresh = await self._write(events, rejected, received_us)
+            if fresh is None:
+                return False
+            self.tracker.apply_all(fresh)
         committed_s = time.time()
         m = self.metrics
         for r in rejected:
@@ -144,7 +149,6 @@ class Ingestor:
             ts_us = e.ts_us
             m.saw_event(e.account, ts_us)
             m.ingest_latency.observe(max(0.0, committed_s - ts_us / 1e6))
-        self.tracker.apply_all(fresh)
         self.refresh(force=False)
         return True
 
