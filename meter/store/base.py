@@ -10,7 +10,8 @@ Contract (tests/meter/test_store_contract.py runs it against every implementatio
 - accepted events are unique on (account, id); a batch is one transaction and `add` returns
   only after it committed;
 - rejected messages are kept whole, with their reason;
-- a finalized report, once stored, is never replaced.
+- a finalized report, once stored, is never replaced;
+- there is at most one checkpoint, and saving one replaces it.
 """
 
 from __future__ import annotations
@@ -172,6 +173,21 @@ class Store(ABC):
     @abstractmethod
     async def last_seq(self) -> int:
         """The newest arrival `seq` (0 for an empty store)."""
+
+    @abstractmethod
+    async def events_after(self, seq: int, *, limit: int | None = None) -> list[StoredEvent]:
+        """Accepted events with `seq` greater than `seq`, in arrival (`seq`) order; at most
+        `limit` of them (the replay after a checkpoint reads them in pages)."""
+
+    # --- the live tracker's checkpoint --------------------------------------------------------
+
+    @abstractmethod
+    async def save_checkpoint(self, seq: int, blob: bytes) -> None:
+        """Replace the checkpoint with `blob`, which covers the events up to `seq`."""
+
+    @abstractmethod
+    async def load_checkpoint(self) -> tuple[int, bytes] | None:
+        """The checkpoint as saved, (seq, blob), or None when there is none."""
 
     @abstractmethod
     async def counts(self) -> dict[str, int]:

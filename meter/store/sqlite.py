@@ -85,6 +85,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (account, period_start_us)
     );
     """,
+    # 4: the live tracker's checkpoint (`meter.checkpoint`), one row: a restart restores it and
+    # replays only the events with seq > its seq.
+    """
+    CREATE TABLE checkpoint (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        seq         INTEGER NOT NULL,       -- the newest event seq the tracker had applied
+        blob        BLOB    NOT NULL
+    );
+    """,
 )
 
 # ON CONFLICT DO NOTHING, not INSERT OR IGNORE: only a uniqueness conflict (a duplicate) is
@@ -379,6 +388,28 @@ class SqliteStore(Store):
 
     async def last_seq(self) -> int:
         return await self._int("SELECT coalesce(max(seq), 0) FROM events")
+
+    async def events_after(self, seq: int, *, limit: int | None = None) -> list[StoredEvent]:
+        sql = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? "  # noqa: S608 - a fixed column list
+               "ORDER BY seq LIMIT ?")
+        async with self._db.execute(sql, (seq, -1 if limit is None else limit)) as cur:
+            return [StoredEvent(*row) for row in await cur.fetchall()]
+
+    async def save_checkpoint(self, seq: int, blob: bytes) -> None:
+        async with self._transaction("checkpoint"):
+            await self._db.execute(
+                "INSERT INTO checkpoint (id, seq, blob) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, blob = excluded.blob",
+                (seq, blob))
+
+    async def load_checkpoint(self) -> tuple[int, bytes] | None:
+        rows = await self.execute_fetchall("SELECT seq, blob FROM checkpoint WHERE id = 1")
+        if not rows:
+            return None
+        seq, blob = rows[0]
+        if not isinstance(blob, bytes):
+            raise TypeError(f"expected a BLOB checkpoint, got {type(blob).__name__}")
+        return _as_int(seq), blob
 
     async def counts(self) -> dict[str, int]:
         """Row counts: accepted `events` and `rejected`."""

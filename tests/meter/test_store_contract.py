@@ -51,6 +51,8 @@ async def test_a_new_store_is_empty(store: Store) -> None:
     assert 0 == await store.last_seq()
     assert {} == await store.latest_event_times()
     assert None is await store.finalized("acme", T0_US)
+    assert None is await store.load_checkpoint()
+    assert [] == await store.events_after(0)
     assert RatingRows(rows=(), last_seq=0) == await store.rating_rows(
         "acme", 0, 2**62, through_seq=10, seats_before=True)
 
@@ -160,6 +162,33 @@ async def test_a_finalized_report_is_stored_once_and_never_replaced(store: Store
     assert True is await store.add_finalized(finalized(account="globex"))
     assert True is await store.add_finalized(finalized(start_us=T0_US + 1))
     assert None is await store.finalized("acme", T0_US - 1)
+
+
+async def test_events_after_a_seq_come_in_arrival_order(store: Store) -> None:
+    """`events_after(seq)` is every event with a larger seq, in arrival order even where event
+    times run backwards, and `limit` pages through them."""
+    await store.add([event("e1", minutes=5), event("e2", minutes=-5)], received_us=T0_US)
+    await store.add([event("g1", account="globex", minutes=1), event("e3", minutes=-9)],
+                    received_us=T0_US + 1)
+    assert [(1, "e1"), (2, "e2"), (3, "g1"), (4, "e3")] == [
+        (e.seq, e.id) for e in await store.events_after(0)]
+    assert [StoredEvent(3, "globex", "g1", "login", "u1", "agents", None, T0_US + MIN_US,
+                        T0_US + 1),
+            StoredEvent(4, "acme", "e3", "login", "u1", "agents", None, T0_US - 9 * MIN_US,
+                        T0_US + 1)] == await store.events_after(2)
+    assert ["e2", "g1"] == [e.id for e in await store.events_after(1, limit=2)]
+    assert [] == await store.events_after(4)
+
+
+async def test_one_checkpoint_replaced_by_each_save(store: Store) -> None:
+    """A saved checkpoint comes back byte for byte with its seq; the next save replaces it; it
+    survives a reopen."""
+    await store.save_checkpoint(7, b"\x00first\xff")
+    assert (7, b"\x00first\xff") == await store.load_checkpoint()
+    await store.save_checkpoint(9, b"second")
+    assert (9, b"second") == await store.load_checkpoint()
+    async with await open_store(store.location) as again:
+        assert (9, b"second") == await again.load_checkpoint()
 
 
 async def test_the_store_reopens_with_what_was_committed(store: Store) -> None:
