@@ -246,6 +246,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             '"0s" turns it off', "DURATION"),
     Setting("finalize_quiet", _seconds, "10s", "finalize only after the broker connection has "
             "been idle this long (the backlog it held is drained)", "DURATION"),
+    Setting("checkpoint_every", _seconds, "60s", "save the live state this often, so a restart "
+            'replays only what came after (also on SIGTERM); "0s": only on SIGTERM', "DURATION"),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO",
             "DEBUG, INFO, WARNING or ERROR"),
     Setting("metrics_cert_file", _path, None, "PEM certificate: serve /metrics over TLS only",
@@ -305,6 +307,7 @@ class Settings:
     shutdown_timeout: float
     finalize_after: float
     finalize_quiet: float
+    checkpoint_every: float
     log_level: str
     metrics_cert_file: Path | None
     metrics_key_file: Path | None

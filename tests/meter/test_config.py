@@ -116,7 +116,7 @@ SAMPLE = {
     "max_future": "7m", "max_bytes": "7", "keepalive": "7s", "session_expiry": "7h",
     "reconnect_min": "7ms", "reconnect_max": "7s", "tracker_clock": "events",
     "reorder_window": "7s", "shutdown_timeout": "7s", "finalize_after": "7h",
-    "finalize_quiet": "7s", "log_level": "DEBUG",
+    "finalize_quiet": "7s", "checkpoint_every": "7s", "log_level": "DEBUG",
     "metrics_cert_file": "c.pem", "metrics_key_file": "k.pem", "metrics_username": "u",
     "metrics_password_file": "PW",
 }
