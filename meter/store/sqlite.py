@@ -8,6 +8,7 @@ transaction; nothing is acknowledged by callers until `add` has returned.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -202,6 +203,9 @@ class SqliteStore(Store):
         self.path = path
         self.location = str(path)
         self._json = json  # whether this SQLite has json_each (built in since 3.38)
+        # One connection, one transaction at a time: a checkpoint saved while a batch is being
+        # written must wait for its COMMIT, not BEGIN inside it.
+        self._writing = asyncio.Lock()
 
     @classmethod
     async def connect(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -458,14 +462,15 @@ class SqliteStore(Store):
         """One write transaction (BEGIN IMMEDIATE .. COMMIT), rolled back whole on any error; an
         SQLite error becomes a `StoreError` naming `what` and whether a retry can succeed."""
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                await self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-                raise
+            async with self._writing:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        await self._db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {what} not stored: {exc}",
                              retriable=_retriable(exc)) from None

@@ -7,6 +7,7 @@ are in test_store.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -189,6 +190,15 @@ async def test_one_checkpoint_replaced_by_each_save(store: Store) -> None:
     assert (9, b"second") == await store.load_checkpoint()
     async with await open_store(store.location) as again:
         assert (9, b"second") == await again.load_checkpoint()
+
+
+async def test_a_checkpoint_saved_during_batches_waits_for_them(store: Store) -> None:
+    """Batches and checkpoint saves started together on one store all commit (one transaction
+    at a time, never one begun inside another)."""
+    await asyncio.gather(*(store.add([event(f"e{i}")], received_us=T0_US) for i in range(20)),
+                         *(store.save_checkpoint(i, b"cp") for i in range(20)))
+    assert 20 == await store.last_seq()
+    assert b"cp" == (await store.load_checkpoint() or (0, b""))[1]
 
 
 async def test_the_store_reopens_with_what_was_committed(store: Store) -> None:
