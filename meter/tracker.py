@@ -2,9 +2,11 @@
 the licensed quantity in force, the excess and its grace clock. Pure: no I/O and no clock; callers
 pass event times and `now`, all in microseconds since the epoch (UTC).
 
-It is a view for dashboards, kept incrementally. The report recomputes everything from the stored
-log, so where the live view has to approximate (events that arrive late, sessions that time out)
-the bill is never affected. Rules and approximations:
+It is a view for dashboards, kept incrementally and exact for events in order. Where it cannot be
+exact incrementally (an event that arrives late, a session that times out: the bill closes it at
+its last event, the live view learns of it `session_timeout` later) it marks the account dirty;
+`replay` and `install` then rebuild the account from the stored log exactly as the bill rates it
+(`meter serve` does this in the background). Rules:
 
 * Sessions follow DESIGN section 2 (as `rating.sessions` does): a user counts once per pool while
   any of their sessions is open; a repeated login changes nothing but refreshes the session; a
@@ -59,6 +61,7 @@ __all__ = [
     "SHORTFALL_ADDONS",
     "AddonView",
     "PoolView",
+    "Replay",
     "TrackedEvent",
     "Tracker",
     "licensed_schedule",
@@ -163,6 +166,15 @@ class _PoolState:
         self.unknown_logouts = 0
         self.refused_assigns = 0
         self.last_event_us: int | None = None
+        #: Set when the live state may differ from the bill: a late event was applied at the
+        #: clock, or a session timed out (the bill closes it at its last event, not at the
+        #: timeout). `Tracker.reseed` replays the account from the store and clears it.
+        self.dirty = False
+        #: (user, session key, last event) of each session closed by its timeout, in order.
+        self.timed_out: list[tuple[str, str, int]] = []
+        #: Sessions known to time out after the event at that time (a replay's second pass):
+        #: they close at it, as the bill closes them, instead of `session_timeout` later.
+        self.closes_at_last: frozenset[tuple[str, str, int]] = frozenset()
         self._start_period(now_us)
 
     def _start_period(self, at_us: int) -> None:
@@ -244,6 +256,8 @@ class _PoolState:
                 del sessions[key]
                 if not sessions:
                     del self.sessions[user]
+                self.timed_out.append((user, key, last))
+                self.dirty = True
         self.licensed = quantity_at(self.schedule, self.clock)
 
     def _levels(self) -> None:
@@ -287,6 +301,7 @@ class _PoolState:
             self.advance(ts)
         else:
             self._settle()
+            self.dirty = self.dirty or ts < self.clock  # applied at the clock, not at its time
         self.last_event_us = ts if self.last_event_us is None else max(self.last_event_us, ts)
         if kind in ("login", "heartbeat"):
             if self.clock - ts >= self.timeout:
@@ -297,6 +312,8 @@ class _PoolState:
                     self._open(user, key, ts)
             else:
                 self._open(user, session or "", ts)
+            if self.closes_at_last:
+                self._close_known(user, ts)
         elif kind == "logout":
             sessions = self.sessions.get(user, {})
             keys = list(sessions) if session is None else [session] if session in sessions else []
@@ -315,6 +332,15 @@ class _PoolState:
                     self.assigned.add(user)
         elif kind == "unassign":
             self.assigned.discard(user)
+
+    def _close_known(self, user: str, ts: int) -> None:
+        """Close the user's sessions refreshed at `ts` that the replay knows to time out there."""
+        sessions = self.sessions.get(user, {})
+        for key in [k for k, last in sessions.items()
+                    if last == ts and (user, k, ts) in self.closes_at_last]:
+            del sessions[key]
+        if user in self.sessions and not sessions:
+            del self.sessions[user]
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -371,6 +397,57 @@ class _AccountClock:
         self.latest = start_us  # newest event time seen (start_us before any)
         self.pending: list[tuple[int, int, int, TrackedEvent]] = []
         self.states: tuple[_PoolState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """An event moved to another time (seat events before a replay's window apply at its start)."""
+
+    event: TrackedEvent
+    ts_us: int
+
+    @property
+    def account(self) -> str:
+        return self.event.account
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+    @property
+    def user(self) -> str:
+        return self.event.user
+
+    @property
+    def pool(self) -> str | None:
+        return self.event.pool
+
+    @property
+    def session(self) -> str | None:
+        return self.event.session
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """One account's state replayed from the store (`Tracker.replay`), ready to `install`."""
+
+    account: str
+    tracker: Tracker
+
+
+def _replayed(account: Account, start_us: int, watermark_us: int, *,
+              seats: Iterable[TrackedEvent], events: Iterable[TrackedEvent],
+              closes: dict[str, frozenset[tuple[str, str, int]]]) -> Tracker:
+    """A tracker of `account` alone, fed in order from `start_us` up to `watermark_us`."""
+    tracker = Tracker(Contracts(accounts=(account,)), start_us)
+    for (_, pool_id), state in tracker._pools.items():
+        state.closes_at_last = closes.get(pool_id, frozenset())
+    tracker.apply_all(seats)
+    tracker.apply_all(events)
+    tracker.advance(watermark_us)
+    for state in tracker._pools.values():
+        state.closes_at_last = frozenset()  # every close it names lies before the watermark
+    return tracker
 
 
 class Tracker:
@@ -495,6 +572,65 @@ class Tracker:
     def flush(self) -> None:
         """Advance each account to its newest event: every buffered event is applied."""
         self.advance_each(None, 0)
+
+    # --- exact again: replaying an account from the store ----------------------------------------
+
+    def dirty_accounts(self) -> list[str]:
+        """Accounts whose live state may differ from the bill: a late event was applied at its
+        pool's clock, or a session timed out (`reseed` makes them exact again)."""
+        return [a for a, clock in self._clocks.items() if any(s.dirty for s in clock.states)]
+
+    def replay_start(self, account_id: str) -> int:
+        """Where a replay of the account starts: its current period's start (the period at its
+        watermark) minus its session timeout, so sessions open at the start are seen."""
+        account = self._account(account_id)
+        period = monthly_period(account, from_us(self._clocks[account_id].watermark))
+        return to_us(period.start - account.session_timeout)
+
+    def replay(self, account_id: str, events: Iterable[TrackedEvent],
+               seats_before: Iterable[TrackedEvent] = ()) -> Replay:
+        """The account's state replayed in event-time order from the store, as the bill sees it.
+
+        `events` are every stored event of the account from `replay_start` on (any order);
+        `seats_before` its assign/unassign events before that start (they decide whose seat is
+        whose). A first pass finds the sessions that time out before the watermark; the second
+        closes each at its last event, as the rating does, instead of `session_timeout` later.
+        Pure and self-contained (it reads only the account's watermark here), so it may run in
+        another thread; `install` puts the result in place.
+        """
+        account = self._account(account_id)
+        watermark = self._clocks[account_id].watermark
+        start = self.replay_start(account_id)
+        ordered = sorted(events, key=lambda e: e.ts_us)
+        seats = [_At(e, start) for e in seats_before]
+        first = _replayed(account, start, watermark, seats=seats, events=ordered, closes={})
+        closes = {pool: frozenset(state.timed_out)
+                  for (_, pool), state in first._pools.items() if state.timed_out}
+        second = first if not closes else _replayed(account, start, watermark, seats=seats,
+                                                     events=ordered, closes=closes)
+        return Replay(account_id, second)
+
+    def install(self, replay: Replay) -> None:
+        """Put a `replay` in place of the account's live state, then move it on to the account's
+        watermark (which may have moved while the replay ran). Only events in the replay count:
+        the caller holds new events back until this returns."""
+        account_id = replay.account
+        mine, theirs = self._clocks[account_id], replay.tracker._clocks[account_id]
+        for key, state in replay.tracker._pools.items():
+            self._pools[key] = state
+        theirs.latest = max(theirs.latest, mine.latest)
+        watermark = max(mine.watermark, theirs.watermark)
+        self._clocks[account_id] = theirs
+        named = self._named[account_id][0]
+        self._named[account_id] = (named, tuple(self._pools[account_id, p]
+                                                for p in named.named_pools))
+        self._advance(theirs, watermark)
+
+    def _account(self, account_id: str) -> Account:
+        account = self.contracts.get(account_id)
+        if account is None:
+            raise KeyError(f"no account {account_id!r} in the contracts")
+        return account
 
     def views(self) -> tuple[PoolView, ...]:
         """Every pool's state at its account's watermark, in contracts order."""
