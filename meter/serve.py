@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
+from meter import checkpoint
 from meter.config import FLAG_KEYS, Settings, load_settings
 from meter.errors import ConfigError, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
@@ -177,13 +178,53 @@ def watermark(settings: Settings, latest_us: int, wall_us: int) -> int:
 
 async def rebuild(store: Store, contracts: Contracts, settings: Settings,
                   metrics: Metrics) -> Tracker:
-    """Live state after a restart: replay the current periods' events (from each period start
-    minus the session timeout, so sessions open at the start are seen) into a new tracker. An
-    account's current period is the one at its own `watermark`."""
+    """Live state after a restart: the saved checkpoint with the events committed after it
+    (`restore`), or, without a usable one, the current periods' events replayed into a new
+    tracker (`replay_periods`)."""
     latest = await store.latest_event_times()
     for account, ts_us in latest.items():
         metrics.saw_event(account, ts_us)
     wall_us = _now_us()
+    restored = await restore(store, contracts)
+    tracker = restored if restored is not None else await replay_periods(
+        store, contracts, settings, latest, wall_us)
+    tracker.advance_each(wall_us if settings.tracker_clock == "wall" else None,
+                         int(settings.reorder_window * 1e6))
+    metrics.snapshot = Snapshot.of(tracker)
+    return tracker
+
+
+#: Events read per query when replaying after a checkpoint: bounds memory, not the replay.
+REPLAY_PAGE: Final = 50_000
+
+
+async def restore(store: Store, contracts: Contracts) -> Tracker | None:
+    """The tracker of the saved checkpoint with every event committed after it applied, in
+    arrival order (an event older than its account's restored watermark is a late event, as it
+    was live); None, with a log line, when there is none or it was made for other contracts or
+    by another version."""
+    saved = await store.load_checkpoint()
+    if saved is None:
+        return None
+    try:
+        tracker, seq = checkpoint.load(contracts, saved[1])
+    except checkpoint.Stale as exc:
+        log.warning("checkpoint ignored, rebuilding from the stored events: %s", exc)
+        return None
+    covered, replayed = seq, 0
+    while page := await store.events_after(seq, limit=REPLAY_PAGE):
+        replayed += tracker.apply_all(page)
+        seq = page[-1].seq
+    log.info("restored the checkpoint at seq %d and replayed %d events stored after it",
+             covered, replayed)
+    return tracker
+
+
+async def replay_periods(store: Store, contracts: Contracts, settings: Settings,
+                         latest: dict[str, int], wall_us: int) -> Tracker:
+    """A new tracker with the current periods' events replayed (from each period start minus
+    the session timeout, so sessions open at the start are seen). An account's current period
+    is the one at its own `watermark`; `latest` is its newest stored event time."""
     # An account with no stored event: the wall clock, or in events mode the newest of any (it
     # only decides where replay starts; that account's watermark stays put until its events).
     default_us = max(latest.values(), default=wall_us)
@@ -201,12 +242,45 @@ async def rebuild(store: Store, contracts: Contracts, settings: Settings,
                                  start_us, e.received_us)
         tracker.apply(e_at_start)
     replayed = tracker.apply_all(await store.events(start_us=start_us))
-    tracker.advance_each(wall_us if settings.tracker_clock == "wall" else None,
-                         int(settings.reorder_window * 1e6))
-    metrics.snapshot = Snapshot.of(tracker)
     log.info("rebuilt live state from %d stored events (%d seat events before the window)",
              replayed, len(seats))
     return tracker
+
+
+async def save_checkpoint(store: Store, ingestor: Ingestor, *,
+                          unless_seq: int | None = None) -> int | None:
+    """Save the tracker's checkpoint; its seq (None when it was `unless_seq`: nothing new).
+
+    The seq and the state are taken together under the ingest lock, so the checkpoint covers
+    exactly the committed events the tracker has applied; it is encoded in a thread and written
+    after the lock is released, so a batch waits only for the copy of the state.
+    """
+    async with ingestor.lock:
+        seq = await store.last_seq()
+        if seq == unless_seq:
+            return None
+        state = checkpoint.capture(ingestor.tracker, seq)
+    blob = await asyncio.to_thread(checkpoint.encode, state)
+    await store.save_checkpoint(seq, blob)
+    log.debug("saved a checkpoint at seq %d (%d bytes)", seq, len(blob))
+    return seq
+
+
+async def checkpointer(settings: Settings, stop: asyncio.Event, *, store: Store,
+                       ingestor: Ingestor) -> None:
+    """Save a checkpoint every `checkpoint_every` while new events come (the one at shutdown is
+    `run`'s); a failure is logged and tried at the next one, never fatal to collection."""
+    saved: int | None = None
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.checkpoint_every)
+        if stop.is_set():
+            return
+        try:
+            saved = await save_checkpoint(store, ingestor, unless_seq=saved) or saved
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("checkpoint not saved, trying again in %.0fs: %s",
+                        settings.checkpoint_every, exc)
 
 
 def _serve_metrics(settings: Settings, registry: CollectorRegistry) -> Any:
@@ -258,6 +332,9 @@ async def run(settings: Settings, stop: asyncio.Event, *,
                 if settings.finalize_after > 0 and settings.contracts is not None:
                     tg.create_task(finalizer(settings, stop, source=source, metrics=metrics),
                                    name="finalizer")
+                if settings.checkpoint_every > 0:
+                    tg.create_task(checkpointer(settings, stop, store=store, ingestor=ingestor),
+                                   name="checkpointer")
                 tg.create_task(_deadline(stop, consumer, settings.shutdown_timeout + 1.0),
                                name="shutdown-deadline")
         except BaseExceptionGroup as group:
@@ -266,6 +343,15 @@ async def run(settings: Settings, stop: asyncio.Event, *,
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+        if consumer.cancelled():
+            # A batch may have committed without being applied: the next start replays from
+            # the last checkpoint instead.
+            log.warning("no checkpoint saved: the drain did not finish")
+        else:
+            try:
+                log.info("saved a checkpoint at seq %s", await save_checkpoint(store, ingestor))
+            except (StoreError, sqlite3.Error) as exc:
+                log.error("no checkpoint saved (the next start replays more): %s", exc)
         log.info("stopped: %d messages acknowledged this run", source.acked)
     finally:
         if server is not None:
