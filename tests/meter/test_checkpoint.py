@@ -5,8 +5,13 @@ is refused."""
 from __future__ import annotations
 
 import random
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -16,7 +21,12 @@ from hypothesis import strategies as st
 from meter import checkpoint
 from meter.tracker import Tracker
 from rating.contracts import Contracts, parse_contracts
+from tests.conftest import Broker
 from tests.contracts_toml import account, addon, contracts, order, pool
+from tests.meter import test_serve as serve
+from tests.meter.test_serve import Daemon, daemon_factory
+
+__all__ = ["daemon_factory"]  # the fixture, shared with test_serve
 
 TEXT = contracts(
     account("acme", timezone="America/New_York", session_timeout="2h", pools=[
@@ -172,3 +182,119 @@ def test_the_checkpoint_is_small() -> None:
     t = Tracker(CONTRACTS, T0_US)
     feed(t, [Ev("acme", "login", f"user{i}", "agents", None, T0_US + i) for i in range(1000)])
     assert len(checkpoint.dump(t, 1)) < 64_000
+
+
+# --- the daemon: a restart restores the checkpoint and replays only what came after ----------
+
+GAUGES = ("meter_active_users", "meter_licensed_seats", "meter_period_peak_users",
+          "meter_period_peak_timestamp_seconds", "meter_excess_users",
+          "meter_period_billable_overage_seats", "meter_period_start_timestamp_seconds")
+SERVE_POOLS = (("acme", "agents"), ("globex", "desk"))
+
+
+def gauges(d: Daemon) -> dict[tuple[str, str, str], float | None]:
+    m = d.scrape()
+    return {(name, a, p): m.get((name, frozenset({("account", a), ("pool", p)})))
+            for name in GAUGES for a, p in SERVE_POOLS}
+
+
+def publish_logins(broker: Broker, prefix: str, tag: str, users: range) -> int:
+    """Logins of `users` to acme (2 seats, so an excess) and globex, and a logout of the first."""
+    now = datetime.now(UTC)
+    acme = [serve.event(i, user=f"u{i}", eid=f"{tag}{i}", ts=now) for i in users]
+    acme.append(serve.event(0, "logout", user=f"u{users[0]}", eid=f"{tag}-out",
+                            ts=now + timedelta(milliseconds=1)))
+    globex = [serve.event(i, account="globex", user=f"g{i}", eid=f"{tag}g{i}", ts=now)
+              for i in users]
+    serve.mosquitto_pub(broker, f"{prefix}/acme/events", acme)
+    serve.mosquitto_pub(broker, f"{prefix}/globex/events", globex)
+    return len(acme) + len(globex)
+
+
+def settled(d: Daemon, n: int, acme_users: int) -> dict[tuple[str, str, str], float | None]:
+    """The gauges once `n` events are stored, the reorder window (2 s) has passed them (acme
+    shows `acme_users`) and a tick later nothing has moved."""
+    serve.wait_for(lambda: serve.count(d.db) == n, f"{n} stored events")
+    serve.wait_for(lambda: d.value("meter_active_users", account="acme", pool="agents")
+                   == acme_users, "the gauges past the reorder window")
+    time.sleep(1.5)
+    return gauges(d)
+
+
+def checkpoint_seq(db: Path) -> int | None:
+    rows = serve.stored(db, "SELECT seq FROM checkpoint")
+    return int(str(rows[0][0])) if rows else None
+
+
+@pytest.mark.broker
+def test_sigterm_saves_a_checkpoint_and_the_restart_restores_it(
+        mosquitto: Broker, daemon_factory: Callable[[Broker], Daemon], topic_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events, SIGTERM, restart: the log says the checkpoint was restored with nothing to
+    replay, and every gauge is what it was before."""
+    monkeypatch.setenv("METER_CHECKPOINT_EVERY", "0s")  # only the one on SIGTERM
+    d = daemon_factory(mosquitto)
+    d.start()
+    n = publish_logins(mosquitto, topic_prefix, "a", range(1, 6))
+    before = settled(d, n, 4)
+    assert (4, 2, 5) == (before["meter_active_users", "acme", "agents"],
+                         before["meter_excess_users", "acme", "agents"],
+                         before["meter_period_peak_users", "acme", "agents"])
+    assert 0 == d.signal(signal.SIGTERM)
+    assert n == checkpoint_seq(d.db)
+    assert f"saved a checkpoint at seq {n}" in d.log()
+    d.start()
+    assert f"restored the checkpoint at seq {n} and replayed 0 events" in d.log()
+    assert before == gauges(d)
+
+
+@pytest.mark.broker
+def test_after_sigkill_the_restart_replays_what_came_after_the_checkpoint(
+        mosquitto: Broker, daemon_factory: Callable[[Broker], Daemon], topic_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A periodic checkpoint, more events, SIGKILL: the restart replays exactly the events
+    after the checkpoint and shows what the daemon showed before it was killed, which is also
+    what a full rebuild from the store shows (checkpoint deleted)."""
+    monkeypatch.setenv("METER_CHECKPOINT_EVERY", "1s")
+    d = daemon_factory(mosquitto)
+    d.start()
+    first = publish_logins(mosquitto, topic_prefix, "a", range(1, 6))
+    settled(d, first, 4)
+    serve.wait_for(lambda: checkpoint_seq(d.db) == first, "a periodic checkpoint")
+    monkeypatch.setenv("METER_CHECKPOINT_EVERY", "1h")  # the next daemons keep it as it is
+    d.signal(signal.SIGKILL)
+    d.start()
+    second = publish_logins(mosquitto, topic_prefix, "b", range(6, 9))
+    live = settled(d, first + second, 6)
+    assert -signal.SIGKILL == d.signal(signal.SIGKILL)
+    assert first == checkpoint_seq(d.db)
+
+    d.start()
+    assert f"restored the checkpoint at seq {first} and replayed {second} events" in d.log()
+    assert live == gauges(d)
+    assert -signal.SIGKILL == d.signal(signal.SIGKILL)
+    with sqlite3.connect(d.db) as conn:
+        conn.execute("DELETE FROM checkpoint")
+    d.start()
+    assert f"rebuilt live state from {first + second} stored events" in d.log()
+    assert live == gauges(d)
+
+
+@pytest.mark.broker
+def test_a_checkpoint_of_other_contracts_is_ignored(
+        mosquitto: Broker, daemon_factory: Callable[[Broker], Daemon], topic_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the contracts file changed (acme's quantity), the restart ignores the checkpoint,
+    says so, and rebuilds from the store with the new quantity."""
+    d = daemon_factory(mosquitto)
+    d.start()
+    n = publish_logins(mosquitto, topic_prefix, "a", range(1, 6))
+    settled(d, n, 4)
+    assert 0 == d.signal(signal.SIGTERM)
+    monkeypatch.setattr(serve, "CONTRACTS", serve.CONTRACTS.replace("quantity = 2", "quantity = 3"))
+    d.start()
+    assert "checkpoint ignored, rebuilding from the stored events: checkpoint made with other " \
+           "contracts" in d.log()
+    assert f"rebuilt live state from {n} stored events" in d.log()
+    assert 3 == d.value("meter_licensed_seats", account="acme", pool="agents")
+    assert 4 == d.value("meter_active_users", account="acme", pool="agents")
