@@ -82,6 +82,11 @@ class Metrics:
             "meter_batch_commit_seconds",
             "Time to commit one batch of messages to the store (one transaction).",
             buckets=BATCH_BUCKETS, registry=registry)
+        self.rerate = Histogram(
+            "meter_rerate_seconds",
+            "Time to replay one account from the store after a late event or a session timeout "
+            "(batches wait meanwhile).",
+            buckets=BATCH_BUCKETS, registry=registry)
         registry.register(_Collector(self))
 
     # --- updates, from the event loop -------------------------------------------------------------

@@ -44,6 +44,9 @@ log = logging.getLogger("meter.serve")
 
 #: How often the tracker snapshot behind the gauges is refreshed without traffic.
 TICK_SECONDS: Final = 1.0
+#: The shortest time between two re-rates of one dirty account: a stream of late events costs
+#: at most one replay of the account this often.
+RERATE_EVERY_SECONDS: Final = 1.0
 _RNG: Final = random.Random()  # noqa: S311 - retry jitter, not cryptography
 
 
@@ -165,6 +168,40 @@ class Ingestor:
         wall_us = _now_us() if self.settings.tracker_clock == "wall" else None
         self.tracker.advance_each(wall_us, int(self.settings.reorder_window * 1e6))
         self.metrics.snapshot = Snapshot.of(self.tracker)
+
+
+async def rerater(stop: asyncio.Event, *, store: Store, ingestor: Ingestor,
+                  metrics: Metrics) -> None:
+    """Make the live view equal the bill again wherever the tracker marks an account dirty (a
+    late event, a timed-out session): replay the account from the store (`Tracker.replay`, in a
+    thread) and install it, each account at most once a `RERATE_EVERY_SECONDS`.
+
+    The ingest lock is held from the store read to the install, so no batch lands in between;
+    batches wait meanwhile (acknowledged later, never lost), and `meter_rerate_seconds` says how
+    long they waited.
+    """
+    tracker = ingestor.tracker
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RERATE_EVERY_SECONDS)
+        dirty = tracker.dirty_accounts()
+        for account in dirty:
+            if stop.is_set():
+                return
+            started = time.perf_counter()
+            async with ingestor.lock:
+                start = tracker.replay_start(account)
+                events = await store.events(account=account, start_us=start)
+                contract = ingestor.contracts.get(account)
+                seats = ([e for e in await store.seat_events_before(start) if e.account == account]
+                         if contract is not None and contract.named_pools else [])
+                replay = await asyncio.to_thread(tracker.replay, account, events, seats)
+                tracker.install(replay)
+            took = time.perf_counter() - started
+            metrics.rerate.observe(took)
+            log.debug("re-rated %s from %d stored events in %.3fs", account, len(events), took)
+        if dirty:
+            ingestor.refresh(force=True)
 
 
 def watermark(settings: Settings, latest_us: int, wall_us: int) -> int:
@@ -329,6 +366,8 @@ async def run(settings: Settings, stop: asyncio.Event, *,
             async with asyncio.TaskGroup() as tg:
                 consumer = tg.create_task(source.run(ingestor.handle, stop), name="mqtt-source")
                 tg.create_task(tick(), name="tracker-tick")
+                tg.create_task(rerater(stop, store=store, ingestor=ingestor, metrics=metrics),
+                               name="rerater")
                 if settings.finalize_after > 0 and settings.contracts is not None:
                     tg.create_task(finalizer(settings, stop, source=source, metrics=metrics),
                                    name="finalizer")
