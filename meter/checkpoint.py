@@ -23,7 +23,7 @@ from rating.contracts import Contracts
 __all__ = ["VERSION", "Stale", "dump", "fingerprint", "load"]
 
 #: Bump whenever the tracker's state or its meaning changes: older checkpoints are then ignored.
-VERSION = 1
+VERSION = 2
 
 
 class Stale(ValueError):
@@ -71,6 +71,9 @@ class _Pool(msgspec.Struct, array_like=True, frozen=True):
     shown_peak_at: int
     billable: int
     seen: list[str]
+    # Whether the pool awaits a re-rate from the store. Its `timed_out` list is not kept: only a
+    # replay's first pass, on a tracker of its own, reads it.
+    dirty: bool = False
 
 
 class _Header(msgspec.Struct, frozen=True):
@@ -106,7 +109,7 @@ def _pool(state: _PoolState) -> _Pool:
         refused_assigns=state.refused_assigns, last_event_us=state.last_event_us,
         period_start=state.period_start, period_end=state.period_end, peak=state.peak,
         peak_at=state.peak_at, shown_peak=state.shown_peak, shown_peak_at=state.shown_peak_at,
-        billable=state.billable, seen=sorted(state.seen))
+        billable=state.billable, seen=sorted(state.seen), dirty=state.dirty)
 
 
 def capture(tracker: Tracker, seq: int) -> _Checkpoint:
@@ -154,6 +157,7 @@ def _restore_pool(state: _PoolState, p: _Pool) -> None:
     state.shown_peak, state.shown_peak_at = p.shown_peak, p.shown_peak_at
     state.billable = p.billable
     state.seen = set(p.seen)
+    state.dirty = p.dirty
 
 
 def load(contracts: Contracts, blob: bytes) -> tuple[Tracker, int]:

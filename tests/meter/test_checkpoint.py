@@ -87,7 +87,8 @@ def feed(tracker: Tracker, events: list[Ev], window_us: int = 2 * MIN) -> None:
 def same(a: Tracker, b: Tracker) -> None:
     assert a.views() == b.views()
     assert a.addon_views() == b.addon_views()
-    assert (a.pending, a.unresolved, a.latest_us) == (b.pending, b.unresolved, b.latest_us)
+    assert (a.pending, a.unresolved, a.latest_us, a.dirty_accounts()) == (
+        b.pending, b.unresolved, b.latest_us, b.dirty_accounts())
 
 
 def roundtrip(tracker: Tracker, seq: int = 42) -> Tracker:
@@ -117,6 +118,9 @@ def test_a_restored_tracker_shows_and_continues_the_same() -> None:
     t.advance(T0_US + 5 * MIN)
     t.apply(Ev("acme", "logout", "eve", "leads", None, T0_US + 30 * MIN))  # buffered
     t.apply(Ev("acme", "heartbeat", "bob", "agents", None, T0_US))  # late
+    # Late events (bob's heartbeat; globex's logins, behind the "now" of acme's first batch)
+    # leave both accounts awaiting a re-rate, which the checkpoint must keep.
+    assert ["acme", "globex"] == t.dirty_accounts()
     view = {v.pool: v for v in t.views()}
     assert (1, 3, 1, 1) == (t.pending, view["agents"].active_users, view["agents"].excess,
                             view["leads"].excess)
