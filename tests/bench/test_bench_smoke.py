@@ -54,6 +54,22 @@ def test_bench_runs_at_a_tiny_size(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.broker
+def test_restart_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """bench/restart.py generates a tiny current period, starts `meter serve` twice against its
+    own Mosquitto (a full rebuild, then from the checkpoint the first saved on SIGTERM) and
+    measures each start's first ack and peak RSS."""
+    doc = _run("restart", ["--events", "2000", "--accounts", "5"], tmp_path / "restart.json")
+    (size,) = doc["results"]["sizes"]  # type: ignore[index]
+    assert 2000 == size["events"]
+    assert size["full"]["how"].startswith("rebuilt live state from 2000 stored events")
+    assert size["checkpoint"]["how"].startswith("restored the checkpoint")
+    for start in ("full", "checkpoint"):
+        assert 0 < size[start]["first_ack_s"]
+        assert 0 < size[start]["peak_rss_mb"]
+
+
+@pytest.mark.slow
+@pytest.mark.broker
 def test_ingest_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     """bench/ingest.py starts its own Mosquitto and `meter serve`, measures every subscriber and
     the latency round, and the meter stores every event it was sent."""
