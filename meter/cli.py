@@ -100,6 +100,9 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="--finalize refuses a period until this long after its end (default 1h)")
     p.add_argument("--force", action="store_true",
                    help="with --finalize: freeze a period that has not ended plus --finalize-after")
+    p.add_argument("--as-of", metavar="TS",
+                   help="rate a period still running as of TS (RFC 3339 with offset, or 'now'): "
+                        "sessions open then count as open up to it, as the live gauges count them")
     v = sub.add_parser("verify", help="recompute a report's input hash and compare")
     v.add_argument("report", metavar="REPORT.json")
     v.add_argument("--db", required=True)

@@ -244,9 +244,13 @@ def rate_account(account: Account, events: Sequence[UsageEvent], period: Period,
 
 
 def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
-              ledger: SeatLedger | None = None,
-              adjustment_lines: Iterable[Line] = ()) -> AccountBill:
+              ledger: SeatLedger | None = None, adjustment_lines: Iterable[Line] = (),
+              until: datetime | None = None) -> AccountBill:
     """`rate_account` from the account's stored rows (id, type, user, pool, session, ts_us).
+
+    `until` is the horizon of what is known (default `period.end + session_timeout`): a period
+    still running is rated as of now, so a session open then counts as open up to it, as the
+    live view counts it, instead of as closed at its last event.
 
     The report's path: the rows go into one `EventColumns` and every pool of the account is
     rated in one vectorised `rate_pools` call; only seat events and named-pool use become
@@ -256,7 +260,7 @@ def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
     steps = {p.id: ledger.licensed_steps(p.id) for p in account.pools}
     resolved, named_events, unresolved = _resolve_rows(account, rows, steps)
     cols = _columns(account.id, resolved)
-    jobs = [PoolJob(account.id, pool, period, steps[pool.id], account.session_timeout)
+    jobs = [PoolJob(account.id, pool, period, steps[pool.id], account.session_timeout, until)
             for pool in account.pools]
     pools = tuple(_pool_use(account, rating) for rating in rate_pools(cols, jobs))
     named = rate_named(account, named_events, period, steps) if account.named_pools else ()

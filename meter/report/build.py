@@ -76,13 +76,15 @@ async def _finalize(store: Store, account: Account, period: Period, rated: Rated
 async def make_report(store: Store, contracts: Contracts, contracts_text: str, month: str, *,
                       accounts: Sequence[str] | None = None, finalize: bool = False,
                       now: datetime | None = None, charts: bool = True,
-                      workers: int | None = None) -> Report:
+                      workers: int | None = None, as_of: datetime | None = None) -> Report:
     """Rate (or read back, where finalized) each account's period `month` ("YYYY-MM").
 
     With `finalize`, accounts not yet finalized are stored as finalized (`now` is recorded beside
     them, never inside the report). `charts=False` leaves out the chart series (JSON and CSV do
     not draw; finalization always stores them). Many accounts are rated in `workers` processes
-    (default `workers_for`); the result is the same.
+    (default `workers_for`); the result is the same. `as_of` rates a period still running as of
+    that time (`meter report --as-of`): a session open then counts as open up to it, as the live
+    view counts it; without it the horizon is the period's end plus the session timeout.
     """
     year, mon = parse_month(month)
     label = f"{year:04d}-{mon:02d}"
@@ -98,16 +100,18 @@ async def make_report(store: Store, contracts: Contracts, contracts_text: str, m
         else:
             frozen[account.id] = _frozen(row)
     count = workers if workers is not None else workers_for(len(todo))
+    if finalize:
+        as_of = None  # a finalized bill keeps the horizon of the period's end + session timeout
     rated: dict[str, Rated] = {}
     if count > 1 and todo:
         rated = await rate_parallel(store, contracts_text, year, mon, [a.id for a in todo],
-                                    cutoff=cutoff, charts=charts, workers=count)
+                                    cutoff=cutoff, charts=charts, workers=count, as_of=as_of)
     else:
         canonical_contracts = account_contracts(contracts_text) if todo else {}
         for account in todo:
             rated[account.id] = await rate_one(store, account, period_of_month(account, year, mon),
                                                canonical_contracts[account.id], cutoff,
-                                               charts=charts)
+                                               charts=charts, as_of=as_of)
     parts: list[AccountReport] = []
     finalized_now: list[str] = []
     for account in chosen:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.errors import UsageError
+from meter.instants import parse_instant
 from meter.report.build import make_report, parse_month, verify
 from meter.report.document import Report
 from meter.report.render_json import render_json
@@ -94,6 +95,12 @@ async def _report(args: argparse.Namespace) -> int:
     if args.format == "html" and not args.out:
         raise UsageError("--format html writes one file per account: give --out DIR")
     contracts, text = _read_contracts(args.contracts)
+    as_of = None
+    if args.as_of is not None:
+        if args.finalize:
+            raise UsageError("--as-of: a finalized bill is rated to the period's end plus the "
+                             "session timeout, not as of a time; leave out one of the two")
+        as_of = parse_instant(None if args.as_of == "now" else args.as_of, "--as-of")
     if args.finalize and not args.force:
         _refuse_early(contracts, args.period, args.account, args.finalize_after,
                       datetime.now(UTC))
@@ -101,7 +108,8 @@ async def _report(args: argparse.Namespace) -> int:
     async with store:
         report = await make_report(store, contracts, text, args.period,
                                    accounts=[args.account] if args.account else None,
-                                   finalize=bool(args.finalize), charts=args.format == "html")
+                                   finalize=bool(args.finalize), charts=args.format == "html",
+                                   as_of=as_of)
     paths = write_outputs(report, args.format, Path(args.out) if args.out else None)
     for path in paths:
         print(path)

@@ -7,7 +7,7 @@ computed here that the bill does not already hold.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from meter.report.document import AccountDoc, ChargeDoc, Charts, PoolDoc
@@ -75,11 +75,12 @@ def _pool(use: PoolUse, exp: int) -> PoolDoc:
     }
 
 
-def bill_doc(bill: AccountBill, inputs: Inputs) -> AccountDoc:
-    """An account's bill as the report's document (not finalized)."""
+def bill_doc(bill: AccountBill, inputs: Inputs, *, as_of: datetime | None = None) -> AccountDoc:
+    """An account's bill as the report's document (not finalized); `as_of` for a period still
+    running, rated as of then."""
     account = bill.account
     exp = account.exponent
-    return {
+    doc: AccountDoc = {
         "account": account.id,
         "currency": account.currency,
         "timezone": account.timezone,
@@ -128,6 +129,9 @@ def bill_doc(bill: AccountBill, inputs: Inputs) -> AccountDoc:
         "unresolved_events": bill.unresolved_events,
         "total": format_money(bill.total, exp),
     }
+    if as_of is not None:
+        doc["as_of"] = iso(as_of)
+    return doc
 
 
 def bill_charts(bill: AccountBill) -> Charts:

@@ -161,6 +161,9 @@ class AccountDoc(TypedDict):
     right_sizing: list[RightSizingDoc]
     unresolved_events: int
     total: str
+    #: A period still running is rated as of this time (the usage so far); absent once the
+    #: period and its session timeout are over.
+    as_of: NotRequired[str]
 
 
 class ReportPeriodDoc(TypedDict):

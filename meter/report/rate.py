@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 from meter.report.compose import bill_charts, bill_doc
 from meter.report.document import AccountDoc, Charts
@@ -32,13 +33,15 @@ PARALLEL_MIN = 48
 
 
 async def rate_one(store: Store, account: Account, period: Period, contract: str, cutoff: int,
-                   *, charts: bool) -> Rated:
+                   *, charts: bool, as_of: datetime | None = None) -> Rated:
     """One account's document and chart series (empty without `charts`), rated from the store
-    with the arrivals up to `cutoff`."""
+    with the arrivals up to `cutoff`. With `as_of` before the period's end plus the session
+    timeout (a period still running), it is rated as of then: the usage so far."""
     inputs = await load_inputs(store, account, contract, period, cutoff)
     late = await late_adjustments(store, account, contract, period, cutoff)
-    bill = rate_rows(account, inputs.rows, period, adjustment_lines=late)
-    return bill_doc(bill, inputs), (bill_charts(bill) if charts else {})
+    until = as_of if as_of is not None and as_of < period.end + account.session_timeout else None
+    bill = rate_rows(account, inputs.rows, period, adjustment_lines=late, until=until)
+    return bill_doc(bill, inputs, as_of=until), (bill_charts(bill) if charts else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class _Shard:
     ids: tuple[str, ...]
     cutoff: int
     charts: bool
+    as_of: datetime | None
 
 
 def _rate_shard(shard: _Shard) -> list[tuple[str, Rated]]:
@@ -68,7 +72,7 @@ def _rate_shard(shard: _Shard) -> list[tuple[str, Rated]]:
                 period = period_of_month(account, shard.year, shard.month)
                 out.append((account_id, await rate_one(store, account, period,
                                                        canonical[account_id], shard.cutoff,
-                                                       charts=shard.charts)))
+                                                       charts=shard.charts, as_of=shard.as_of)))
         return out
 
     return asyncio.run(rate())
@@ -81,12 +85,12 @@ def workers_for(todo: int) -> int:
 
 
 async def rate_parallel(store: Store, contracts_text: str, year: int, month: int,
-                        ids: Sequence[str], *, cutoff: int, charts: bool,
-                        workers: int) -> dict[str, Rated]:
+                        ids: Sequence[str], *, cutoff: int, charts: bool, workers: int,
+                        as_of: datetime | None = None) -> dict[str, Rated]:
     """Rate the accounts `ids` for their period of `year`-`month` in `workers` processes."""
     loop = asyncio.get_running_loop()
     shards = [_Shard(store.location, contracts_text, year, month, tuple(ids[i::workers]), cutoff,
-                     charts) for i in range(workers)]
+                     charts, as_of) for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         results = await asyncio.gather(*(loop.run_in_executor(pool, _rate_shard, shard)
