@@ -218,6 +218,7 @@ async def rebuild(store: Store, contracts: Contracts, settings: Settings,
     """Live state after a restart: the saved checkpoint with the events committed after it
     (`restore`), or, without a usable one, the current periods' events replayed into a new
     tracker (`replay_periods`)."""
+    started = time.perf_counter()
     latest = await store.latest_event_times()
     for account, ts_us in latest.items():
         metrics.saw_event(account, ts_us)
@@ -228,6 +229,7 @@ async def rebuild(store: Store, contracts: Contracts, settings: Settings,
     tracker.advance_each(wall_us if settings.tracker_clock == "wall" else None,
                          int(settings.reorder_window * 1e6))
     metrics.snapshot = Snapshot.of(tracker)
+    log.info("live state ready in %.2fs", time.perf_counter() - started)
     return tracker
 
 
