@@ -1,6 +1,7 @@
 """What a restart of `meter serve` costs: seconds from process start to its first acknowledged
 message, and peak RSS, with N events of the current period stored, without a checkpoint (a full
-rebuild) and with one (the first start's, saved on SIGTERM).
+rebuild) and with one (the first start's, saved on SIGTERM, then `--tail` more events stored as a
+crash between checkpoints leaves them: the second start replays those).
 
 The database is generated in bulk by one SQL statement (logins and logouts of U users per
 account, spread from the period start to a minute ago on the real clock, so the rebuild window
@@ -104,6 +105,18 @@ def generate(db: Path, n: int, accounts: int, users: int) -> tuple[float, int]:
     return time.perf_counter() - t0, db.stat().st_size
 
 
+def add_tail(db: Path, n: int, accounts: int, users: int) -> None:
+    """N more events of the last minute, stored while the daemon is down: what a restart from
+    the checkpoint replays (as a crash between checkpoints leaves it)."""
+    now_us = int(time.time() * 1e6)
+    with sqlite3.connect(db, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        conn.execute(_GENERATE.replace("'e%010d'", "'t%010d'"), {
+            "n": n, "a": accounts, "u": users, "start": now_us - 60_000_000, "span": 59_000_000})
+        conn.execute("COMMIT")
+    conn.close()
+
+
 def start_once(workdir: Path, broker: Broker, contracts: Path, tag: str) -> dict[str, Any]:
     """Start the daemon, probe until it acknowledges, read its peak RSS, SIGTERM it."""
     db = workdir / "meter.db"
@@ -171,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accounts", type=int, default=1000)
     ap.add_argument("--users", type=int, default=20, help="users per account")
     ap.add_argument("--quantity", type=int, default=15, help="licensed seats per account")
+    ap.add_argument("--tail", type=int, default=10_000,
+                    help="events stored after the checkpoint, which the second start replays")
     ap.add_argument("--keep", metavar="DIR", help="keep the databases and logs under DIR")
     ap.add_argument("--out", help="results JSON (default bench/results/restart.json)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.events.split(",") if s.strip()]
     run = Run("restart", {"events": sizes, "accounts": args.accounts, "users": args.users,
-                          "quantity": args.quantity})
+                          "quantity": args.quantity, "tail": args.tail})
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="meter-restart-"))
     base.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"sizes": []}
@@ -194,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             broker.start()
             try:
                 full = start_once(workdir, broker, contracts, "full")
+                if args.tail:
+                    add_tail(workdir / "meter.db", args.tail, args.accounts, args.users)
                 restored = start_once(workdir, broker, contracts, "checkpoint")
             finally:
                 broker.stop()
