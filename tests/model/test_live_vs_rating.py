@@ -105,9 +105,9 @@ def grace_remaining(rating: PoolRating, at: datetime) -> float:
     steps = [(t, v) for t, v in zip(rating.excess.times.tolist(), rating.excess.values.tolist(),
                                     strict=True) if t < at_us]
     level = steps[-1][1] if steps else 0
-    grace = rating.grace.total_seconds()
+    grace_us = rating.grace // timedelta(microseconds=1)
     if level == 0:
-        return grace
+        return grace_us / 1e6
     if level <= rating.overage_seats:
         return 0.0
     ends = [t for t, _ in steps[1:]] + [at_us]
@@ -117,10 +117,10 @@ def grace_remaining(rating: PoolRating, at: datetime) -> float:
             if v < level:
                 break
             start = t
-        held = (at_us - start) / 1e6
+        held = at_us - start
     else:
-        held = sum(end - t for (t, v), end in zip(steps, ends, strict=True) if v >= level) / 1e6
-    return max(0.0, grace - held)
+        held = sum(end - t for (t, v), end in zip(steps, ends, strict=True) if v >= level)
+    return max(0, grace_us - held) / 1e6  # in whole microseconds, as the gauge is computed
 
 
 async def _rebuilt(path: Path, events: list[Ev]) -> Tracker:
