@@ -84,8 +84,8 @@ class Metrics:
             buckets=BATCH_BUCKETS, registry=registry)
         self.rerate = Histogram(
             "meter_rerate_seconds",
-            "Time to replay one account from the store after a late event or a session timeout "
-            "(batches wait meanwhile).",
+            "Time batches were held back while an account replayed from the store (after a late "
+            "event or a session timeout) was put in place.",
             buckets=BATCH_BUCKETS, registry=registry)
         registry.register(_Collector(self))
 

@@ -173,35 +173,46 @@ class Ingestor:
 async def rerater(stop: asyncio.Event, *, store: Store, ingestor: Ingestor,
                   metrics: Metrics) -> None:
     """Make the live view equal the bill again wherever the tracker marks an account dirty (a
-    late event, a timed-out session): replay the account from the store (`Tracker.replay`, in a
-    thread) and install it, each account at most once a `RERATE_EVERY_SECONDS`.
-
-    The ingest lock is held from the store read to the install, so no batch lands in between;
-    batches wait meanwhile (acknowledged later, never lost), and `meter_rerate_seconds` says how
-    long they waited.
-    """
-    tracker = ingestor.tracker
+    late event, a timed-out session), each account at most once a `RERATE_EVERY_SECONDS`."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), RERATE_EVERY_SECONDS)
-        dirty = tracker.dirty_accounts()
+        dirty = ingestor.tracker.dirty_accounts()
         for account in dirty:
             if stop.is_set():
                 return
             started = time.perf_counter()
-            async with ingestor.lock:
-                start = tracker.replay_start(account)
-                events = await store.events(account=account, start_us=start)
-                contract = ingestor.contracts.get(account)
-                seats = ([e for e in await store.seat_events_before(start) if e.account == account]
-                         if contract is not None and contract.named_pools else [])
-                replay = await asyncio.to_thread(tracker.replay, account, events, seats)
-                tracker.install(replay)
-            took = time.perf_counter() - started
-            metrics.rerate.observe(took)
-            log.debug("re-rated %s from %d stored events in %.3fs", account, len(events), took)
+            replayed, held = await _rerate(account, store=store, ingestor=ingestor)
+            metrics.rerate.observe(held)
+            log.debug("re-rated %s from %d stored events in %.3fs (batches held %.3fs)",
+                      account, replayed, time.perf_counter() - started, held)
         if dirty:
             ingestor.refresh(force=True)
+
+
+async def _rerate(account: str, *, store: Store, ingestor: Ingestor) -> tuple[int, float]:
+    """Replay `account` from the store and install it; returns the events replayed and how long
+    batches were held back.
+
+    The read and the replay (in a thread) run beside ingest. Only the install takes the ingest
+    lock, with the account's events stored since the read: `seq` is read first, so an event
+    committed meanwhile is either in the read or among those after it, and ids tell which.
+    """
+    tracker = ingestor.tracker
+    after = await store.last_seq()
+    start = tracker.replay_start(account)
+    events = await store.events(account=account, start_us=start)
+    contract = ingestor.contracts.get(account)
+    seats = ([e for e in await store.seat_events_before(start) if e.account == account]
+             if contract is not None and contract.named_pools else [])
+    replay = await asyncio.to_thread(tracker.replay, account, events, seats)
+    read = {e.seq for e in events}
+    async with ingestor.lock:
+        held = time.perf_counter()
+        since = [e for e in await store.events_after(after)
+                 if e.account == account and e.seq not in read]
+        tracker.install(replay, since)
+        return len(events) + len(since), time.perf_counter() - held
 
 
 def watermark(settings: Settings, latest_us: int, wall_us: int) -> int:

@@ -72,6 +72,8 @@ __all__ = [
 SHORTFALL_ADDONS: Final = LIMITED_BY_CONCURRENT_ELITE
 #: Same-instant order: the one the rating uses (`rating.usage.SAME_INSTANT_RANK`).
 KIND_ORDER: Final = SAME_INSTANT_RANK
+#: Events that decide whose seat is whose (a replay applies earlier ones at its start).
+SEAT_EVENTS: Final = frozenset({"assign", "unassign"})
 
 
 class TrackedEvent(Protocol):
@@ -170,8 +172,10 @@ class _PoolState:
         #: clock, or a session timed out (the bill closes it at its last event, not at the
         #: timeout). `Tracker.reseed` replays the account from the store and clears it.
         self.dirty = False
-        #: (user, session key, last event) of each session closed by its timeout, in order.
+        #: (user, session key, last event) of each session closed by its timeout, in order; kept
+        #: only while `records_timeouts` (a replay's first pass), so a live pool holds none.
         self.timed_out: list[tuple[str, str, int]] = []
+        self.records_timeouts = False
         #: Sessions known to time out after the event at that time (a replay's second pass):
         #: they close at it, as the bill closes them, instead of `session_timeout` later.
         self.closes_at_last: frozenset[tuple[str, str, int]] = frozenset()
@@ -256,7 +260,8 @@ class _PoolState:
                 del sessions[key]
                 if not sessions:
                     del self.sessions[user]
-                self.timed_out.append((user, key, last))
+                if self.records_timeouts:
+                    self.timed_out.append((user, key, last))
                 self.dirty = True
         self.licensed = quantity_at(self.schedule, self.clock)
 
@@ -442,11 +447,13 @@ def _replayed(account: Account, start_us: int, watermark_us: int, *,
     tracker = Tracker(Contracts(accounts=(account,)), start_us)
     for (_, pool_id), state in tracker._pools.items():
         state.closes_at_last = closes.get(pool_id, frozenset())
+        state.records_timeouts = not closes
     tracker.apply_all(seats)
     tracker.apply_all(events)
     tracker.advance(watermark_us)
     for state in tracker._pools.values():
         state.closes_at_last = frozenset()  # every close it names lies before the watermark
+        state.records_timeouts = False
     return tracker
 
 
@@ -610,11 +617,18 @@ class Tracker:
                                                      events=ordered, closes=closes)
         return Replay(account_id, second)
 
-    def install(self, replay: Replay) -> None:
+    def install(self, replay: Replay, since: Iterable[TrackedEvent] = ()) -> None:
         """Put a `replay` in place of the account's live state, then move it on to the account's
-        watermark (which may have moved while the replay ran). Only events in the replay count:
-        the caller holds new events back until this returns."""
+        watermark (which may have moved while the replay ran). `since` are the account's events
+        stored after the replay read its own (applied here first); the caller holds new events
+        back until this returns."""
         account_id = replay.account
+        start = self.replay_start(account_id)
+        for event in since:
+            if event.ts_us >= start:
+                replay.tracker.apply(event)
+            elif event.type in SEAT_EVENTS:
+                replay.tracker.apply(_At(event, start))
         mine, theirs = self._clocks[account_id], replay.tracker._clocks[account_id]
         for key, state in replay.tracker._pools.items():
             self._pools[key] = state

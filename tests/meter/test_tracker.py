@@ -640,3 +640,47 @@ def test_events_clock_is_per_account_too() -> None:
     ]
     assert expected == _tenant_b_day(skewed_a=False, clock="events")
     assert expected == _tenant_b_day(skewed_a=True, clock="events")
+
+
+def test_a_late_event_marks_the_account_dirty_and_a_replay_makes_it_exact(
+        contracts: Contracts) -> None:
+    """Three users on two licences for 40 minutes, the logins arriving late: applied at the
+    clock they overlap for no time (peak 0, nothing billable) and mark acme dirty; the replay
+    from the stored events shows what the bill shows: peak 3 from the third login, billable 1.
+    An event stored after the replay read its own is applied with `install(since=...)`."""
+    t = Tracker(contracts, at(0))
+    t.advance(at(120))
+    stored = [Ev("login", u, at(10 + i), "s") for i, u in enumerate("abc")]
+    stored += [Ev("logout", u, at(55), "s") for u in "abc"]
+    for e in stored:
+        t.apply(e)
+    assert (0, 0, ["acme"]) == (view(t).peak_users, view(t).billable_overage,
+                                t.dirty_accounts())
+    replay = t.replay("acme", stored)
+    later = Ev("login", "d", at(121), "s")
+    t.apply(later)  # the live tracker took it while the replay ran
+    t.install(replay, [later])
+    t.advance(at(122))
+    v = view(t)
+    assert (3, at(12), 1, 1, []) == (v.peak_users, v.peak_at_us, v.billable_overage,
+                                     v.active_users, t.dirty_accounts())
+
+
+def test_a_timed_out_session_is_closed_at_its_last_event_by_the_replay(
+        contracts: Contracts) -> None:
+    """A login with a heartbeat 30 minutes later and then silence: live, the user counts until the
+    12-hour timeout passes and the account turns dirty; the replay closes the session at its
+    last event, as the bill does, so three users overlap only until then."""
+    t = Tracker(contracts, at(0))
+    stored = [Ev("login", "a", at(0), "s"), Ev("heartbeat", "a", at(30), "s"),
+              Ev("login", "b", at(10), "s"), Ev("login", "c", at(20), "s"),
+              Ev("logout", "b", at(100), "s"), Ev("logout", "c", at(100), "s")]
+    for e in stored:
+        t.apply(e)
+    t.advance(at(12 * 60 + 31))
+    assert (3, 1, ["acme"]) == (view(t).peak_users, view(t).billable_overage, t.dirty_accounts())
+    t.install(t.replay("acme", stored))
+    v = view(t)
+    # c = 3 over [20, 30) only: 10 minutes over the licence, within the 30-minute grace.
+    assert (3, at(20), 0, 0, []) == (v.peak_users, v.peak_at_us, v.billable_overage,
+                                     v.active_users, t.dirty_accounts())
