@@ -9,7 +9,9 @@ accepted events.
 Contract (tests/meter/test_store_contract.py runs it against every implementation):
 - accepted events are unique on (account, id); a batch is one transaction and `add` returns
   only after it committed;
-- rejected messages are kept whole, with their reason;
+- rejected messages are kept with their reason: whole up to `rejected_keep_bytes`, beyond that
+  as their size, sha256 and first `rejected_keep_bytes` bytes (garbage must not fill the disk);
+  a stored rejected row leaves `rejected` only by `reprocess_rejected` or `prune_rejected`;
 - a finalized report, once stored, is never replaced;
 - there is at most one checkpoint, and saving one replaces it.
 """
@@ -32,12 +34,13 @@ __all__ = [
     "RejectedMessage",
     "Store",
     "StoredEvent",
+    "StoredRejected",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class RejectedMessage:
-    """A refused message, kept whole so nothing sent is ever lost."""
+    """A refused message as received; the store keeps it whole up to `Store.rejected_keep_bytes`."""
 
     received_us: int
     topic: str | None
@@ -45,6 +48,24 @@ class RejectedMessage:
     reason: str
     detail: str
     raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRejected:
+    """A rejected message as stored: `raw` is the payload whole, or its first bytes when
+    `truncated` (then `size` and `sha256` describe the whole payload, which is gone).
+    Rows stored before the cap existed have `sha256` None and are whole."""
+
+    seq: int
+    received_us: int
+    topic: str | None
+    account: str | None
+    reason: str
+    detail: str
+    raw: bytes
+    size: int
+    sha256: str | None
+    truncated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +129,9 @@ class Store(ABC):
 
     #: What another process passes to `open_store` to reach the same store.
     location: str
+    #: A rejected payload up to this many bytes is stored whole (so it can be reprocessed);
+    #: a longer one keeps only this many, beside its size and sha256 (`rejected_keep_bytes`).
+    rejected_keep_bytes: int = 1024
 
     @abstractmethod
     async def close(self) -> None:
@@ -196,6 +220,30 @@ class Store(ABC):
     @abstractmethod
     async def rejected_by_reason(self) -> dict[str, int]:
         """Rejected messages counted by reason."""
+
+    # --- rejected messages --------------------------------------------------------------------
+
+    @abstractmethod
+    async def rejected(self, *, account: str | None = None, reason: str | None = None,
+                       since_us: int | None = None, seq: int | None = None
+                       ) -> list[StoredRejected]:
+        """Stored rejected messages in arrival (`seq`) order, optionally only those naming
+        `account` (in the payload or as `<prefix>/<account>/events` topic), of `reason`,
+        received at or after `since_us`, or the one row `seq`."""
+
+    @abstractmethod
+    async def reprocess_rejected(self, seqs: Sequence[int], events: Sequence[Event]
+                                 ) -> tuple[int, int]:
+        """Move rejected rows into the log in one transaction: `events[i]` is what row `seqs[i]`
+        parses to now. Each event is stored with its row's receive time (duplicates of
+        (account, id) skipped) and the row is deleted. Rows no longer in `rejected` are
+        skipped with their events, so a second call moves nothing. Returns (moved, duplicates):
+        rows moved, and how many of them were in the log already."""
+
+    @abstractmethod
+    async def prune_rejected(self, older_than_us: int, max_bytes: int) -> int:
+        """Delete rejected rows received before `older_than_us`, then the oldest rows until
+        the stored payloads of the rest sum to at most `max_bytes`; returns how many went."""
 
     @abstractmethod
     async def schema_version(self) -> int:

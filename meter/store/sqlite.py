@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from meter.store.base import (
     RejectedMessage,
     Store,
     StoredEvent,
+    StoredRejected,
 )
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -95,6 +97,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         blob        BLOB    NOT NULL
     );
     """,
+    # 5: bounded garbage. A rejected payload over the store's `rejected_keep_bytes` keeps only
+    # its first bytes, beside its size and sha256 (`truncated` = 1). Older rows keep their raw
+    # whole: their size is backfilled, their digest left NULL (the raw is there to hash).
+    # The index serves the retention's delete by receive time.
+    """
+    ALTER TABLE rejected ADD COLUMN size INTEGER;
+    ALTER TABLE rejected ADD COLUMN sha256 TEXT;
+    ALTER TABLE rejected ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+    UPDATE rejected SET size = length(CAST(raw AS BLOB));
+    CREATE INDEX rejected_by_time ON rejected (received_us);
+    """,
 )
 
 # ON CONFLICT DO NOTHING, not INSERT OR IGNORE: only a uniqueness conflict (a duplicate) is
@@ -127,8 +140,18 @@ _KNOWN_JSON: Final = (
 )
 _SQL_PARAMS: Final = 998  # bound parameters per existence query (SQLite's lowest limit is 999)
 _INSERT_REJECTED: Final = (
-    "INSERT INTO rejected (received_us, topic, account, reason, detail, raw) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "INSERT INTO rejected (received_us, topic, account, reason, detail, raw, size, sha256, "
+    "truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_REJECTED_COLUMNS: Final = (
+    "seq, received_us, topic, account, reason, detail, raw, "
+    "coalesce(size, length(CAST(raw AS BLOB))), sha256, truncated"
+)
+# The oldest rows beyond `max_bytes` of stored payload, counted from the newest down.
+_REJECTED_OVER_BYTES: Final = (
+    "DELETE FROM rejected WHERE seq IN (SELECT seq FROM ("
+    " SELECT seq, sum(length(CAST(raw AS BLOB))) OVER (ORDER BY seq DESC) AS total"
+    " FROM rejected) WHERE total > ?)"
 )
 _JSON_ROWS: Final = msgspec.json.Encoder()
 
@@ -198,6 +221,16 @@ def _json_rows(events: Sequence[Event]) -> str | None:
     except (UnicodeError, msgspec.EncodeError):
         return None
     return None if b"\\u0000" in text else text.decode()
+
+
+def _rejected_row(r: RejectedMessage, keep: int) -> tuple[object, ...]:
+    """The row of a rejected message: whole up to `keep` bytes (so `meter rejected reprocess`
+    can still read it), else its first `keep` bytes beside the size and digest of all of it."""
+    raw = r.raw
+    truncated = len(raw) > keep
+    return (r.received_us, r.topic, r.account, r.reason, r.detail,
+            raw[:keep] if truncated else raw, len(raw), hashlib.sha256(raw).hexdigest(),
+            int(truncated))
 
 
 def _retriable(exc: sqlite3.Error) -> bool:
@@ -315,10 +348,9 @@ class SqliteStore(Store):
                      e.raw) for e in events])
             new = self._db.total_changes - before
             if rejected:
+                keep = self.rejected_keep_bytes
                 await self._db.executemany(_INSERT_REJECTED, [
-                    (r.received_us, r.topic, r.account, r.reason, r.detail, r.raw)
-                    for r in rejected
-                ])
+                    _rejected_row(r, keep) for r in rejected])
         if not which:
             return BatchResult(new=new, duplicates=len(events) - new, rejected=len(rejected))
         fresh: list[int] = []
@@ -441,6 +473,62 @@ class SqliteStore(Store):
             "SELECT reason, count(*) FROM rejected GROUP BY reason ORDER BY reason"
         ) as cur:
             return {str(r): int(n) for r, n in await cur.fetchall()}
+
+    async def rejected(self, *, account: str | None = None, reason: str | None = None,
+                       since_us: int | None = None, seq: int | None = None
+                       ) -> list[StoredRejected]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if account is not None:
+            # The payload's account, or the topic's `<prefix>/<account>/events` (an unknown
+            # account's row names it only there when the payload did not parse).
+            clauses.append("(account = ? OR substr(topic, -length(?)) = ?)")
+            params += [account, f"/{account}/events", f"/{account}/events"]
+        if reason is not None:
+            clauses.append("reason = ?")
+            params.append(reason)
+        if since_us is not None:
+            clauses.append("received_us >= ?")
+            params.append(since_us)
+        if seq is not None:
+            clauses.append("seq = ?")
+            params.append(seq)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (f"SELECT {_REJECTED_COLUMNS} FROM rejected {where} "  # noqa: S608 - fixed clauses, bound values
+               "ORDER BY seq")
+        return [StoredRejected(
+                    seq=_as_int(q), received_us=_as_int(at), topic=None if t is None else str(t),
+                    account=None if a is None else str(a), reason=str(why), detail=str(d),
+                    raw=raw if isinstance(raw, bytes) else str(raw).encode(), size=_as_int(n),
+                    sha256=None if h is None else str(h), truncated=bool(cut))
+                for q, at, t, a, why, d, raw, n, h, cut in await self.execute_fetchall(sql, params)]
+
+    async def reprocess_rejected(self, seqs: Sequence[int], events: Sequence[Event]
+                                 ) -> tuple[int, int]:
+        if len(seqs) != len(events):
+            raise ValueError(f"{len(seqs)} rejected rows for {len(events)} events")
+        moved = duplicates = 0
+        async with self._transaction("reprocessed rejected messages"):
+            for seq, e in zip(seqs, events, strict=True):
+                async with self._db.execute(
+                        "SELECT received_us FROM rejected WHERE seq = ?", (seq,)) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    continue  # moved (or pruned) already
+                before = self._db.total_changes
+                await self._db.execute(_INSERT_EVENT, (
+                    e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, row[0], e.raw))
+                duplicates += self._db.total_changes == before
+                await self._db.execute("DELETE FROM rejected WHERE seq = ?", (seq,))
+                moved += 1
+        return moved, duplicates
+
+    async def prune_rejected(self, older_than_us: int, max_bytes: int) -> int:
+        async with self._transaction("rejected retention"):
+            before = self._db.total_changes
+            await self._db.execute("DELETE FROM rejected WHERE received_us < ?", (older_than_us,))
+            await self._db.execute(_REJECTED_OVER_BYTES, (max_bytes,))
+            return self._db.total_changes - before
 
     async def execute_fetchall(self, sql: str, params: Iterable[object] = ()) -> list[tuple[object, ...]]:
         """Run a read-only query with bound parameters. For this module and for tests that look

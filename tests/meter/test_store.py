@@ -258,3 +258,16 @@ async def test_a_failed_migration_leaves_the_previous_version(db_path: Path) -> 
     assert [(1,)] == db.execute("PRAGMA user_version").fetchall()
     assert [(2,)] == db.execute("SELECT count(*) FROM rejected").fetchall()
     db.close()
+
+
+async def test_a_version_4_database_keeps_its_rejected_payloads_whole(db_path: Path) -> None:
+    """Migration 5 bounds new garbage only: older rejected rows keep their raw and gain a size
+    (no digest: the raw is there to hash)."""
+    _make(db_path, 4, """
+        INSERT INTO rejected (received_us, topic, account, reason, detail, raw) VALUES
+          (1, 'meter/acme/events', 'acme', 'oversized', 'big', zeroblob(5000));
+    """)
+    async with await open_store(db_path) as store:
+        assert len(MIGRATIONS) == await store.schema_version()
+        (row,) = await store.rejected()
+        assert (5000, 5000, None, False) == (len(row.raw), row.size, row.sha256, row.truncated)

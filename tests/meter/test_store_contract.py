@@ -8,6 +8,7 @@ are in test_store.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -208,3 +209,60 @@ async def test_the_store_reopens_with_what_was_committed(store: Store) -> None:
     async with await open_store(store.location) as again:
         assert (["e1"], finalized()) == ([e.id for e in await again.events()],
                                          await again.finalized("acme", T0_US))
+
+
+# --- rejected messages: bounded, listed, reprocessed, pruned -----------------------------------
+
+def bad(raw: bytes, *, reason: str = "unknown_account", account: str | None = "initech",
+        topic: str | None = "meter/initech/events", at: int = T0_US) -> RejectedMessage:
+    return RejectedMessage(at, topic, account, reason, "detail", raw)
+
+
+async def test_a_rejected_payload_over_the_cap_keeps_its_size_digest_and_first_bytes(
+        store: Store) -> None:
+    """Up to `rejected_keep_bytes` a payload is kept whole; beyond, only its first bytes, with
+    the size and sha256 of all of it."""
+    store.rejected_keep_bytes = 16
+    big = b"x" * 15 + b"y" * 1000
+    await store.add([], [bad(b"a" * 16), bad(big, reason="oversized")], received_us=T0_US)
+    whole, cut = await store.rejected()
+    assert (b"a" * 16, 16, False) == (whole.raw, whole.size, whole.truncated)
+    assert (b"x" * 15 + b"y", 1015, True) == (cut.raw, cut.size, cut.truncated)
+    assert hashlib.sha256(big).hexdigest() == cut.sha256
+
+
+async def test_rejected_rows_filter_by_account_reason_time_and_seq(store: Store) -> None:
+    """The account is the payload's or the topic's; `since_us` is inclusive."""
+    await store.add([], [bad(b"1"), bad(b"2", account=None, reason="not_json"),
+                         bad(b"3", account="acme", topic="meter/acme/events", at=T0_US + 5)],
+                    received_us=T0_US)
+    assert [b"1", b"2"] == [r.raw for r in await store.rejected(account="initech")]
+    assert [b"2"] == [r.raw for r in await store.rejected(reason="not_json")]
+    assert [b"3"] == [r.raw for r in await store.rejected(since_us=T0_US + 5)]
+    first = (await store.rejected())[0]
+    assert [first] == await store.rejected(seq=first.seq)
+
+
+async def test_reprocessed_rows_move_into_the_log_once(store: Store) -> None:
+    """Moved rows leave `rejected` and their events join the log with the row's receive time
+    (a stored id counts as a duplicate); a second call moves nothing."""
+    await store.add([event("e1", account="initech")], received_us=T0_US)
+    await store.add([], [bad(b"1", at=T0_US + 1), bad(b"2", at=T0_US + 2), bad(b"3")],
+                    received_us=T0_US)
+    rows = await store.rejected()
+    moves = [rows[0].seq, rows[1].seq]
+    events = [event("e1", account="initech"), event("e2", account="initech")]
+    assert (2, 1) == await store.reprocess_rejected(moves, events)
+    assert (0, 0) == await store.reprocess_rejected(moves, events)
+    assert [b"3"] == [r.raw for r in await store.rejected()]
+    assert [("e1", T0_US), ("e2", T0_US + 2)] == [
+        (e.id, e.received_us) for e in await store.events(account="initech")]
+
+
+async def test_prune_drops_old_rows_then_the_oldest_beyond_the_byte_bound(store: Store) -> None:
+    """Rows received before the cutoff go; then the oldest until the payloads fit `max_bytes`."""
+    await store.add([], [bad(b"a" * 10, at=T0_US - 1), bad(b"b" * 10), bad(b"c" * 10),
+                         bad(b"d" * 10)], received_us=T0_US)
+    assert 2 == await store.prune_rejected(T0_US, 25)
+    assert [b"c" * 10, b"d" * 10] == [r.raw for r in await store.rejected()]
+    assert 0 == await store.prune_rejected(T0_US, 25)
