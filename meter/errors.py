@@ -4,6 +4,7 @@
      +-- StoreError       the database cannot be opened, migrated or written        (exit 1)
      +-- ConfigError      settings or command-line values that cannot work          (exit 2)
      +-- UsageError       bad usage or a bad input file                             (exit 2)
+     +-- DatabaseInUse    another `meter serve` holds the database                  (exit 2)
 
 `ContractError` (a bad contracts file, exit 2) is raised by the pure core, `rating.errors`; it is
 re-exported here so shell code can catch `(MeterError, ContractError)` from one place.
@@ -15,7 +16,8 @@ from typing import ClassVar
 
 from rating.errors import ContractError
 
-__all__ = ["ConfigError", "ContractError", "MeterError", "StoreError", "UsageError"]
+__all__ = ["ConfigError", "ContractError", "DatabaseInUse", "MeterError", "StoreError",
+           "UsageError"]
 
 
 class MeterError(Exception):
@@ -43,5 +45,12 @@ class ConfigError(MeterError):
 
 class UsageError(MeterError):
     """Bad usage or a bad input file: exit code 2, one line on stderr."""
+
+    exit_code = 2
+
+
+class DatabaseInUse(MeterError):
+    """Another `meter serve` runs on this database: exit code 2, the message names its pid and host.
+    Not retriable by waiting in a loop: the operator must stop one of the two."""
 
     exit_code = 2

@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import random
 import signal
+import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -27,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from meter import checkpoint
 from meter.config import FLAG_KEYS, Settings, load_settings
-from meter.errors import ConfigError, MeterError, StoreError
+from meter.errors import ConfigError, DatabaseInUse, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.metrics import Metrics, Snapshot
 from meter.metrics_http import serve_metrics
@@ -38,7 +40,7 @@ from rating.contracts import Contracts, parse_contracts
 from rating.errors import RatingError
 from rating.periods import monthly_period
 
-__all__ = ["Ingestor", "rebuild", "run", "run_cli", "watermark"]
+__all__ = ["Ingestor", "hold_database", "rebuild", "run", "run_cli", "watermark"]
 
 log = logging.getLogger("meter.serve")
 
@@ -346,10 +348,55 @@ def _serve_metrics(settings: Settings, registry: CollectorRegistry) -> Any:
     return server
 
 
+@contextlib.contextmanager
+def hold_database(db: Path) -> Iterator[None]:
+    """Hold `<db>.lock` for as long as the daemon runs; `DatabaseInUse` (exit 2, naming the
+    holder's pid and host) when another `meter serve` holds it.
+
+    One daemon per database: a second one would split the broker session (the same client id)
+    and write the same log. The lock is an exclusive `flock` on a file beside the database, not
+    a pid file: the kernel releases it when the holder dies however it dies, so a SIGKILLed
+    daemon never blocks its own restart and there is no stale pid to judge. The file is never
+    removed (unlinking it would let two daemons lock two different files of one name); it holds
+    the holder's pid and host only to name them. `meter ingest` does not take it: it may write
+    beside the daemon. flock is per host on network file systems: keep the database local.
+    A PostgreSQL URL is not a file and is left to that store (one daemon per ingest slot).
+    """
+    if str(db).startswith(("postgresql:", "postgres:")):
+        yield
+        return
+    path = Path(f"{db}.lock")
+    try:
+        # Not O_TRUNC: opening must not erase what the holder wrote before we know we hold it.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"--db {db}: cannot create the lock file {path}: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            pid, host = [*holder, "?", "?"][:2]
+            raise DatabaseInUse(f"--db {db}: in use by another meter serve (pid {pid} on host "
+                                f"{host}, lock {path}); one daemon per database") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 async def run(settings: Settings, stop: asyncio.Event, *,
               registry: CollectorRegistry | None = None) -> None:
     """Run the daemon until `stop` is set; return after a clean drain and disconnect."""
-    log.info("meter serve: %s", settings.describe())
+    with hold_database(settings.db):  # first: a second daemon says one line and nothing else
+        log.info("meter serve: %s", settings.describe())
+        await _run(settings, stop, registry=registry)
+
+
+async def _run(settings: Settings, stop: asyncio.Event, *,
+               registry: CollectorRegistry | None) -> None:
     contracts = load_contracts(settings.contracts)
     registry = registry if registry is not None else CollectorRegistry()
     store = await open_store(settings.db, synchronous=settings.synchronous)
