@@ -64,6 +64,8 @@ class Metrics:
         self.last_event_us = dict.fromkeys(accounts, 0)
         self.connected = False
         self.reconnects = 0
+        #: Times another client took the broker session of our client id (see meter.source).
+        self.session_takeovers = 0
         self.store_errors = 0
         self.store_healthy = True
         self.snapshot = Snapshot()
@@ -138,6 +140,10 @@ class Metrics:
         yield CounterMetricFamily("meter_reconnects_total",
                                   "Connection attempts to the broker after the first one.",
                                   value=self.reconnects)
+        yield CounterMetricFamily("meter_session_takeovers_total",
+                                  "Times another client connected with this meter's client id and "
+                                  "the broker dropped this one (session taken over).",
+                                  value=self.session_takeovers)
         yield GaugeMetricFamily("meter_store_healthy",
                                 "0 while the last store write failed and is being retried.",
                                 value=1 if self.store_healthy else 0)

@@ -414,7 +414,11 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
         def reconnecting() -> None:
             metrics.reconnects += 1
 
-        source = MqttSource(settings, on_connected=connected, on_reconnect=reconnecting)
+        def taken_over() -> None:
+            metrics.session_takeovers += 1
+
+        source = MqttSource(settings, on_connected=connected, on_reconnect=reconnecting,
+                            on_takeover=taken_over)
 
         async def tick() -> None:
             while not stop.is_set():

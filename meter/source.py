@@ -13,6 +13,10 @@ that delivered it and only while that connection is up, so a message id from an 
 connection is never acknowledged (the broker redelivers those; the store drops the copies).
 MQTT 5 with a fixed client id, clean start off and a session expiry keeps the session (and its
 queue) across restarts; Receive Maximum bounds how much the broker has in flight to us.
+
+A client id belongs to one daemon. When a second one connects with it, the broker drops the first
+(a session takeover) and the two would take the session from each other forever, each storing
+some of the events; `Takeovers` names that and makes the loser back off with a growing delay.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -34,7 +38,8 @@ from paho.mqtt.properties import Properties
 
 from meter.config import Settings
 
-__all__ = ["Delivery", "Handler", "MqttSource", "backoff_delay", "topic_account"]
+__all__ = ["SESSION_TAKEN_OVER", "Delivery", "Handler", "MqttSource", "Takeovers", "backoff_delay",
+           "topic_account"]
 
 log = logging.getLogger("meter.source")
 
@@ -102,6 +107,76 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> 
     return rng.uniform(low, max(low, ceiling))
 
 
+#: MQTT 5 DISCONNECT reason code "Session taken over".
+SESSION_TAKEN_OVER: Final = 0x8E
+#: What paho reports for a connection the broker closed without a DISCONNECT packet (and for a
+#: DISCONNECT with "Unspecified error").
+_CLOSED_WITHOUT_REASON: Final = 0x80
+#: The first takeover delay; each further takeover in a row doubles it, up to `reconnect_max`.
+TAKEOVER_FIRST_DELAY: Final = 1.0
+
+
+def disconnect_reason(client: aiomqtt.Client | None) -> int | None:
+    """The reason code of the disconnect `client` saw (None: it was not connected, or no code)."""
+    if client is None or not client._disconnected.done() or client._disconnected.cancelled():
+        return None
+    exc = client._disconnected.exception()
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
+
+
+class Takeovers:
+    """Tells a session takeover from other disconnects and says how long to stay away.
+
+    A takeover is certain when the broker says so (DISCONNECT 0x8E: EMQX, HiveMQ, RabbitMQ 3.13,
+    newer Mosquitto). Mosquitto 2.0.11 says nothing: it closes the old connection without a
+    DISCONNECT, which paho reports as 0x80. Such a close is taken for a takeover when the broker
+    accepted our reconnect at its first try (it was up, so it chose to drop us; a broker that
+    crashed or restarted refuses the reconnect for a while), and from then on every such close of
+    a short-lived connection is one too. A rare broker restart fast enough to be mistaken for one
+    counts one takeover; the alert fires only on repeated ones.
+
+    Each takeover in a row waits uniformly in [d/2, d], d = TAKEOVER_FIRST_DELAY * 2**(n-1) capped
+    at `reconnect_max`: at least half the cap once capped, so two daemons sharing a client id
+    reconnect at most 2 * 60 / reconnect_max times a minute each (4 with the default 30s), not 2-3
+    times a second. The streak ends only when a connection outlives 2 * `reconnect_max`: the other
+    daemon's delay is at most `reconnect_max`, so while both run it never ends.
+    """
+
+    def __init__(self, reconnect_max: float, rng: random.Random) -> None:
+        self.reconnect_max = reconnect_max
+        self._rng = rng
+        self.streak = 0
+        self._unexplained = False
+
+    def on_disconnect(self, reason: int | None, lived: float | None) -> float | None:
+        """A connection that had been subscribed for `lived` seconds ended with `reason`: the
+        delay before reconnecting if it was a takeover, else None (the usual backoff)."""
+        if lived is not None and lived > 2 * self.reconnect_max:
+            self.streak = 0
+        self._unexplained = False
+        if reason == SESSION_TAKEN_OVER or (reason == _CLOSED_WITHOUT_REASON and self.streak):
+            return self._taken()
+        self._unexplained = reason == _CLOSED_WITHOUT_REASON and lived is not None
+        return None
+
+    def on_connected(self) -> bool:
+        """Subscribed again: True if the last drop is now known to have been a takeover (closed
+        without a reason, and this reconnect was the first try after it)."""
+        inferred = self._unexplained
+        self._unexplained = False
+        if inferred:
+            self.streak += 1
+        return inferred
+
+    def _taken(self) -> float:
+        self.streak += 1
+        ceiling = min(self.reconnect_max,
+                      TAKEOVER_FIRST_DELAY * 2 ** min(self.streak - 1, 30))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+
 class _Stopped(Exception):
     """Internal: stop was requested while waiting for the first message of a batch."""
 
@@ -112,11 +187,14 @@ class MqttSource:
     def __init__(self, settings: Settings, *,
                  on_connected: Callable[[bool], None] = lambda _: None,
                  on_reconnect: Callable[[], None] = lambda: None,
+                 on_takeover: Callable[[], None] = lambda: None,
                  rng: random.Random | None = None) -> None:
         self.settings = settings
         self._on_connected = on_connected
         self._on_reconnect = on_reconnect
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._on_takeover = on_takeover
+        self.takeovers = Takeovers(settings.reconnect_max, self._rng)
         self._generations = itertools.count(1)
         self.generation = 0
         self.acked = 0
@@ -161,6 +239,8 @@ class MqttSource:
             if not first:
                 self._on_reconnect()
             first = False
+            client: aiomqtt.Client | None = None
+            subscribed: float | None = None
             try:
                 client = self._client()
                 async with client:
@@ -171,8 +251,11 @@ class MqttSource:
                         raise aiomqtt.MqttError(
                             f"broker refused the subscription to {self.settings.subscription} "
                             f"(reason {granted[0] if granted else '?'}); check the ACL")
+                    if self.takeovers.on_connected():
+                        self._took_over("the broker closed our connection without a reason and "
+                                        "took us back at once", None)
                     attempt = 0
-                    self.connected_at = time.time()
+                    self.connected_at = subscribed = time.time()
                     self._on_connected(True)
                     log.info("connected to %s as %s (connection %d), subscribed to %s",
                              self.settings.broker.url, self.settings.client_id, self.generation,
@@ -185,10 +268,21 @@ class MqttSource:
                 log.info("disconnected from %s", self.settings.broker.url)
                 return
             except aiomqtt.MqttError as exc:
+                lived = None if subscribed is None else time.time() - subscribed
                 self.connected_at = None
                 self._on_connected(False)
                 if stop.is_set():
                     return
+                reason = disconnect_reason(client)
+                taken = self.takeovers.on_disconnect(reason, lived)
+                if taken is not None:
+                    attempt = 0
+                    how = ("MQTT reason 0x8E" if reason == SESSION_TAKEN_OVER else
+                           "closed without a reason again")
+                    self._took_over(how, taken)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), taken)
+                    continue
                 delay = backoff_delay(attempt, self.settings.reconnect_min,
                                       self.settings.reconnect_max, self._rng)
                 attempt += 1
@@ -196,6 +290,14 @@ class MqttSource:
                             exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+
+    def _took_over(self, how: str, delay: float | None) -> None:
+        self._on_takeover()
+        then = "" if delay is None else f"; reconnecting in {delay:.1f}s instead of fighting"
+        log.error("another client took over session `%s` on %s (%s, %d in a row)%s: a client id "
+                  "belongs to one meter serve; give each database its own --client-id",
+                  self.settings.client_id, self.settings.broker.url, how,
+                  self.takeovers.streak, then)
 
     async def _subscribe(self, client: aiomqtt.Client) -> Sequence[object]:
         """Subscribe and wait for the SUBACK for as long as the connection lives. A broker that

@@ -12,7 +12,8 @@ import yaml
 from tests.deploy.tools import DEPLOY, promtool
 
 ALERTS = ("MeterGraceAboutToExpire", "MeterOverageBilled", "MeterDown", "MeterBrokerDisconnected",
-          "MeterStoreFailing", "MeterRejectsRising", "MeterAccountSilent", "MeterAddonShortfall")
+          "MeterSessionTakenOver", "MeterStoreFailing", "MeterRejectsRising", "MeterAccountSilent",
+          "MeterAddonShortfall")
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -21,10 +22,10 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def test_promtool_accepts_the_alert_rules() -> None:
-    """`promtool check rules` finds all eight rules and no problem."""
+    """`promtool check rules` finds all nine rules and no problem."""
     result = promtool("check", "rules", "alerts.yml")
     assert 0 == result.returncode, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
