@@ -2,12 +2,17 @@
 
 Each line goes through `meter.events.parse`; accepted events and rejected lines are written in
 large batches, one transaction each. A bad line is stored as rejected and never aborts a file.
+A batch that finds the database locked (`meter serve` writing it) is retried whole with capped
+backoff for up to `BUSY_WAIT_SECONDS`, then the ingest stops with one line; a failed batch is
+rolled back whole, so a run again stores the rest and skips what was stored.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,17 +22,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
-from meter.errors import UsageError
+from meter.errors import StoreError, UsageError
 from meter.events import REASONS, Event, Limits, Rejection, parse, to_us
 from meter.instants import parse_instant
 from meter.store import BatchResult, RejectedMessage, Store, open_store
 from rating.contracts import Contracts, parse_contracts
 from rating.durations import parse_duration
 
-__all__ = ["BATCH_LINES", "Summary", "ingest", "load_contracts", "parse_as_of", "run"]
+__all__ = ["BATCH_LINES", "BUSY_WAIT_SECONDS", "Summary", "ingest", "load_contracts", "parse_as_of",
+           "run"]
 
 #: Lines per transaction: large enough that commits (one fsync each) cost nothing per line.
 BATCH_LINES: Final = 5_000
+#: The longest one batch keeps retrying a locked database before the ingest gives up. A daemon
+#: holds the write lock for one batch at a time (milliseconds), so this only runs out when
+#: something else holds it for good (a stuck backup, a `sqlite3` shell left in a transaction).
+BUSY_WAIT_SECONDS: Final = 60.0
+#: Backoff between retries of a locked batch: doubling from the first, capped, with jitter.
+_RETRY_FIRST, _RETRY_MAX = 0.02, 1.0
+_RNG: Final = random.Random()  # noqa: S311 - retry jitter, not cryptography
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +108,14 @@ async def ingest(
     limits: Limits | None = None,
     batch_lines: int = BATCH_LINES,
     progress: Callable[[int], object] | None = None,
+    busy_wait: float = BUSY_WAIT_SECONDS,
 ) -> Summary:
     """Validate and store every line of `sources` (name, lines); return the counts.
 
     `received_at` is the receive time recorded for every line and used for the `future` check.
-    `progress` is called with the number of lines done after each committed batch.
+    `progress` is called with the number of lines done after each committed batch. A batch that
+    finds the database locked is retried for up to `busy_wait` seconds, then `StoreError`
+    (not retriable) says so; every batch before it is committed, nothing of it is.
     """
     limits = limits or Limits()
     received_us = to_us(received_at)
@@ -129,9 +145,8 @@ async def ingest(
     async def flush() -> None:
         nonlocal committing
         await settle()
-        committing = asyncio.ensure_future(
-            store.add(events.copy(), rejected.copy(), received_us=received_us, which=False,
-                      one_statement=False))
+        committing = asyncio.ensure_future(_add_retrying(
+            store, events.copy(), rejected.copy(), received_us=received_us, busy_wait=busy_wait))
         events.clear()
         rejected.clear()
 
@@ -164,6 +179,32 @@ async def ingest(
         await settle()
     return Summary(files=files, lines=lines, blank=blank, accepted=accepted,
                    duplicates=duplicates, rejected=rejected_by)
+
+
+async def _add_retrying(store: Store, events: list[Event], rejected: list[RejectedMessage], *,
+                        received_us: int, busy_wait: float) -> BatchResult:
+    """`store.add` of one batch, retried while the database is locked (SQLITE_BUSY: another
+    writer, usually `meter serve`, holds it), for up to `busy_wait` seconds in all."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return await store.add(events, rejected, received_us=received_us, which=False,
+                                   one_statement=False)
+        except (StoreError, sqlite3.OperationalError) as exc:
+            retriable = exc.retriable if isinstance(exc, StoreError) else True
+            delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** min(attempt, 30)) * _RNG.uniform(0.5, 1)
+            waited = time.monotonic() - started
+            if not retriable:
+                raise
+            if waited + delay > busy_wait:
+                raise StoreError(
+                    f"{store.location}: still locked after {waited:.0f}s of {attempt + 1} tries "
+                    f"({exc}); the batches before this one are stored, none of it: run the same "
+                    "ingest again to store the rest (what is stored is skipped)",
+                    retriable=False) from None
+            attempt += 1
+            await asyncio.sleep(delay)
 
 
 def _open_sources(stack: ExitStack, names: Sequence[str]) -> list[tuple[str, IO[bytes]]]:
