@@ -225,6 +225,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "SQLite synchronous mode: OFF, NORMAL, FULL or EXTRA"),
     Setting("batch_max", _positive_int, "1000", "most messages per commit", "N"),
     Setting("batch_wait", _seconds, "5ms", "longest wait to fill a batch", "DURATION"),
+    Setting("batch_max_bytes", _positive_int, "8388608", "most payload bytes per commit (with "
+            "--batch-max, what a batch holds in memory)", "N"),
     Setting("receive_maximum", _receive_maximum, "4000",
             "messages the broker may have in flight to the meter (MQTT 5 Receive Maximum)", "N"),
     Setting("max_future", _seconds, "5m", "how far ahead of receipt an event may be", "DURATION"),
@@ -295,6 +297,7 @@ class Settings:
     synchronous: str
     batch_max: int
     batch_wait: float
+    batch_max_bytes: int
     receive_maximum: int
     max_future: float
     max_bytes: int

@@ -177,6 +177,12 @@ class Takeovers:
         return self._rng.uniform(ceiling / 2, ceiling)
 
 
+def _size(message: aiomqtt.Message) -> int:
+    """Payload bytes of a message (what a batch holds of it)."""
+    payload = message.payload
+    return len(payload) if isinstance(payload, bytes | bytearray | str) else 8
+
+
 class _Stopped(Exception):
     """Internal: stop was requested while waiting for the first message of a batch."""
 
@@ -368,13 +374,17 @@ class MqttSource:
             if message is None:
                 continue
             batch = [message]
+            size = _size(message)
             deadline = loop.time() + s.batch_wait
-            while len(batch) < s.batch_max:
+            # Bounded by bytes too: a batch of large messages (up to the broker's packet size
+            # each) is held whole while it is parsed and committed.
+            while len(batch) < s.batch_max and size < s.batch_max_bytes:
                 remaining = deadline - loop.time()
                 message = await self._next(client, max(0.0, remaining), None)
                 if message is None:
                     break
                 batch.append(message)
+                size += _size(message)
             if not await self._commit(client, batch, handle):
                 return
         # Stopping: what has already arrived is in flight to us; commit and acknowledge it so a
@@ -385,8 +395,10 @@ class MqttSource:
         started = time.monotonic()
         while pending > 0 and time.monotonic() - started < s.shutdown_timeout:
             batch = []
-            while len(batch) < min(pending, s.batch_max):
+            size = 0
+            while len(batch) < min(pending, s.batch_max) and size < s.batch_max_bytes:
                 batch.append(client._queue.get_nowait())
+                size += _size(batch[-1])
             pending -= len(batch)
             if not await self._commit(client, batch, handle):
                 return
