@@ -6,6 +6,7 @@ second. Real processes against a broker of the test's own."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from meter.source import SESSION_TAKEN_OVER, Takeovers
 from tests.conftest import Broker
 from tests.meter.test_serve import CONTRACTS, Daemon, wait_for
 
@@ -146,3 +148,30 @@ def test_lock_file_is_not_removed_on_exit(broker_factory: type[Broker], tmp_path
     d.start()
     d.stop()
     assert os.path.exists(f"{d.db}.lock")
+
+
+def test_takeover_rules_without_a_broker() -> None:
+    """0x8E is a takeover at once; a close without a reason (0x80) is one once the reconnect
+    succeeds at the first try, and every later one in a row too; delays double from 1s within
+    [d/2, d] up to reconnect_max; a connection that outlives 2 * reconnect_max ends the streak;
+    a keepalive timeout (0x8D) or a failed connect is never one."""
+    t = Takeovers(4.0, random.Random(1))
+    delays = [t.on_disconnect(SESSION_TAKEN_OVER, 0.1) for _ in range(4)]
+    assert 4 == t.streak
+    for delay, ceiling in zip(delays, (1.0, 2.0, 4.0, 4.0), strict=True):
+        assert delay is not None
+        assert ceiling / 2 <= delay <= ceiling
+    assert t.on_disconnect(SESSION_TAKEN_OVER, 9.0) is not None  # outlived 8s: streak ends
+    assert 1 == t.streak
+
+    t = Takeovers(4.0, random.Random(1))
+    assert t.on_disconnect(0x80, 30.0) is None  # could be a broker crash
+    assert t.on_connected()  # back at the first try: it was a takeover
+    assert 1 == t.streak
+    assert t.on_disconnect(0x80, 0.3) is not None  # the next close in a row is one at once
+    assert t.on_disconnect(0x8D, 0.3) is None  # keepalive timeout: the network
+    t = Takeovers(4.0, random.Random(1))
+    assert t.on_disconnect(0x80, 30.0) is None
+    assert t.on_disconnect(None, None) is None  # the reconnect failed: the broker was down
+    assert not t.on_connected()
+    assert 0 == t.streak
