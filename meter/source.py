@@ -131,14 +131,14 @@ class Takeovers:
 
     A takeover is certain when the broker says so (DISCONNECT 0x8E: EMQX, HiveMQ, RabbitMQ 3.13,
     newer Mosquitto). Mosquitto 2.0.11 says nothing: it closes the old connection without a
-    DISCONNECT, which paho reports as 0x80. Such a close is taken for a takeover when the broker
-    accepted our reconnect at its first try (it was up, so it chose to drop us; a broker that
-    crashed or restarted refuses the reconnect for a while), and from then on every such close of
-    a short-lived connection is one too. A rare broker restart fast enough to be mistaken for one
-    counts one takeover; the alert fires only on repeated ones.
+    DISCONNECT, which paho reports as 0x80, as it does for a broker that crashed. So a close
+    without a reason counts as a takeover only when it ends the second connection in a row that
+    the broker accepted at the first try after such a close: one fast broker restart (the fault
+    tests restart it within 0.1s) is not a takeover, two daemons fighting are, from their second
+    round on. Once in a streak every such close of a connection is one.
 
-    Each takeover in a row waits uniformly in [d/2, d], d = TAKEOVER_FIRST_DELAY * 2**(n-1) capped
-    at `reconnect_max`: at least half the cap once capped, so two daemons sharing a client id
+    Takeover n in a row waits uniformly in [d/2, d], d = TAKEOVER_FIRST_DELAY * 2**(n-1) capped at
+    `reconnect_max`: at least half the cap once capped, so two daemons sharing a client id
     reconnect at most 2 * 60 / reconnect_max times a minute each (4 with the default 30s), not 2-3
     times a second. The streak ends only when a connection outlives 2 * `reconnect_max`: the other
     daemon's delay is at most `reconnect_max`, so while both run it never ends.
@@ -148,27 +148,25 @@ class Takeovers:
         self.reconnect_max = reconnect_max
         self._rng = rng
         self.streak = 0
-        self._unexplained = False
+        self._unexplained = False  # the last drop was a close without a reason
+        self._suspect = False  # ... and the broker took us back at the first try
 
     def on_disconnect(self, reason: int | None, lived: float | None) -> float | None:
-        """A connection that had been subscribed for `lived` seconds ended with `reason`: the
-        delay before reconnecting if it was a takeover, else None (the usual backoff)."""
+        """A connection ended with `reason` after `lived` seconds subscribed (None: it never
+        was): the delay before reconnecting if it was a takeover, else None (the usual backoff)."""
         if lived is not None and lived > 2 * self.reconnect_max:
             self.streak = 0
-        self._unexplained = False
-        if reason == SESSION_TAKEN_OVER or (reason == _CLOSED_WITHOUT_REASON and self.streak):
-            return self._taken()
-        self._unexplained = reason == _CLOSED_WITHOUT_REASON and lived is not None
-        return None
+            self._suspect = False
+        closed = reason == _CLOSED_WITHOUT_REASON and lived is not None
+        taken = reason == SESSION_TAKEN_OVER or (closed and (self.streak > 0 or self._suspect))
+        self._unexplained = closed and not taken
+        self._suspect = False
+        return self._taken() if taken else None
 
-    def on_connected(self) -> bool:
-        """Subscribed again: True if the last drop is now known to have been a takeover (closed
-        without a reason, and this reconnect was the first try after it)."""
-        inferred = self._unexplained
+    def on_connected(self) -> None:
+        """Subscribed again; a close without a reason just before makes the next one a takeover."""
+        self._suspect = self._unexplained
         self._unexplained = False
-        if inferred:
-            self.streak += 1
-        return inferred
 
     def _taken(self) -> float:
         self.streak += 1
@@ -257,9 +255,7 @@ class MqttSource:
                         raise aiomqtt.MqttError(
                             f"broker refused the subscription to {self.settings.subscription} "
                             f"(reason {granted[0] if granted else '?'}); check the ACL")
-                    if self.takeovers.on_connected():
-                        self._took_over("the broker closed our connection without a reason and "
-                                        "took us back at once", None)
+                    self.takeovers.on_connected()
                     attempt = 0
                     self.connected_at = subscribed = time.time()
                     self._on_connected(True)
@@ -284,7 +280,8 @@ class MqttSource:
                 if taken is not None:
                     attempt = 0
                     how = ("MQTT reason 0x8E" if reason == SESSION_TAKEN_OVER else
-                           "closed without a reason again")
+                           "closed without a reason twice after reconnects the broker took at "
+                           "once")
                     self._took_over(how, taken)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), taken)
@@ -297,13 +294,12 @@ class MqttSource:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
 
-    def _took_over(self, how: str, delay: float | None) -> None:
+    def _took_over(self, how: str, delay: float) -> None:
         self._on_takeover()
-        then = "" if delay is None else f"; reconnecting in {delay:.1f}s instead of fighting"
-        log.error("another client took over session `%s` on %s (%s, %d in a row)%s: a client id "
-                  "belongs to one meter serve; give each database its own --client-id",
-                  self.settings.client_id, self.settings.broker.url, how,
-                  self.takeovers.streak, then)
+        log.error("another client took over session `%s` on %s (%s, %d in a row); reconnecting "
+                  "in %.1fs instead of fighting: a client id belongs to one meter serve, give "
+                  "each database its own --client-id", self.settings.client_id,
+                  self.settings.broker.url, how, self.takeovers.streak, delay)
 
     async def _subscribe(self, client: aiomqtt.Client) -> Sequence[object]:
         """Subscribe and wait for the SUBACK for as long as the connection lives. A broker that
