@@ -2,6 +2,7 @@
 
     MeterError  (exit 1)
      +-- StoreError       the database cannot be opened, migrated or written        (exit 1)
+     |    +-- NotMeterDatabase  an existing file that is empty, foreign or corrupt      (exit 2)
      +-- ConfigError      settings or command-line values that cannot work          (exit 2)
      +-- UsageError       bad usage or a bad input file                             (exit 2)
      +-- DatabaseInUse    another `meter serve` holds the database                  (exit 2)
@@ -16,8 +17,8 @@ from typing import ClassVar
 
 from rating.errors import ContractError
 
-__all__ = ["ConfigError", "ContractError", "DatabaseInUse", "MeterError", "StoreError",
-           "UsageError"]
+__all__ = ["ConfigError", "ContractError", "DatabaseInUse", "MeterError", "NotMeterDatabase",
+           "StoreError", "UsageError"]
 
 
 class MeterError(Exception):
@@ -35,6 +36,13 @@ class StoreError(MeterError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class NotMeterDatabase(StoreError):
+    """`--db` names a file that exists but is not a meter database (empty, another program's
+    SQLite file, or corrupt): exit 2, and it is never taken for a new, empty history."""
+
+    exit_code = 2
 
 
 class ConfigError(MeterError):
