@@ -231,6 +231,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "messages the broker may have in flight to the meter (MQTT 5 Receive Maximum)", "N"),
     Setting("max_future", _seconds, "5m", "how far ahead of receipt an event may be", "DURATION"),
     Setting("max_bytes", _positive_int, "8192", "largest event payload accepted, in bytes", "N"),
+    Setting("rejected_keep_bytes", _positive_int, "1024", "a rejected payload up to this size is "
+            "kept whole; a longer one as its size, sha256 and this many first bytes", "N"),
+    Setting("rejected_retention", _seconds, "90d", "delete rejected messages older than this",
+            "DURATION"),
+    Setting("rejected_max_bytes", _positive_int, "268435456", "keep at most this many bytes of "
+            "rejected payloads (the oldest go first)", "N"),
     Setting("keepalive", _keepalive, "15s", "MQTT keepalive, whole seconds (a stalled broker is "
             "noticed after 1.5x this)", "DURATION"),
     Setting("session_expiry", _session_expiry, "never", "how long the broker keeps the meter's "
@@ -301,6 +307,9 @@ class Settings:
     receive_maximum: int
     max_future: float
     max_bytes: int
+    rejected_keep_bytes: int
+    rejected_retention: float
+    rejected_max_bytes: int
     keepalive: int
     session_expiry: int
     reconnect_min: float

@@ -335,6 +335,30 @@ async def checkpointer(settings: Settings, stop: asyncio.Event, *, store: Store,
                         settings.checkpoint_every, exc)
 
 
+#: How often the daemon applies the rejected table's retention and size bound.
+PRUNE_EVERY_SECONDS: Final = 600.0
+
+
+async def rejected_pruner(settings: Settings, stop: asyncio.Event, *, store: Store) -> None:
+    """Keep the rejected table within `rejected_retention` and `rejected_max_bytes`: at start,
+    then every `PRUNE_EVERY_SECONDS`. The freed pages are reused by SQLite (the file does not
+    shrink). A failure is logged and tried again at the next round, never fatal to collection."""
+    while not stop.is_set():
+        older_than_us = _now_us() - int(settings.rejected_retention * 1e6)
+        try:
+            pruned = await store.prune_rejected(older_than_us, settings.rejected_max_bytes)
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("rejected messages not pruned, trying again in %.0fs: %s",
+                        PRUNE_EVERY_SECONDS, exc)
+        else:
+            if pruned:
+                log.info("pruned %d rejected messages (older than %s, or beyond %d bytes)",
+                         pruned, timedelta(seconds=settings.rejected_retention),
+                         settings.rejected_max_bytes)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PRUNE_EVERY_SECONDS)
+
+
 def _serve_metrics(settings: Settings, registry: CollectorRegistry) -> Any:
     host, port = settings.metrics_addr
     try:
@@ -400,6 +424,7 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
     contracts = load_contracts(settings.contracts)
     registry = registry if registry is not None else CollectorRegistry()
     store = await open_store(settings.db, synchronous=settings.synchronous)
+    store.rejected_keep_bytes = settings.rejected_keep_bytes
     server = None
     try:
         metrics = Metrics(contracts, registry, db_path=settings.db)
@@ -438,6 +463,7 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
                 if settings.checkpoint_every > 0:
                     tg.create_task(checkpointer(settings, stop, store=store, ingestor=ingestor),
                                    name="checkpointer")
+                tg.create_task(rejected_pruner(settings, stop, store=store), name="rejected-pruner")
                 tg.create_task(_deadline(stop, consumer, settings.shutdown_timeout + 1.0),
                                name="shutdown-deadline")
         except BaseExceptionGroup as group:

@@ -120,6 +120,7 @@ SAMPLE = {
     "finalize_quiet": "7s", "checkpoint_every": "7s", "log_level": "DEBUG",
     "metrics_cert_file": "c.pem", "metrics_key_file": "k.pem", "metrics_username": "u",
     "metrics_password_file": "PW",
+    "rejected_keep_bytes": "7", "rejected_retention": "7d", "rejected_max_bytes": "7",
 }
 
 
