@@ -36,6 +36,7 @@ HANDLERS: dict[str, str] = {
     "verify": "meter.report:run_verify",
     "quote": "meter.quote:run_cli",
     "demo": "meter.demo:run",
+    "rejected": "meter.rejected:run",
 }
 
 
@@ -128,6 +129,22 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="load the sample month with `meter ingest` even if Mosquitto is installed")
 
 
+def _add_rejected(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("rejected", help="list, show or reprocess rejected messages")
+    p.add_argument("action", choices=("list", "show", "reprocess"),
+                   help="list: one line each; show ID: one with its payload; reprocess: move "
+                        "the ones valid under the current contracts into the log")
+    p.add_argument("id", nargs="?", type=int, metavar="ID", help="for show: the row (list's first column)")
+    p.add_argument("--db", required=True, help="SQLite database path")
+    p.add_argument("--contracts", help="contracts TOML file (required for reprocess)")
+    p.add_argument("--account", help="only messages naming this account (payload or topic)")
+    p.add_argument("--reason", help="only this reason (unknown_account, schema, ...)")
+    p.add_argument("--since", metavar="TS", help="only messages received at or after TS (RFC 3339)")
+    # The daemon's settings, so a message is judged as `meter serve` judges it.
+    for name in ("topic_prefix", "max_bytes", "max_future"):
+        _add_setting(p, setting(name))
+
+
 #: Commands may register extra flags here (command -> function taking its subparser).
 EXTRA_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -137,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="meter", description="Exact concurrent-license metering.")
     parser.add_argument("--version", action="version", version=f"meter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_serve, _add_ingest, _add_publish, _add_report, _add_quote, _add_demo):
+    for add in (_add_serve, _add_ingest, _add_publish, _add_report, _add_quote, _add_demo,
+                _add_rejected):
         add(sub)
     for name, extra in EXTRA_ARGS.items():
         extra(sub.choices[name])
