@@ -7,8 +7,14 @@ with a store connection of its own; the result is the same as rating them one by
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -78,6 +84,35 @@ def _rate_shard(shard: _Shard) -> list[tuple[str, Rated]]:
     return asyncio.run(rate())
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """Worker initializer: end this worker when `parent` (the `meter report` process) dies.
+
+    A worker blocks reading its call queue, whose write end it holds itself, so a parent killed
+    with SIGKILL (no atexit, no pool shutdown) left it waiting forever. On Linux the kernel sends
+    SIGKILL on the parent's death (PR_SET_PDEATHSIG): immediate, and it fires in the middle of a
+    rating as well. It is tied to the thread that spawned the worker (the event loop's, which
+    lives as long as the process) and is not inherited across fork; where it is not available,
+    and against that thread caveat, a daemon thread watches for the re-parenting once a second.
+    The check after setting it covers a parent that died before the worker got here.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def workers_for(todo: int) -> int:
     """How many processes rate `todo` accounts: one per core, up to 4, from `PARALLEL_MIN`."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -92,7 +127,8 @@ async def rate_parallel(store: Store, contracts_text: str, year: int, month: int
     shards = [_Shard(store.location, contracts_text, year, month, tuple(ids[i::workers]), cutoff,
                      charts, as_of) for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with,
+                             initargs=(os.getpid(),)) as pool:
         results = await asyncio.gather(*(loop.run_in_executor(pool, _rate_shard, shard)
                                          for shard in shards))
     return dict(item for shard in results for item in shard)
