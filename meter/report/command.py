@@ -20,6 +20,7 @@ from rating.bill import RATING_VERSION
 from rating.contracts import Contracts, parse_contracts
 from rating.durations import parse_duration
 from rating.periods import period_of_month
+from rating.usage import to_us
 
 __all__ = ["run", "run_verify", "write_outputs"]
 
@@ -91,6 +92,22 @@ def _refuse_early(contracts: Contracts, month: str, account: str | None, after_t
                 f"(its end plus --finalize-after {after_text}) needs --force")
 
 
+async def _without_events(store: Store, contracts: Contracts, month: str,
+                          account: str | None) -> list[str]:
+    """The chosen accounts with no event stored in their period `month`: a database that is
+    the wrong one, or a feed that never arrived, would otherwise pass for a quiet month."""
+    year, mon = parse_month(month)
+    out = []
+    for acc in contracts.accounts:
+        if account and acc.id != account:
+            continue
+        period = period_of_month(acc, year, mon)
+        if not await store.count_arrived(acc.id, to_us(period.start), to_us(period.end),
+                                         after_seq=0, through_seq=2**63 - 1):
+            out.append(acc.id)
+    return out
+
+
 async def _report(args: argparse.Namespace) -> int:
     if args.format == "html" and not args.out:
         raise UsageError("--format html writes one file per account: give --out DIR")
@@ -110,9 +127,14 @@ async def _report(args: argparse.Namespace) -> int:
                                    accounts=[args.account] if args.account else None,
                                    finalize=bool(args.finalize), charts=args.format == "html",
                                    as_of=as_of)
+        empty = await _without_events(store, contracts, args.period, args.account)
     paths = write_outputs(report, args.format, Path(args.out) if args.out else None)
     for path in paths:
         print(path)
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        print(f"meter report: no events stored for {shown} in {report.month} (the bill may "
+              "still be right: a named pool bills by quantity)", file=sys.stderr)
     for account in report.finalized_now:
         print(f"finalized {account} {report.month}", file=sys.stderr)
     return 0
