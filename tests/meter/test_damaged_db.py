@@ -133,3 +133,23 @@ def test_every_command_exits_2_with_one_line(tmp_path: Path, kind: str, command:
     assert "not a meter database" in lines[0]
     assert str(path) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_report_of_a_period_without_events_says_so_and_still_reports(tmp_path: Path) -> None:
+    """A meter database with no events in the period: the report is written (exit 0) and one
+    line on stderr says no events are stored; a period with events gets no such line."""
+    path = tmp_path / "meter.db"
+    done = _meter("ingest", str(ROOT / "sample_sessions" / "events-2026-11.jsonl"),
+                  "--db", str(path), "--contracts", str(CONTRACTS))
+    assert 0 == done.returncode, done.stderr
+    quiet = _meter("report", "--db", str(path), "--contracts", str(CONTRACTS), "--period", "2026-05")
+    assert 0 == quiet.returncode, quiet.stderr
+    assert json.loads(quiet.stdout)["accounts"]
+    lines = quiet.stderr.strip().splitlines()
+    assert 1 == len(lines), quiet.stderr
+    assert lines[0].startswith("meter report: no events stored for acme, ")
+    assert "in 2026-05 (the bill may still be right: a named pool bills by quantity)" in lines[0]
+    busy = _meter("report", "--db", str(path), "--contracts", str(CONTRACTS), "--period", "2026-11",
+                  "--account", "acme")
+    assert 0 == busy.returncode, busy.stderr
+    assert "no events stored" not in busy.stderr
