@@ -104,3 +104,22 @@ def test_reprocess_without_contracts_is_a_usage_error(
     """reprocess needs the contracts to judge by: exit 2 and one line."""
     assert 2 == main(["rejected", "reprocess", "--db", str(tmp_path / "m.db")])
     assert "needs --contracts" in capsys.readouterr().err
+
+
+def test_file_rows_are_reprocessed_without_a_topic_account(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Lines `meter ingest` rejected (`file:PATH:LINE` rows) are parsed again as ingest parses
+    them, with no topic account; what is still invalid stays, counted by reason."""
+    lines = tmp_path / "events.jsonl"
+    lines.write_text("\n".join([event(i, account="initech", eid=f"f{i}") for i in range(3)]
+                               + ["not json"]) + "\n")
+    old, restored = tmp_path / "old.toml", tmp_path / "restored.toml"
+    old.write_text(CONTRACTS)
+    restored.write_text(CONTRACTS + INITECH)
+    db = str(tmp_path / "m.db")
+    assert 0 == main(["ingest", str(lines), "--db", db, "--contracts", str(old)])
+    assert 0 == main(["rejected", "reprocess", "--db", db, "--contracts", str(restored)])
+    out = capsys.readouterr().out
+    assert "moved 3 rejected messages into the log; initech: 3" in out
+    assert "1 stay rejected; not_json: 1" in out
+    assert 3 == count(Path(db))
