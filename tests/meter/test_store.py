@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meter.errors import StoreError
+from meter.errors import NotMeterDatabase, StoreError
 from meter.events import Event
 from meter.store import RejectedMessage, Store, StoredEvent, open_store
 from meter.store.sqlite import MIGRATIONS
@@ -192,13 +192,18 @@ def _make(path: Path, version: int, script: str = "") -> None:
     db.close()
 
 
-async def test_a_version_0_database_with_other_tables_is_migrated(db_path: Path) -> None:
-    """An existing file without our schema gets every migration; its own tables are untouched."""
+def _bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def test_a_version_0_database_with_other_tables_is_refused(db_path: Path) -> None:
+    """An existing file without our schema is not a meter database: refused, and left as it was
+    (it used to get every migration beside its own tables, a new empty history)."""
     _make(db_path, 0, "CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('keep me');")
-    async with await open_store(db_path) as store:
-        assert len(MIGRATIONS) == await store.schema_version()
-        assert [("keep me",)] == await store.execute_fetchall("SELECT x FROM notes")
-        assert 1 == (await store.add([event(1)], received_us=T0_US)).new
+    before = _bytes(db_path)
+    with pytest.raises(NotMeterDatabase, match="no meter schema"):
+        await open_store(db_path)
+    assert before == _bytes(db_path)
 
 
 async def test_a_version_1_database_keeps_its_rows_and_gains_file_dedupe(db_path: Path) -> None:
