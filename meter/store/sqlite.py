@@ -240,7 +240,6 @@ def _retriable(exc: sqlite3.Error) -> bool:
                     sqlite3.SQLITE_IOERR) or "locked" in str(exc) or "full" in str(exc)
 
 
-_SQLITE_HEADER: Final = b"SQLite format 3\x00"
 # `PRAGMA quick_check` reads every page, so it is run at open only on files up to this size:
 # 0.66 GB/s measured (a 741 MB file of 3M events: 1.1 s warm; integrity_check 4.7 s, not used).
 # Up to 256 MiB (about 1M events) that is at most ~0.4 s on a daemon start or a report, and it
@@ -280,7 +279,13 @@ def _tables_at(version: int) -> set[str]:
 
 def _check_file(path: Path) -> int | None:
     """The size of the file at `path`, or None where there is none (a new database is made).
-    `NotMeterDatabase` where the file cannot be a SQLite database at all."""
+    `NotMeterDatabase` for an empty file or something that is not a file.
+
+    The file is never opened here, only stat'ed: SQLite locks with POSIX advisory locks, which
+    close() of any descriptor of the file drops for the whole process, so reading its header in
+    Python beside a live connection (the finalizer opens a store inside the daemon) let two
+    writers in at once and corrupted the database. SQLite itself says when a file is not one.
+    """
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -293,14 +298,6 @@ def _check_file(path: Path) -> int | None:
         # A new meter database has its first page written by `connect` (journal_mode), so an
         # empty file is a truncated copy or a path that names something else.
         raise NotMeterDatabase(f"{path}: not a meter database: empty file")
-    try:
-        with path.open("rb") as f:
-            header = f.read(len(_SQLITE_HEADER))
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot open database: {exc.strerror or exc}") from None
-    if header != _SQLITE_HEADER:
-        raise NotMeterDatabase(f"{path}: not a meter database: not a SQLite file "
-                               f"({st.st_size} bytes without the SQLite header)")
     return st.st_size
 
 
@@ -326,10 +323,15 @@ async def _check_schema(db: aiosqlite.Connection, path: Path, size: int) -> None
             raise NotMeterDatabase(f"{path}: not a meter database: corrupt: {first}")
 
 
+def _code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of `exc`, if it has one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
 def _corrupt(exc: sqlite3.Error) -> bool:
     """Whether SQLite says the file is damaged or not a database at all."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return _code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 class SqliteStore(Store):
@@ -382,7 +384,9 @@ class SqliteStore(Store):
         except sqlite3.DatabaseError as exc:
             await db.close()
             if _corrupt(exc):
-                raise NotMeterDatabase(f"{path}: not a meter database: {exc}") from None
+                what = ("not a SQLite file" if _code(exc) == sqlite3.SQLITE_NOTADB
+                        else f"corrupt: {exc}")
+                raise NotMeterDatabase(f"{path}: not a meter database: {what}") from None
             raise StoreError(f"{path}: cannot prepare database: {exc}",
                              retriable=_retriable(exc)) from None
         except BaseException:

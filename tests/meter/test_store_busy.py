@@ -8,11 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from meter.errors import StoreError
+from meter.events import Event
 from meter.store import open_store
 
 HOLDER = """
@@ -68,3 +70,40 @@ async def test_a_writer_still_gives_up_after_busy_timeout(db_path: Path) -> None
             waited = time.monotonic() - started
         assert info.value.retriable
         assert 0.25 < waited < 1.9
+
+
+OPEN_AND_CLOSE = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("SELECT count(*) FROM events").fetchall()
+db.close()
+"""
+
+
+async def test_opening_a_second_store_in_a_process_keeps_the_first_ones_locks(
+        db_path: Path) -> None:
+    """While one store of this process is open, opening (and closing) another store of the same
+    file in this process must not drop its locks. SQLite's POSIX locks go with close() of any
+    descriptor of the file, so `connect` never opens the file outside SQLite. It used to read
+    the header itself: the daemon's finalizer, opening a store beside the daemon's, dropped the
+    daemon's shared lock, and a last connection elsewhere checkpointed and deleted the WAL under
+    it (a corrupt database, found by the daemon's finalization test). Here: with the first
+    store's lock intact, another process closing its connection cannot remove the WAL."""
+    first = await open_store(db_path)
+    try:
+        await first.add([_event()], received_us=1)
+        wal = db_path.with_name(db_path.name + "-wal")
+        assert wal.exists()
+        second = await open_store(db_path)
+        await second.close()
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-c", OPEN_AND_CLOSE,
+                                                 str(db_path)], check=True, stdin=subprocess.DEVNULL)
+        assert wal.exists()
+        assert 1 == (await first.counts())["events"]
+    finally:
+        await first.close()
+
+
+def _event() -> Event:
+    return Event(id="e1", type="login", account="acme", user="u1",
+                 ts=datetime(2026, 11, 12, tzinfo=UTC), pool="agents", session=None, raw=b"{}")
