@@ -98,14 +98,18 @@ def test_report_finalize_force_freezes_an_open_period(files: tuple[Path, Path]) 
     month = _month(0)
     code, out, err = _report(files, "--period", month, "--account", "acme", "--finalize",
                              "--force")
-    assert (0, f"finalized acme {month}\n") == (code, err)
+    assert (0, f"meter report: no events stored for acme in {month} (the bill may still be "
+               "right: a named pool bills by quantity)\n"
+               f"finalized acme {month}\n") == (code, err)
     assert '"finalized": true' in out
 
 
 def test_report_finalize_takes_an_ended_period(files: tuple[Path, Path]) -> None:
     """A period long past its end plus 1h is finalized without --force, for every account."""
     code, _, err = _report(files, "--period", "2026-01", "--finalize")
-    assert (0, "finalized acme 2026-01\nfinalized tokyo 2026-01\n") == (code, err)
+    assert (0, "meter report: no events stored for tokyo in 2026-01 (the bill may still be "
+               "right: a named pool bills by quantity)\n"
+               "finalized acme 2026-01\nfinalized tokyo 2026-01\n") == (code, err)
 
 
 def test_report_finalize_after_must_be_a_duration(files: tuple[Path, Path]) -> None:
