@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -178,6 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Each error class says what it exits with (2 for bad input, 1 otherwise).
         print(f"meter {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:
+        # Damage the open did not see (a file past the size it checks whole) met by a query: one
+        # line naming the database; exit 2 where SQLite says the file is corrupt.
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        corrupt = code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        print(f"meter {args.command}: {getattr(args, 'db', None) or 'the database'}: {exc}",
+              file=sys.stderr)
+        return 2 if corrupt else 1
     except OSError as exc:
         # A file or socket the command needed: one line naming it, not a traceback.
         where = f"{exc.filename}: " if exc.filename else ""
