@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from meter.finalization import REASONS, Link, wait_reason
 from meter.metrics import Metrics
 from rating.contracts import parse_contracts
+from tests import contracts_toml as toml
 
 END = datetime(2026, 12, 1, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -46,37 +47,13 @@ def test_wait_reason(now: datetime, link: Link | None, last_arrival: datetime | 
                                    last_arrival=last_arrival)
 
 
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 2
-  price = "100.00"
-  overage_price = "150.00"
-
-[[account]]
-id = "tokyo"
-timezone = "Asia/Tokyo"
-currency = "JPY"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 2
-  price = "100"
-  overage_price = "150"
-"""
+CONTRACTS = toml.contracts(
+    toml.account("acme", pools=[toml.pool("agents", tier="premium", model="concurrent", quantity=2,
+                                          price="100.00", overage_price="150.00")]),
+    toml.account("tokyo", timezone="Asia/Tokyo", currency="JPY", pools=[
+        toml.pool("agents", tier="premium", model="concurrent", quantity=2, price="100",
+                  overage_price="150")]),
+)
 
 
 def test_waiting_gauge_is_zero_for_every_account_and_reason_then_one_for_the_reason() -> None:

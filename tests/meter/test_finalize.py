@@ -23,42 +23,16 @@ from meter.finalization import Link
 from meter.report import finalize_due
 from meter.report.build import Watch
 from tests.conftest import Broker, free_port
+from tests.contracts_toml import account, contracts, pool
 from tests.faults.harness import Daemon, Publisher, wait_for
 
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 2
-  price = "100.00"
-  overage_price = "150.00"
-  grace = "30m"
-
-[[account]]
-id = "quiet"
-timezone = "UTC"
-currency = "EUR"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 2
-  price = "100.00"
-  overage_price = "150.00"
-"""
+CONTRACTS = contracts(
+    account("acme", pools=[pool("agents", tier="premium", model="concurrent", quantity=2,
+                                price="100.00", overage_price="150.00", grace="30m")]),
+    account("quiet", currency="EUR", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=2, price="100.00",
+             overage_price="150.00")]),
+)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

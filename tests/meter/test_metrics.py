@@ -16,34 +16,13 @@ from meter.finalization import REASONS as WAIT_REASONS
 from meter.metrics import Metrics, Snapshot
 from meter.tracker import Tracker
 from rating.contracts import Contracts, parse_contracts
+from tests import contracts_toml as toml
 
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = 1
-  price = "149.00"
-  overage_price = "149.00"
-  grace = "10m"
-  [[account.pool]]
-  id = "sups"
-  tier = "premium"
-  model = "named"
-  quantity = 3
-  price = "99.00"
-  [[account.addon]]
-  id = "qm"
-  quantity = 1
-  price = "10.00"
-"""
+CONTRACTS = toml.contracts(toml.account("acme", pools=[
+    toml.pool("agents", tier="elite", model="concurrent", quantity=1, price="149.00",
+              overage_price="149.00", grace="10m"),
+    toml.pool("sups", tier="premium", model="named", quantity=3, price="99.00"),
+], addons=[toml.addon("qm", quantity=1, price="10.00")]))
 
 T0 = datetime(2026, 11, 5, 9, 0, tzinfo=UTC)
 T0_US = int(T0.timestamp()) * 1_000_000

@@ -14,6 +14,7 @@ import pytest
 
 from meter.cli import main
 from tests.conftest import Broker
+from tests.contracts_toml import account, pool
 from tests.meter.test_serve import (
     CONTRACTS,
     Daemon,
@@ -27,23 +28,9 @@ from tests.meter.test_serve import (
 
 pytestmark = pytest.mark.broker
 
-INITECH = """
-[[account]]
-id = "initech"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 5
-  price = "149.00"
-  overage_price = "149.00"
-"""
+INITECH = account("initech", pools=[
+    pool("agents", tier="premium", model="concurrent", quantity=5, price="149.00",
+         overage_price="149.00")])
 USERS = 20
 
 

@@ -11,38 +11,15 @@ from pathlib import Path
 import pytest
 
 from meter.cli import main
+from tests.contracts_toml import account, contracts, pool
 
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 2
-  price = "100.00"
-  overage_price = "150.00"
-
-[[account]]
-id = "tokyo"
-timezone = "Asia/Tokyo"
-currency = "JPY"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 2
-  price = "100"
-  overage_price = "150"
-"""
+CONTRACTS = contracts(
+    account("acme", pools=[pool("agents", tier="premium", model="concurrent", quantity=2,
+                                price="100.00", overage_price="150.00")]),
+    account("tokyo", timezone="Asia/Tokyo", currency="JPY", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=2, price="100",
+             overage_price="150")]),
+)
 
 
 @pytest.fixture

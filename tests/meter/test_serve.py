@@ -21,42 +21,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Broker, free_port
+from tests.contracts_toml import account, contracts, pool
 
 pytestmark = pytest.mark.broker
 
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 2
-  price = "149.00"
-  overage_price = "149.00"
-
-[[account]]
-id = "globex"
-timezone = "Europe/Berlin"
-currency = "EUR"
-billing = "monthly"
-anchor = "2026-01-15"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "desk"
-  tier = "essentials"
-  model = "concurrent"
-  quantity = 10
-  price = "49.00"
-  overage_price = "49.00"
-"""
+CONTRACTS = contracts(
+    account("acme", pools=[pool("agents", tier="premium", model="concurrent", quantity=2,
+                                price="149.00", overage_price="149.00")]),
+    account("globex", timezone="Europe/Berlin", currency="EUR", anchor="2026-01-15", pools=[
+        pool("desk", tier="essentials", model="concurrent", quantity=10, price="49.00",
+             overage_price="49.00")]),
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

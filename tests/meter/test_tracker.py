@@ -15,51 +15,24 @@ from rating.contracts import Contracts, parse_contracts
 from rating.seatchanges import apply_orders
 from rating.sessions import build_sessions
 from rating.usage import UsageEvent
+from tests.contracts_toml import account, addon, order, pool
+from tests.contracts_toml import contracts as contracts_toml
 
-CONTRACTS = """
-[[account]]
-id = "acme"
-timezone = "America/New_York"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-session_timeout = "12h"
 
-  [[account.pool]]
-  id = "agents"
-  tier = "elite"
-  model = "concurrent"
-  quantity = 2
-  price = "149.00"
-  overage_price = "149.00"
-  grace = "30m"
+def _contracts(*, session_timeout: str = "12h", agents_grace: str = "30m") -> str:
+    """acme's pools, add-on and orders; the oracle tests widen the timeout and shorten a grace."""
+    return contracts_toml(account(
+        "acme", timezone="America/New_York", session_timeout=session_timeout, pools=[
+            pool("agents", tier="elite", model="concurrent", quantity=2, price="149.00",
+                 overage_price="149.00", grace=agents_grace),
+            pool("leads", tier="premium", model="concurrent", quantity=1, price="99.00",
+                 overage_price="99.00", grace="30m", grace_mode="cumulative"),
+        ], addons=[addon("wfm", quantity=1, price="25.00")], orders=[
+            order("2026-11-10T00:00:00Z", pool="agents", quantity=4),
+            order("2026-11-20T00:00:00Z", pool="agents", quantity=3)]))
 
-  [[account.pool]]
-  id = "leads"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 1
-  price = "99.00"
-  overage_price = "99.00"
-  grace = "30m"
-  grace_mode = "cumulative"
 
-  [[account.addon]]
-  id = "wfm"
-  quantity = 1
-  price = "25.00"
-
-  [[account.order]]
-  at = "2026-11-10T00:00:00Z"
-  pool = "agents"
-  quantity = 4
-
-  [[account.order]]
-  at = "2026-11-20T00:00:00Z"
-  pool = "agents"
-  quantity = 3
-"""
+CONTRACTS = _contracts()
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T0 = datetime(2026, 11, 3, 14, 0, tzinfo=UTC)
@@ -328,8 +301,7 @@ def test_heartbeats_keep_one_timer_per_session(contracts: Contracts) -> None:
 
 # --- against the rating's session rules ---------------------------------------------------------
 
-ORACLE_CONTRACTS = CONTRACTS.replace('session_timeout = "12h"', 'session_timeout = "1000h"') \
-    .replace('grace = "30m"\n\n  [[account.pool]]', 'grace = "10m"\n\n  [[account.pool]]', 1)
+ORACLE_CONTRACTS = _contracts(session_timeout="1000h", agents_grace="10m")
 
 
 def _oracle(events: list[UsageEvent], until: datetime, licensed: int,
@@ -392,35 +364,12 @@ def test_tracker_agrees_with_the_rating_sessions(
     assert expected == (v.active_users, v.peak_users, v.billable_overage)
 
 
-PACKS_AND_NAMED = """
-[[account]]
-id = "packs"
-timezone = "UTC"
-currency = "USD"
-billing = "annual"
-anchor = "2026-01-01"
-policy = "packs"
-
-  [[account.pool]]
-  id = "agents"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 10
-  price = "149.00"
-  overage_price = "149.00"
-
-  [[account.pool]]
-  id = "desk"
-  tier = "essentials"
-  model = "named"
-  quantity = 1
-  price = "49.00"
-
-  [[account.order]]
-  at = "2026-11-10T00:00:00Z"
-  pool = "agents"
-  quantity = 13
-"""
+PACKS_AND_NAMED = contracts_toml(account(
+    "packs", billing="annual", policy="packs", pools=[
+        pool("agents", tier="premium", model="concurrent", quantity=10, price="149.00",
+             overage_price="149.00"),
+        pool("desk", tier="essentials", model="named", quantity=1, price="49.00"),
+    ], orders=[order("2026-11-10T00:00:00Z", pool="agents", quantity=13)]))
 
 
 def test_refused_order_changes_no_live_licence() -> None:
@@ -473,44 +422,11 @@ def test_seat_events_without_pool_go_to_the_only_named_pool() -> None:
     assert ({"agents": (0, 2), "desk": (0, 1)}, 0) == (counts, t.unresolved)
 
 
-ONLY_NAMED = """
-[[account]]
-id = "solo"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "desk"
-  tier = "essentials"
-  model = "named"
-  quantity = 1
-  price = "49.00"
-
-[[account]]
-id = "twin"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "n1"
-  tier = "essentials"
-  model = "named"
-  quantity = 1
-  price = "49.00"
-
-  [[account.pool]]
-  id = "n2"
-  tier = "essentials"
-  model = "named"
-  quantity = 1
-  price = "49.00"
-"""
+ONLY_NAMED = contracts_toml(
+    account("solo", pools=[pool("desk", tier="essentials", model="named", quantity=1, price="49.00")]),
+    account("twin", pools=[pool(p, tier="essentials", model="named", quantity=1, price="49.00")
+                           for p in ("n1", "n2")]),
+)
 
 
 def test_login_without_seat_in_the_only_named_pool_is_unlicensed_use_there() -> None:
@@ -530,41 +446,10 @@ def test_login_without_seat_in_the_only_named_pool_is_unlicensed_use_there() -> 
     assert ({"desk": (0, 1), "n1": (0, 0), "n2": (1, 1)}, 2) == (counts, t.unresolved)
 
 
-TWO_TENANTS = """
-[[account]]
-id = "a"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "desk"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 1
-  price = "99.00"
-  overage_price = "99.00"
-  grace = "30m"
-
-[[account]]
-id = "b"
-timezone = "UTC"
-currency = "USD"
-billing = "monthly"
-anchor = "2026-01-01"
-policy = "prorate"
-
-  [[account.pool]]
-  id = "desk"
-  tier = "premium"
-  model = "concurrent"
-  quantity = 1
-  price = "99.00"
-  overage_price = "99.00"
-  grace = "30m"
-"""
+TWO_TENANTS = contracts_toml(*(
+    account(a, pools=[pool("desk", tier="premium", model="concurrent", quantity=1, price="99.00",
+                           overage_price="99.00", grace="30m")])
+    for a in ("a", "b")))
 WINDOW = 2_000_000  # the daemon's default reorder window
 
 
