@@ -495,18 +495,8 @@ class SqliteStore(Store):
                      end_us: int | None = None) -> list[StoredEvent]:
         """Accepted events, optionally of one account and with `start_us <= ts_us < end_us`,
         in event-time order (ties by arrival)."""
-        clauses: list[str] = []
-        params: list[object] = []
-        if account is not None:
-            clauses.append("account = ?")
-            params.append(account)
-        if start_us is not None:
-            clauses.append("ts_us >= ?")
-            params.append(start_us)
-        if end_us is not None:
-            clauses.append("ts_us < ?")
-            params.append(end_us)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where(("account = ?", account), ("ts_us >= ?", start_us),
+                               ("ts_us < ?", end_us))
         sql = ("SELECT seq, account, id, type, user, pool, session, ts_us, received_us "  # noqa: S608 - clauses are fixed strings, values are bound
                f"FROM events {where} ORDER BY ts_us, seq")
         async with self._db.execute(sql, params) as cur:
@@ -585,23 +575,13 @@ class SqliteStore(Store):
     async def rejected(self, *, account: str | None = None, reason: str | None = None,
                        since_us: int | None = None, seq: int | None = None
                        ) -> list[StoredRejected]:
-        clauses: list[str] = []
-        params: list[object] = []
-        if account is not None:
-            # The payload's account, or the topic's `<prefix>/<account>/events` (an unknown
-            # account's row names it only there when the payload did not parse).
-            clauses.append("(account = ? OR substr(topic, -length(?)) = ?)")
-            params += [account, f"/{account}/events", f"/{account}/events"]
-        if reason is not None:
-            clauses.append("reason = ?")
-            params.append(reason)
-        if since_us is not None:
-            clauses.append("received_us >= ?")
-            params.append(since_us)
-        if seq is not None:
-            clauses.append("seq = ?")
-            params.append(seq)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        topic = None if account is None else f"/{account}/events"
+        # The payload's account, or the topic's `<prefix>/<account>/events` (an unknown account's
+        # row names it only there when the payload did not parse).
+        where, params = _where(
+            ("(account = ? OR substr(topic, -length(?)) = ?)",
+             None if account is None else (account, topic, topic)),
+            ("reason = ?", reason), ("received_us >= ?", since_us), ("seq = ?", seq))
         sql = (f"SELECT {_REJECTED_COLUMNS} FROM rejected {where} "  # noqa: S608 - fixed clauses, bound values
                "ORDER BY seq")
         return [StoredRejected(
@@ -686,6 +666,16 @@ class SqliteStore(Store):
         """The one integer a query answers."""
         rows = await self.execute_fetchall(sql, params)
         return _as_int(rows[0][0])
+
+
+def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
+    """A WHERE clause of the fixed `conditions` whose value is not None, and its bound values (a
+    tuple value binds each of its items, for a condition with several `?`)."""
+    used = [(text, value) for text, value in conditions if value is not None]
+    params: list[object] = []
+    for _, value in used:
+        params += list(value) if isinstance(value, tuple) else [value]
+    return (f"WHERE {' AND '.join(text for text, _ in used)}" if used else ""), params
 
 
 def _as_int(value: object) -> int:
