@@ -1,4 +1,5 @@
-"""Shared fixtures: real resources only (a Mosquitto per session, SQLite files in tmp_path).
+"""Shared fixtures: real resources only (a Mosquitto per session, SQLite files in tmp_path, a
+PostgreSQL cluster per session with a fresh database per test).
 
 `mosquitto` is one broker for the whole test session (each test uses its own topic prefix);
 `broker_factory` starts function-scoped brokers that fault tests may kill, stop and restart.
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.pgserver import MISSING as PG_MISSING
+from tests.pgserver import PgServer, find_bin
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,3 +173,26 @@ def topic_prefix() -> str:
 def db_path(tmp_path: Path) -> Path:
     """A fresh SQLite file path (the store creates it)."""
     return tmp_path / "meter.db"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private PostgreSQL cluster for the test session (tests/pgserver.py): a free loopback
+    port, trust auth, fsync on; stopped and removed at the end."""
+    if find_bin() is None:
+        pytest.fail(PG_MISSING)
+    server = PgServer.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The `postgresql://` URL of a fresh, empty database of this test's own (`t_<n>`), dropped
+    after it."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
