@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
+from urllib.parse import parse_qsl, urlsplit
 
 from meter import __version__
-from meter.config import SETTINGS, Setting, setting
+from meter.config import ENV_PREFIX, SETTINGS, Setting, is_postgres, parse_db, redact, setting
 from meter.errors import MeterError
 from rating.errors import RatingError
 
@@ -39,6 +42,27 @@ HANDLERS: dict[str, str] = {
     "demo": "meter.demo:run",
     "rejected": "meter.rejected:run",
 }
+
+#: The variable every command's `--db` falls back to (as `meter serve`'s setting does).
+DB_ENV = ENV_PREFIX + "DB"
+
+
+def _db_value(text: str) -> Path | str:
+    try:
+        return parse_db(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_db(p: argparse.ArgumentParser, flag: str = "--db", what: str = "the store",
+            *, env: bool = True, dest: str = "db") -> None:
+    """A store location flag: a SQLite path (or `sqlite:PATH`) or a PostgreSQL URL; `--db`
+    falls back to METER_DB, so a URL with its password need not be in the process list."""
+    fallback = (os.environ.get(DB_ENV) or None) if env else None
+    p.add_argument(flag, dest=dest, type=_db_value, required=fallback is None, default=fallback,
+                   metavar="PATH|URL",
+                   help=f"{what}: a SQLite path or a postgresql://USER@HOST:PORT/DB URL"
+                        + (f" (or set {DB_ENV})" if env else ""))
 
 
 def _add_setting(p: argparse.ArgumentParser, s: Setting, *, default: str | None = None) -> None:
@@ -65,7 +89,7 @@ def _add_broker_auth(p: argparse.ArgumentParser) -> None:
 def _add_ingest(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("ingest", help="load JSONL event files into the store (same rules as serve)")
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL files, or - for stdin")
-    p.add_argument("--db", required=True, help="SQLite database path")
+    _add_db(p)
     p.add_argument("--contracts", required=True, help="contracts TOML file")
     p.add_argument("--as-of", metavar="TS",
                    help="receive time recorded for every line and used for the 'future' check "
@@ -91,7 +115,7 @@ def _add_publish(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("report", help="month-end overage report (JSON, CSV, HTML)")
-    p.add_argument("--db", required=True, help="SQLite database path")
+    _add_db(p)
     p.add_argument("--contracts", required=True, help="contracts TOML file")
     p.add_argument("--period", required=True, metavar="YYYY-MM", help="billing period")
     p.add_argument("--account", help="one account (default: all)")
@@ -107,7 +131,7 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
                         "sessions open then count as open up to it, as the live gauges count them")
     v = sub.add_parser("verify", help="recompute a report's input hash and compare")
     v.add_argument("report", metavar="REPORT.json")
-    v.add_argument("--db", required=True)
+    _add_db(v)
     v.add_argument("--contracts", required=True)
 
 
@@ -128,6 +152,9 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="where the database and reports go (default ./demo-out, made fresh)")
     p.add_argument("--no-broker", action="store_true",
                    help="load the sample month with `meter ingest` even if Mosquitto is installed")
+    p.add_argument("--db", type=_db_value, metavar="PATH|URL",
+                   help="the store to load (default DIR/meter.db, made fresh); a PostgreSQL "
+                        "database must be empty")
 
 
 def _add_rejected(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -136,7 +163,7 @@ def _add_rejected(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="list: one line each; show ID: one with its payload; reprocess: move "
                         "the ones valid under the current contracts into the log")
     p.add_argument("id", nargs="?", type=int, metavar="ID", help="for show: the row (list's first column)")
-    p.add_argument("--db", required=True, help="SQLite database path")
+    _add_db(p)
     p.add_argument("--contracts", help="contracts TOML file (required for reprocess)")
     p.add_argument("--account", help="only messages naming this account (payload or topic)")
     p.add_argument("--reason", help="only this reason (unknown_account, schema, ...)")
@@ -170,6 +197,28 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
+def _secrets(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(text, replacement) pairs that hide the passwords of the PostgreSQL URLs among `args`."""
+    pairs: list[tuple[str, str]] = []
+    for name in ("db", "source", "target"):
+        url = getattr(args, name, None)
+        if not is_postgres(url):
+            continue
+        pairs.append((str(url), redact(url)))
+        parts = urlsplit(str(url))
+        passwords = [parts.password] + [v for k, v in parse_qsl(parts.query) if k == "password"]
+        pairs += [(p, "***") for p in passwords if p]
+    return pairs
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """One error line on stderr, never with a password from a URL among the arguments (a
+    driver's message may quote the connection string)."""
+    for secret, shown in _secrets(args):
+        text = text.replace(secret, shown)
+    print(f"meter {args.command}: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (tests call this directly)."""
     args = build_parser().parse_args(argv)
@@ -177,21 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _handler(args.command)(args)
     except (MeterError, RatingError) as exc:
         # Each error class says what it exits with (2 for bad input, 1 otherwise).
-        print(f"meter {args.command}: {exc}", file=sys.stderr)
+        _say(args, str(exc))
         return exc.exit_code
     except sqlite3.DatabaseError as exc:
         # Damage the open did not see (a file past the size it checks whole) met by a query: one
         # line naming the database; exit 2 where SQLite says the file is corrupt.
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
         corrupt = code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-        print(f"meter {args.command}: {getattr(args, 'db', None) or 'the database'}: {exc}",
-              file=sys.stderr)
+        _say(args, f"{getattr(args, 'db', None) or 'the database'}: {exc}")
         return 2 if corrupt else 1
     except OSError as exc:
         # A file or socket the command needed: one line naming it, not a traceback.
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"meter {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        _say(args, f"{where}{exc.strerror or exc}")
         return 1
     except KeyboardInterrupt:
-        print(f"meter {args.command}: interrupted", file=sys.stderr)
+        _say(args, "interrupted")
         return 130

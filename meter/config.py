@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from meter.errors import ConfigError
 from rating.durations import parse_duration
@@ -21,13 +21,17 @@ __all__ = [
     "DEFAULT_METRICS_ADDR",
     "ENV_PREFIX",
     "FLAG_KEYS",
+    "POSTGRES_SCHEMES",
     "SETTINGS",
     "BrokerAddress",
     "Setting",
     "Settings",
+    "is_postgres",
     "load_settings",
     "parse_broker_url",
+    "parse_db",
     "parse_host_port",
+    "redact",
     "setting",
 ]
 
@@ -92,6 +96,60 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+#: The URL schemes of a PostgreSQL `--db` (libpq's two spellings).
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+#: The prefix that marks a `--db` as a SQLite path explicitly (`sqlite:meter.db`).
+_SQLITE_PREFIX: Final = "sqlite:"
+
+
+def is_postgres(db: object) -> bool:
+    """Whether `db` (a `--db` value) is a PostgreSQL URL rather than a SQLite path."""
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+def parse_db(text: str) -> Path | str:
+    """A `--db` value: a `postgresql://` or `postgres://` URL, kept verbatim as a str (a Path
+    would fold its `//`), or a SQLite path (optionally written `sqlite:PATH`) as a Path."""
+    text = text.strip()
+    if not text:
+        raise ValueError("expected a SQLite path or a postgresql:// URL, got ''")
+    if is_postgres(text):
+        try:
+            urlsplit(text).port  # noqa: B018 - read for its ValueError on a bad port
+        except ValueError:
+            raise ValueError(f"bad port in {redact(text)!r}") from None
+        return text
+    if text.startswith(_SQLITE_PREFIX):
+        text = text[len(_SQLITE_PREFIX):]
+        if not text:
+            raise ValueError("sqlite: names no file (sqlite:PATH)")
+    return Path(text)
+
+
+def redact(db: object) -> str:
+    """`db` fit to print: a PostgreSQL URL's password (in the authority or as a `password=`
+    query parameter) replaced by `***`; a path as it is."""
+    text = str(db)
+    if not is_postgres(text):
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k == "password" for k, _ in pairs):
+            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs],
+                              safe="*/:")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return text
+    # Not urlunsplit: it folds `postgresql:///db` (no host: the local socket) into `postgresql:/db`.
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
+
+
 def _positive_int(value: object) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
@@ -108,6 +166,10 @@ def _text(value: object) -> str:
 
 def _path(value: object) -> Path:
     return Path(_text(value))
+
+
+def _db(value: object) -> Path | str:
+    return parse_db(_text(value))
 
 
 def _topic_prefix(value: object) -> str:
@@ -205,7 +267,8 @@ class Setting:
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("broker", _broker, None, "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (required)",
             "URL", aliases=("METER_BROKER_URL",)),
-    Setting("db", _path, "meter.db", "SQLite database path", "PATH"),
+    Setting("db", _db, "meter.db", "SQLite database path, or a postgresql://USER@HOST:PORT/DB URL "
+            "(password best in PGPASSWORD or ~/.pgpass)", "PATH|URL"),
     Setting("contracts", _path, None, "contracts TOML file (without one every event is "
             "unknown_account)", "FILE"),
     Setting("metrics_addr", _host_port, "{}:{}".format(*DEFAULT_METRICS_ADDR),
@@ -298,7 +361,8 @@ class Settings:
     client_id: str
     topic_prefix: str
     metrics_addr: tuple[str, int]
-    db: Path
+    #: A SQLite path, or a PostgreSQL URL (a str, verbatim; print it only through `redact`).
+    db: Path | str
     contracts: Path | None
     synchronous: str
     batch_max: int
@@ -335,7 +399,7 @@ class Settings:
     def describe(self) -> str:
         """One log line of the settings that matter, never the password."""
         return (f"broker={self.broker.url} client_id={self.client_id} user={self.username or '-'} "
-                f"subscription={self.subscription} db={self.db} contracts={self.contracts or '-'} "
+                f"subscription={self.subscription} db={redact(self.db)} contracts={self.contracts or '-'} "
                 f"metrics={'https' if self.metrics_cert_file else 'http'}://"
                 f"{self.metrics_addr[0]}:{self.metrics_addr[1]}/metrics "
                 f"{'(basic auth) ' if self.metrics_username else ''}"

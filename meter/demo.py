@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final
 
+from meter.config import is_postgres, redact
 from meter.errors import MeterError, UsageError
 from meter.report import Report, make_report, summary, write_outputs
 from meter.store import open_store
@@ -51,14 +52,25 @@ class DemoPaths:
     contracts: Path
     events: Path
     out: Path
+    #: `meter demo --db`: a store of the operator's (a PostgreSQL URL must name an empty one).
+    store: Path | str | None = None
 
     @property
-    def db(self) -> Path:
-        """The demo's own SQLite database (made fresh on every run)."""
-        return self.out / "meter.db"
+    def db(self) -> Path | str:
+        """The store the demo loads: `--db`, or its own SQLite database (made fresh every run)."""
+        return self.store if self.store is not None else self.out / "meter.db"
+
+    def db_argv(self) -> list[str]:
+        """`--db` for a child `meter` command; none for a URL, which goes in `child_env` (a
+        password in a URL must not show in the process list)."""
+        return [] if is_postgres(self.db) else ["--db", str(self.db)]
+
+    def child_env(self) -> dict[str, str] | None:
+        """The environment of a child `meter` command (None: ours as it is)."""
+        return {**os.environ, "METER_DB": str(self.db)} if is_postgres(self.db) else None
 
 
-def sample_paths(out: Path) -> DemoPaths:
+def sample_paths(out: Path, db: Path | str | None = None) -> DemoPaths:
     """The committed sample month (a clone's `sample_sessions/`), writing into `out`."""
     contracts = SAMPLES / "contracts.toml"
     events = SAMPLES / "events-2026-11.jsonl"
@@ -72,7 +84,7 @@ def sample_paths(out: Path) -> DemoPaths:
         events = out / "events-2026-11.jsonl"
         subprocess.run([sys.executable, str(generator), "--out", str(events)], check=True,  # noqa: S603 - our own script
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return DemoPaths(contracts=contracts, events=events, out=out)
+    return DemoPaths(contracts=contracts, events=events, out=out, store=db)
 
 
 def max_future(now: datetime | None = None) -> str:
@@ -117,12 +129,13 @@ class Processes:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     files: list[IO[bytes]] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str], log: Path,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start `argv` with output to `log`, in its own process group (Ctrl-C is ours to handle)."""
         handle = log.open("ab")
         self.files.append(handle)
         proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,  # noqa: S603 - fixed argv
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self.procs.append((name, proc))
         return proc
 
@@ -160,7 +173,7 @@ def _meter(*args: str) -> list[str]:
     return [sys.executable, "-m", "meter", *args]
 
 
-def _counts(db: Path) -> tuple[int, int]:
+def _counts(db: Path | str) -> tuple[int, int]:
     """Accepted and rejected rows so far (the daemon created the database before it listened)."""
 
     async def count() -> dict[str, int]:
@@ -171,7 +184,7 @@ def _counts(db: Path) -> tuple[int, int]:
     return counts["events"], counts["rejected"]
 
 
-def _wait_stored(db: Path, serve: subprocess.Popen[bytes], quiet_for: float = 1.5,
+def _wait_stored(db: Path | str, serve: subprocess.Popen[bytes], quiet_for: float = 1.5,
                  timeout: float = 60.0) -> tuple[int, int]:
     """Wait until the daemon has stored everything: the counts stop moving for `quiet_for` s."""
     deadline = time.monotonic() + timeout
@@ -216,12 +229,12 @@ def collect_with_broker(paths: DemoPaths, mosquitto: str, group: Processes) -> l
 
     serve_log = paths.out / "serve.log"
     serve = group.start("meter serve", _meter(
-        "serve", "--broker", url, "--db", str(paths.db), "--contracts", str(paths.contracts),
+        "serve", "--broker", url, *paths.db_argv(), "--contracts", str(paths.contracts),
         "--metrics-addr", f"127.0.0.1:{metrics_port}", "--max-future", max_future(),
         "--tracker-clock", "events", "--client-id", f"meter-demo-{os.getpid()}",
         # A replay of a past month must not be frozen half-way by the wall clock.
         "--finalize-after", "0s",
-    ), serve_log)
+    ), serve_log, env=paths.child_env())
     _wait_port(metrics_port, serve, "meter serve", serve_log)
     _say(f"daemon     meter serve (pid {serve.pid}), metrics on "
          f"http://127.0.0.1:{metrics_port}/metrics, log {serve_log}")
@@ -241,9 +254,9 @@ def collect_with_ingest(paths: DemoPaths) -> None:
     """No broker installed: `meter ingest` the same file through the same validation."""
     _say("broker     no mosquitto installed: loading the sample month with `meter ingest` "
          "instead (same validation and dedupe as the daemon)")
-    subprocess.run(_meter("ingest", str(paths.events), "--db", str(paths.db), "--contracts",  # noqa: S603 - fixed argv
+    subprocess.run(_meter("ingest", str(paths.events), *paths.db_argv(), "--contracts",  # noqa: S603 - fixed argv
                           str(paths.contracts), "--as-of", AS_OF.isoformat()),
-                   check=True, stdin=subprocess.DEVNULL)
+                   check=True, stdin=subprocess.DEVNULL, env=paths.child_env())
 
 
 async def bills(paths: DemoPaths) -> list[tuple[Report, list[Path]]]:
@@ -265,15 +278,30 @@ async def bills(paths: DemoPaths) -> list[tuple[Report, list[Path]]]:
     return results
 
 
-def main_demo(out: Path, *, use_broker: bool = True) -> int:
-    """Run the demo writing into `out`; returns the exit code."""
+def _fresh(db: Path | str) -> None:
+    """Start from nothing: remove the demo's SQLite file, or refuse a PostgreSQL database that
+    holds anything (the demo never deletes an operator's rows)."""
+    if not is_postgres(db):
+        db = Path(db)
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        return
+    events, rejected = _counts(db)
+    if events or rejected:
+        raise UsageError(f"--db {redact(db)}: holds {events} events and {rejected} rejected "
+                         "messages; the demo loads the sample month into an empty database")
+
+
+def main_demo(out: Path, *, use_broker: bool = True, db: Path | str | None = None) -> int:
+    """Run the demo writing into `out` (and the store `db`, default `out`/meter.db); returns the
+    exit code."""
     started = time.monotonic()
-    paths = sample_paths(out)
+    paths = sample_paths(out, db)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (paths.db, paths.db.with_name("meter.db-wal"), paths.db.with_name("meter.db-shm")):
-        stale.unlink(missing_ok=True)
+    _fresh(paths.db)
     shutil.rmtree(out / "report", ignore_errors=True)
-    _say(f"meter demo: the sample month {paths.events.name} into a fresh database {paths.db}")
+    _say(f"meter demo: the sample month {paths.events.name} into a fresh database "
+         f"{redact(paths.db)}")
     mosquitto = find_mosquitto() if use_broker else None
     gauges: list[str] = []
     with processes() as group:
@@ -302,7 +330,8 @@ def run(args: argparse.Namespace) -> int:
     """`meter demo`."""
     out = Path(getattr(args, "out", None) or "demo-out")
     try:
-        return main_demo(out, use_broker=not getattr(args, "no_broker", False))
+        return main_demo(out, use_broker=not getattr(args, "no_broker", False),
+                         db=getattr(args, "db", None))
     except subprocess.CalledProcessError as exc:
         raise MeterError(f"{Path(str(exc.cmd[3] if len(exc.cmd) > 3 else exc.cmd[0])).name} "
                          f"failed with exit code {exc.returncode}") from None

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
+from meter.config import is_postgres
 from meter.errors import StoreError, UsageError
 from meter.events import REASONS, Event, Limits, Rejection, parse, to_us
 from meter.instants import parse_instant
@@ -267,8 +268,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         # Word for word what `meter serve --max-future` says (a ConfigError there).
         raise UsageError(f"--max-future: {exc}") from None
-    db_dir = Path(args.db).parent
-    if not db_dir.is_dir():
+    db_dir = None if is_postgres(args.db) else Path(args.db).parent
+    if db_dir is not None and not db_dir.is_dir():
         raise UsageError(f"--db {args.db}: directory {str(db_dir)!r} does not exist")
     limits = Limits(future_skew=skew)
     summary = asyncio.run(_main(args, contracts, received_at, limits))

@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from meter.config import setting
+from meter.config import redact, setting
 from meter.errors import MeterError, UsageError
 from meter.events import Event, Limits, parse
 from meter.ingest import load_contracts
@@ -71,7 +71,7 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         if args.action == "show":
             if not rows:
-                raise MeterError(f"no rejected message {args.id} in {args.db}")
+                raise MeterError(f"no rejected message {args.id} in {redact(args.db)}")
             r = rows[0]
             print(_line(r))
             print(f"account: {r.account or '-'}")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from meter.config import is_postgres
 from meter.errors import UsageError
 from meter.instants import parse_instant
 from meter.report.build import make_report, parse_month, verify
@@ -33,12 +34,14 @@ def _read_contracts(path: str) -> tuple[Contracts, str]:
     return parse_contracts(text, source=path), text
 
 
-def _check_db(path: str) -> None:
-    if not Path(path).is_file():
+def _check_db(path: str | Path) -> None:
+    # A report never creates a store: a mistyped path must not pass for an empty month. (A
+    # PostgreSQL URL names a server's database: the open says when it is not there.)
+    if not is_postgres(path) and not Path(path).is_file():
         raise UsageError(f"{path}: no such database")
 
 
-async def _open(path: str) -> Store:
+async def _open(path: str | Path) -> Store:
     _check_db(path)
     return await open_store(path, mmap=True)
 
