@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from rating.contracts import GraceMode, Pool
 from rating.errors import RatingError
 from rating.grace import billable_levels, episode_arrays, window_minimum
+from rating.people import UserUsage, usage_by_user
 from rating.periods import Period
 from rating.sessions import session_arrays
 from rating.timeline import (
@@ -80,7 +81,8 @@ class PoolRating:
     `excess` are c(t), E(t) and x(t) on the period (iterating one yields (time, value) steps).
     `sessions` and `inferred_sessions` count sessions touching the period, `ignored_logouts` the
     logouts in it that closed nothing; `users` is how many distinct users had a session in it
-    (the add-on coverage rule needs it) and `user_ids` are those users.
+    (the add-on coverage rule needs it) and `user_ids` are those users. `people` is each of
+    them with their sessions and time in the period (`rating.people`).
     """
 
     account: str
@@ -102,6 +104,7 @@ class PoolRating:
     ignored_logouts: int
     users: int
     user_ids: frozenset[str]
+    people: tuple[UserUsage, ...] = ()
 
 
 def rate_pools(cols: EventColumns, jobs: Sequence[PoolJob]) -> tuple[PoolRating, ...]:
@@ -168,6 +171,10 @@ def rate_pools(cols: EventColumns, jobs: Sequence[PoolJob]) -> tuple[PoolRating,
     users = _users_per_slot(cols, seen_members, member_slot, n)
 
     ep_bounds = np.searchsorted(episodes.slot, np.arange(n + 1))
+    by_slot = np.flatnonzero(in_period)
+    by_slot = by_slot[np.argsort(s_slot[by_slot], kind="stable")]
+    slot_bounds = np.searchsorted(s_slot[by_slot], np.arange(n + 1))
+    user_names = [u for _, u in cols.users]
     out: list[PoolRating] = []
     for j, job in enumerate(jobs):
         pool = job.pool
@@ -178,6 +185,12 @@ def rate_pools(cols: EventColumns, jobs: Sequence[PoolJob]) -> tuple[PoolRating,
         )
         price = pool.overage_price if pool.overage_price is not None else Decimal(0)
         seats = int(overage[j])
+        mine = by_slot[int(slot_bounds[j]):int(slot_bounds[j + 1])]
+        billed = ([(to_us(e.start), to_us(e.end)) for e in eps if not e.within_grace]
+                  if pool.model == "concurrent" else [])
+        people = usage_by_user(user_names, cols.member_user[sessions.member[mine]],
+                               sessions.start[mine], sessions.end[mine], sessions.inferred[mine],
+                               period=(int(start[j]), int(end[j])), billed=billed)
         out.append(PoolRating(
             account=job.account,
             pool=pool,
@@ -199,6 +212,7 @@ def rate_pools(cols: EventColumns, jobs: Sequence[PoolJob]) -> tuple[PoolRating,
             ignored_logouts=int(n_ignored[j]),
             users=len(users[j]),
             user_ids=users[j],
+            people=people,
         ))
     return tuple(out)
 
