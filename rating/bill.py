@@ -19,6 +19,7 @@ from rating.coverage import Coverage, cover
 from rating.grace import format_hms
 from rating.money import format_price, round_money
 from rating.named import NamedUsage, build_rosters, rate_named
+from rating.people import UserUsage
 from rating.periods import Period
 from rating.pool import Episode, PoolJob, PoolRating, rate_pools
 from rating.rightsizing import RightSizing, right_size_pools
@@ -63,6 +64,7 @@ class PoolUse:
     users: int
     concurrency: Timeline | None
     licensed_steps: QuantitySteps
+    people: tuple[UserUsage, ...] = ()  # who was counted (`rating.people`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,7 @@ def _pool_use(account: Account, rating: PoolRating) -> PoolUse:
         overage_seats=overage_seats, overage_amount=overage,
         episodes=rating.episodes if concurrent else (),
         users=rating.users, concurrency=rating.concurrency,
-        licensed_steps=licensed_steps,
+        licensed_steps=licensed_steps, people=rating.people,
     )
 
 
