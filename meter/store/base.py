@@ -13,13 +13,16 @@ Contract (tests/meter/test_store_contract.py runs it against every implementatio
   as their size, sha256 and first `rejected_keep_bytes` bytes (garbage must not fill the disk);
   a stored rejected row leaves `rejected` only by `reprocess_rejected` or `prune_rejected`;
 - a finalized report, once stored, is never replaced;
-- there is at most one checkpoint, and saving one replaces it.
+- there is at most one checkpoint, and saving one replaces it;
+- a copy (`export_events` / `import_events`, `export_rejected` / `import_rejected`,
+  `finalized_reports` / `add_finalized`) keeps every `seq`, payload and report as it was, so a
+  store moved to another implementation bills the same.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
@@ -28,7 +31,9 @@ if TYPE_CHECKING:
     from rating.bill import Row
 
 __all__ = [
+    "EXPORT_PAGE",
     "BatchResult",
+    "EventRecord",
     "FinalizedReport",
     "RatingRows",
     "RejectedMessage",
@@ -92,6 +97,12 @@ class StoredEvent:
     session: str | None
     ts_us: int
     received_us: int
+
+
+#: An accepted event whole, for a copy of the store: as stored, and its payload as received.
+EventRecord = tuple[StoredEvent, bytes]
+#: Rows per page of `export_events` and `export_rejected`.
+EXPORT_PAGE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,3 +270,49 @@ class Store(ABC):
     async def add_finalized(self, report: FinalizedReport) -> bool:
         """Store a finalized report; False (and nothing changed) when that account's period was
         finalized already."""
+
+    @abstractmethod
+    async def finalized_reports(self) -> list[FinalizedReport]:
+        """Every finalized report, in (account, period_start_us) order."""
+
+    # --- copying a store (`meter migrate`) ----------------------------------------------------
+
+    @abstractmethod
+    async def event_records(self, after_seq: int, *, limit: int) -> list[EventRecord]:
+        """At most `limit` accepted events with `seq > after_seq`, in `seq` order, each with its
+        raw payload: one page of `export_events`."""
+
+    @abstractmethod
+    async def rejected_after(self, after_seq: int, *, limit: int) -> list[StoredRejected]:
+        """At most `limit` rejected rows with `seq > after_seq`, in `seq` order, as stored
+        (truncated payloads stay truncated): one page of `export_rejected`."""
+
+    async def export_events(self, *, page: int = EXPORT_PAGE) -> AsyncIterator[list[EventRecord]]:
+        """Every accepted event with its payload, in `seq` order, `page` at a time (each page
+        read on its own, so a store written meanwhile is read up to its newest page)."""
+        after = 0
+        while rows := await self.event_records(after, limit=page):
+            yield rows
+            after = rows[-1][0].seq
+
+    async def export_rejected(self, *, page: int = EXPORT_PAGE
+                              ) -> AsyncIterator[list[StoredRejected]]:
+        """Every rejected row as stored, in `seq` order, `page` at a time."""
+        after = 0
+        while rows := await self.rejected_after(after, limit=page):
+            yield rows
+            after = rows[-1].seq
+
+    @abstractmethod
+    async def import_events(self, rows: Sequence[EventRecord]) -> int:
+        """Store exported events in one transaction exactly as they were: the same `seq` (a
+        finalized report's `cutoff_seq` refers to it), arrival time and raw payload; later
+        `add`s continue after the largest `seq`. For a copy into an empty store: a `seq` or
+        (account, id) stored already is a non-retriable `StoreError` and nothing is stored,
+        never a merge. Returns how many were stored (all of them)."""
+
+    @abstractmethod
+    async def import_rejected(self, rows: Sequence[StoredRejected]) -> int:
+        """Store exported rejected rows in one transaction as they were (`seq`, payload, size,
+        digest, truncation; `rejected_keep_bytes` is not applied again). A `seq` stored
+        already is a non-retriable `StoreError`. Returns how many were stored."""

@@ -24,6 +24,7 @@ from meter.errors import NotMeterDatabase, StoreError
 from meter.events import Event
 from meter.store.base import (
     BatchResult,
+    EventRecord,
     FinalizedReport,
     RatingRows,
     RejectedMessage,
@@ -584,12 +585,7 @@ class SqliteStore(Store):
             ("reason = ?", reason), ("received_us >= ?", since_us), ("seq = ?", seq))
         sql = (f"SELECT {_REJECTED_COLUMNS} FROM rejected {where} "  # noqa: S608 - fixed clauses, bound values
                "ORDER BY seq")
-        return [StoredRejected(
-                    seq=_as_int(q), received_us=_as_int(at), topic=None if t is None else str(t),
-                    account=None if a is None else str(a), reason=str(why), detail=str(d),
-                    raw=raw if isinstance(raw, bytes) else str(raw).encode(), size=_as_int(n),
-                    sha256=None if h is None else str(h), truncated=bool(cut))
-                for q, at, t, a, why, d, raw, n, h, cut in await self.execute_fetchall(sql, params)]
+        return [_stored_rejected(row) for row in await self.execute_fetchall(sql, params)]
 
     async def reprocess_rejected(self, seqs: Sequence[int], events: Sequence[Event]
                                  ) -> tuple[int, int]:
@@ -634,6 +630,48 @@ class SqliteStore(Store):
                                period_end_us=_as_int(end), report=str(report), charts=str(charts),
                                input_hash=str(digest), cutoff_seq=_as_int(cutoff),
                                finalized_us=_as_int(at))
+
+    async def finalized_reports(self) -> list[FinalizedReport]:
+        rows = await self.execute_fetchall(
+            f"SELECT {_FINALIZED_COLUMNS} FROM finalized "  # noqa: S608 - a fixed column list
+            "ORDER BY account, period_start_us")
+        return [FinalizedReport(account=str(a), period_start_us=_as_int(start),
+                                period_end_us=_as_int(end), report=str(report),
+                                charts=str(charts), input_hash=str(digest),
+                                cutoff_seq=_as_int(cutoff), finalized_us=_as_int(at))
+                for a, start, end, report, charts, digest, cutoff, at in rows]
+
+    async def event_records(self, after_seq: int, *, limit: int) -> list[EventRecord]:
+        rows = await self.execute_fetchall(
+            f"SELECT {_EVENT_COLUMNS}, raw FROM events WHERE seq > ? "  # noqa: S608 - a fixed column list
+            "ORDER BY seq LIMIT ?", (after_seq, limit))
+        return [(StoredEvent(*row[:-1]), _as_bytes(row[-1])) for row in rows]  # type: ignore[arg-type]
+
+    async def rejected_after(self, after_seq: int, *, limit: int) -> list[StoredRejected]:
+        rows = await self.execute_fetchall(
+            f"SELECT {_REJECTED_COLUMNS} FROM rejected WHERE seq > ? "  # noqa: S608 - a fixed column list
+            "ORDER BY seq LIMIT ?", (after_seq, limit))
+        return [_stored_rejected(row) for row in rows]
+
+    async def import_events(self, rows: Sequence[EventRecord]) -> int:
+        # Plain INSERT: a seq or (account, id) stored already fails the whole copy. SQLite
+        # numbers later rows after the largest seq by itself (INTEGER PRIMARY KEY).
+        async with self._transaction("imported events"):
+            await self._db.executemany(
+                "INSERT INTO events (seq, account, id, type, user, pool, session, ts_us, "
+                "received_us, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.seq, e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us,
+                  e.received_us, raw) for e, raw in rows])
+        return len(rows)
+
+    async def import_rejected(self, rows: Sequence[StoredRejected]) -> int:
+        async with self._transaction("imported rejected messages"):
+            await self._db.executemany(
+                "INSERT INTO rejected (seq, received_us, topic, account, reason, detail, raw, "
+                "size, sha256, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.seq, r.received_us, r.topic, r.account, r.reason, r.detail, r.raw, r.size,
+                  r.sha256, int(r.truncated)) for r in rows])
+        return len(rows)
 
     async def add_finalized(self, report: FinalizedReport) -> bool:
         r = report
@@ -683,3 +721,18 @@ def _as_int(value: object) -> int:
     if not isinstance(value, int):
         raise TypeError(f"expected an integer column, got {value!r}")
     return value
+
+
+def _as_bytes(value: object) -> bytes:
+    """A BLOB column (a TEXT one, written by an old meter, as its UTF-8)."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _stored_rejected(row: Sequence[object]) -> StoredRejected:
+    """A row of `_REJECTED_COLUMNS`."""
+    q, at, t, a, why, d, raw, n, h, cut = row
+    return StoredRejected(
+        seq=_as_int(q), received_us=_as_int(at), topic=None if t is None else str(t),
+        account=None if a is None else str(a), reason=str(why), detail=str(d),
+        raw=_as_bytes(raw), size=_as_int(n), sha256=None if h is None else str(h),
+        truncated=bool(cut))

@@ -21,7 +21,7 @@ from meter.store import FinalizedReport, RatingRows, RejectedMessage, Store, Sto
 T0 = datetime(2026, 11, 12, 15, 0, tzinfo=UTC)
 T0_US = 1_794_495_600_000_000
 MIN_US = 60_000_000
-IMPLEMENTATIONS = ["sqlite"]
+IMPLEMENTATIONS = ["sqlite", "postgres"]
 
 
 def event(id: str, *, account: str = "acme", type: str = "login", user: str = "u1",
@@ -39,8 +39,15 @@ def finalized(account: str = "acme", start_us: int = T0_US, report: str = '{"tot
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    location = {"sqlite": str(tmp_path / "meter.db")}[request.param]
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new, empty store of each implementation is: a SQLite path, a PostgreSQL URL."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(tmp_path / "meter.db")
+
+
+@pytest.fixture
+async def store(location: str) -> AsyncIterator[Store]:
     s = await open_store(location)
     yield s
     await s.close()
