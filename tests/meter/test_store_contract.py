@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from meter.errors import StoreError
 from meter.events import Event
 from meter.store import FinalizedReport, RatingRows, RejectedMessage, Store, StoredEvent, open_store
 
@@ -273,3 +274,105 @@ async def test_prune_drops_old_rows_then_the_oldest_beyond_the_byte_bound(store:
     assert 2 == await store.prune_rejected(T0_US, 25)
     assert [b"c" * 10, b"d" * 10] == [r.raw for r in await store.rejected()]
     assert 0 == await store.prune_rejected(T0_US, 25)
+
+
+async def test_a_file_line_rejected_again_is_stored_once(store: Store) -> None:
+    """A line of a file (`file:PATH:LINE`, `stdin:LINE`) rejected again, in the same batch or a
+    later one, is stored once; a broker message keeps every copy."""
+    line = bad(b"{oops", reason="not_json", topic="file:month.jsonl:7")
+    other_line = bad(b"{oops", reason="not_json", topic="file:month.jsonl:8")
+    stdin = bad(b"{oops", reason="not_json", topic="stdin:7")
+    broker = bad(b"{oops", reason="not_json")
+    result = await store.add([], [line, line, other_line, stdin, broker, broker],
+                             received_us=T0_US)
+    assert 6 == result.rejected
+    await store.add([], [line, stdin, broker], received_us=T0_US)
+    assert [("file:month.jsonl:7", b"{oops"), ("file:month.jsonl:8", b"{oops"),
+            ("stdin:7", b"{oops"), ("meter/initech/events", b"{oops"),
+            ("meter/initech/events", b"{oops"), ("meter/initech/events", b"{oops")] == [
+        (r.topic, r.raw) for r in await store.rejected()]
+
+
+# --- copying a store (meter migrate) -----------------------------------------------------------
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda p: f"to-{p}")
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A second, empty store of each implementation: the copy's target."""
+    if request.param == "postgres":
+        server = request.getfixturevalue("pg_server")
+        location = server.create_database()
+    else:
+        location = str(tmp_path / "target.db")
+    s = await open_store(location)
+    yield s
+    await s.close()
+    if request.param == "postgres":
+        server.drop_database(location)
+
+
+async def filled(store: Store) -> None:
+    """A store with a history worth copying: duplicates absorbed, rejected rows pruned (gaps in
+    their seq), a truncated payload, a raw payload with unknown fields, two finalized reports."""
+    store.rejected_keep_bytes = 8
+    odd = Event(id="u", type="logout", account="globex", user="\u00fc", ts=T0, pool=None,
+                session="s\u00e9", raw=b'{"id":"u","extra":[1,2]}\xff')
+    await store.add([event("e1"), event("e2", minutes=-3), event("e1")],
+                    [bad(b"gone", at=T0_US - 10), bad(b"0123456789abcdef", reason="oversized"),
+                     bad(b"{x", reason="not_json", topic="file:f.jsonl:1")], received_us=T0_US)
+    await store.add([odd, event("e3", type="assign", pool="named")], [bad(b"kept")],
+                    received_us=T0_US + 7)
+    assert 1 == await store.prune_rejected(T0_US - 1, 10**9)
+    await store.add_finalized(finalized())
+    await store.add_finalized(finalized(account="globex", cutoff=4))
+
+
+async def test_a_copy_keeps_every_seq_payload_and_report(store: Store, target: Store) -> None:
+    """export -> import, page by page, into another store (of either implementation) gives the
+    same events with their seq and raw payloads, the same rejected rows as stored, the same
+    finalized reports; the next arrival in the copy continues after the largest seq."""
+    await filled(store)
+    for rows in [rows async for rows in store.export_events(page=2)]:
+        assert len(rows) == await target.import_events(rows)
+    for rejected in [rows async for rows in store.export_rejected(page=1)]:
+        assert len(rejected) == await target.import_rejected(rejected)
+    for report in await store.finalized_reports():
+        assert True is await target.add_finalized(report)
+    assert await store.event_records(0, limit=100) == await target.event_records(0, limit=100)
+    assert [1, 2, 3, 4] == [e.seq for e, _ in await target.event_records(0, limit=100)]
+    assert b'{"id":"u","extra":[1,2]}\xff' == (await target.event_records(2, limit=1))[0][1]
+    assert await store.rejected() == await target.rejected()
+    assert [2, 3, 4] == [r.seq for r in await target.rejected()]
+    assert [("acme", 3), ("globex", 4)] == [
+        (r.account, r.cutoff_seq) for r in await target.finalized_reports()]
+    assert await store.finalized_reports() == await target.finalized_reports()
+    assert await store.counts() == await target.counts()
+    late = await target.add([event("e9")], [bad(b"new")], received_us=T0_US + 9)
+    assert ((0,), 5) == (late.fresh, await target.last_seq())
+    assert 5 == (await target.rejected())[-1].seq
+
+
+async def test_an_import_never_merges(store: Store) -> None:
+    """Importing a seq or an (account, id) the store holds already fails whole, not retriable,
+    and stores nothing of that call."""
+    await store.add([event("e1"), event("e2")], [bad(b"r")], received_us=T0_US)
+    (_, raw1), (e2, raw2) = await store.event_records(0, limit=10)
+    fresh = StoredEvent(seq=7, account="acme", id="e7", type="login", user="u1", pool=None,
+                        session=None, ts_us=T0_US, received_us=T0_US)
+    for rows in ([(fresh, b"{}"), (e2, raw2)],
+                 [(fresh, b"{}"), (StoredEvent(8, "acme", "e1", "login", "u1", None, None, 0, 0),
+                                   raw1)]):
+        with pytest.raises(StoreError) as caught:
+            await store.import_events(rows)
+        assert False is caught.value.retriable
+    (r,) = await store.rejected()
+    with pytest.raises(StoreError) as caught:
+        await store.import_rejected([r])
+    assert False is caught.value.retriable
+    assert ({"events": 2, "rejected": 1}, 2) == (await store.counts(), await store.last_seq())
+
+
+async def test_an_empty_store_exports_nothing(store: Store) -> None:
+    """No pages from an empty store, and no finalized reports."""
+    assert ([], [], []) == ([rows async for rows in store.export_events()],
+                            [rows async for rows in store.export_rejected()],
+                            await store.finalized_reports())
