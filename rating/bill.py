@@ -40,7 +40,7 @@ __all__ = [
 
 #: Bumped whenever a rule change can change a bill: it is part of every report's input hash,
 #: so a report made under other rules never verifies as reproducible.
-RATING_VERSION = "1"
+RATING_VERSION = "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class PoolUse:
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One bill line: `seat_add`, `switch_credit`, `overage` or `adjustment`.
+    """One bill line: `recurring`, `seat_add`, `switch_credit`, `overage` or `adjustment`.
 
     `amount` is already rounded to the currency's minor unit (negative for a credit).
     `for_period` is the finalized period an `adjustment` corrects.
@@ -98,7 +98,8 @@ class RefusedOrder:
 
 @dataclass(frozen=True, slots=True)
 class AccountBill:
-    """Everything an account owes or used in one period. `total` is the sum of `charges`."""
+    """Everything an account owes or used in one period. `total` is the sum of `charges`:
+    recurring + seat changes + switch lines + overage + adjustments."""
 
     account: Account
     period: Period
@@ -273,7 +274,7 @@ def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
     charges: list[Line] = [
         Line(kind=c.kind, target=c.target, quantity=c.quantity, amount=c.amount,
              description=c.description, at=c.at, unit_price=c.unit_price)
-        for c in ledger.charges_in(period)
+        for c in ledger.lines_in(period)
     ]
     charges += [_overage_line(account, u, period) for u in pools if u.overage_seats]
     charges += list(adjustment_lines)

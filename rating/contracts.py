@@ -23,6 +23,7 @@ __all__ = [
     "CURRENCY_EXPONENTS",
     "Account",
     "Addon",
+    "BillTo",
     "Contracts",
     "Order",
     "Pool",
@@ -90,7 +91,8 @@ class Addon:
 class Order:
     """A dated change: a pool's or add-on's new TOTAL quantity, or a switch of billing frequency.
 
-    Exactly one of `pool`, `addon` or `billing` is set.
+    Exactly one of `pool`, `addon` or `billing` is set. A switch states `prices`: the new term's
+    price per seat per billing period of every pool and add-on, as (id, price) pairs.
     """
 
     at: datetime
@@ -98,11 +100,26 @@ class Order:
     addon: str | None = None
     quantity: int | None = None
     billing: Billing | None = None
+    prices: tuple[tuple[str, Decimal], ...] = ()
 
     @property
     def target(self) -> str:
         """The pool or add-on id the order changes, or "billing" for a frequency switch."""
         return self.pool or self.addon or "billing"
+
+    def price_of(self, target_id: str) -> Decimal | None:
+        """The price a switch states for pool or add-on `target_id`, or None."""
+        return next((price for key, price in self.prices if key == target_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class BillTo:
+    """Who the invoice is addressed to; every part is optional."""
+
+    name: str | None = None
+    address: tuple[str, ...] = ()
+    email: str | None = None
+    tax_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +140,9 @@ class Account:
     pools: tuple[Pool, ...] = ()
     addons: tuple[Addon, ...] = ()
     orders: tuple[Order, ...] = ()
+    #: The customer's name on the invoice (the id where the contract gives none).
+    name: str = ""
+    bill_to: BillTo | None = None
     tz: ZoneInfo = field(default=ZoneInfo("UTC"), compare=False, repr=False)
     # Derived from `pools` once: the tracker and the report resolve pools per event.
     named_pools: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -131,6 +151,8 @@ class Account:
     _fixed: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.id)
         named = tuple(p.id for p in self.pools if p.model == "named")
         concurrent = tuple(p.id for p in self.pools if p.model == "concurrent")
         only_named = named[0] if len(named) == 1 else None
@@ -210,13 +232,14 @@ class Contracts:
 
 _ACCOUNT_KEYS = {
     "id", "timezone", "currency", "billing", "anchor", "policy", "session_timeout",
-    "pool", "addon", "order",
+    "pool", "addon", "order", "name", "bill_to",
 }
 _POOL_KEYS = {
     "id", "tier", "model", "quantity", "price", "overage_price", "grace", "grace_mode", "roster",
 }
 _ADDON_KEYS = {"id", "quantity", "price"}
-_ORDER_KEYS = {"at", "pool", "addon", "quantity", "billing"}
+_ORDER_KEYS = {"at", "pool", "addon", "quantity", "billing", "prices"}
+_BILL_TO_KEYS = {"name", "address", "email", "tax_id"}
 
 
 class _Where:
@@ -364,13 +387,60 @@ def _parse_order(source: str, account: Mapping[str, Any], raw: Mapping[str, Any]
     if targets[0] == "billing":
         if "quantity" in raw:
             raise where.error("quantity", "a billing switch has no quantity")
-        return Order(at=at, billing=where.choice(raw, "billing", BILLINGS))
+        billing = where.choice(raw, "billing", BILLINGS)
+        return Order(at=at, billing=billing, prices=_parse_prices(where, account, raw))
+    if "prices" in raw:
+        raise where.error("prices", "only a billing switch states prices")
     target = where.take(raw, targets[0], str)
     known = {str(t.get("id")) for t in account.get(targets[0], []) if isinstance(t, dict)}
     if target not in known:
         raise where.error(targets[0], f"no {targets[0]} {target!r} in this account")
     quantity = where.count(raw, "quantity")
     return Order(at=at, quantity=quantity, **{targets[0]: target})
+
+
+def _parse_prices(where: _Where, account: Mapping[str, Any],
+                  raw: Mapping[str, Any]) -> tuple[tuple[str, Decimal], ...]:
+    """A switch's `prices`: the new term's price of every pool and add-on, in contract order.
+
+    The new frequency's price cannot be derived from the old one (an annual price is seldom 12
+    monthly ones), so a switch must state each; a missing or unknown id is an error.
+    """
+    ids = [str(t.get("id")) for kind in ("pool", "addon") for t in account.get(kind, [])
+           if isinstance(t, dict)]
+    if "prices" not in raw:
+        raise where.error("prices", "is required: a billing switch states the new term's price "
+                                    f"of every pool and add-on ({', '.join(ids)})")
+    table = where.take(raw, "prices", dict, what='a table like { agents = "1800.00" }')
+    unknown = sorted(set(table) - set(ids))
+    if unknown:
+        raise where.error(f"prices.{unknown[0]}",
+                          f"no pool or add-on {unknown[0]!r} in this account")
+    out = []
+    for target in ids:
+        if target not in table:
+            raise where.error(f"prices.{target}", "is required: a billing switch states the new "
+                                                  "term's price of every pool and add-on")
+        key = f"prices.{target}"
+        out.append((target, where.money({key: table[target]}, key)))
+    return tuple(out)
+
+
+def _parse_bill_to(where: _Where, raw: Mapping[str, Any]) -> BillTo | None:
+    if "bill_to" not in raw:
+        return None
+    table = where.take(raw, "bill_to", dict, what="a table")
+    inner = _Where(where.source, where.account, "account.bill_to")
+    inner.unknown(table, _BILL_TO_KEYS)
+    address = inner.take(table, "address", list, [], "a list of strings")
+    if not all(isinstance(line, str) for line in address):
+        raise inner.error("address", f"expected a list of strings, got {address!r}")
+    return BillTo(
+        name=inner.take(table, "name", str, None),
+        address=tuple(address),
+        email=inner.take(table, "email", str, None),
+        tax_id=inner.take(table, "tax_id", str, None),
+    )
 
 
 def _parse_account(source: str, raw: Mapping[str, Any], index: int) -> Account:
@@ -424,6 +494,8 @@ def _parse_account(source: str, raw: Mapping[str, Any], index: int) -> Account:
         pools=pools,
         addons=addons,
         orders=orders,
+        name=where.take(raw, "name", str, acc_id),
+        bill_to=_parse_bill_to(where, raw),
         tz=tz,
     )
 

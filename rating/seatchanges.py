@@ -1,11 +1,14 @@
 """Seat changes: an account's dated orders walked under its policy into charges, credits and refusals.
 
 It owns the seat-change rules of DESIGN section 2 (seeds 000-002): `prorate`, `packs` and billing
-switches, and the licensed quantity in force over time that concurrency and named seats rate against.
+switches, the recurring charge of every term (each pool's and add-on's price x quantity, billed
+at the term's start), and the licensed quantity in force over time that concurrency and named
+seats rate against.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -39,7 +42,9 @@ PACK_SIZE = 5
 #: Seed 002: "Your renewal period begins 30 days before your subscription's expiration date".
 RENEWAL_WINDOW_DAYS = 30
 
-ChargeKind = Literal["seat_add", "switch_credit"]
+ChargeKind = Literal["recurring", "seat_add", "switch_credit"]
+#: Lines at the same instant: the old term's credit, then the new term's charge, then seats added.
+_SAME_INSTANT = {"switch_credit": 0, "recurring": 1, "seat_add": 2}
 TargetKind = Literal["pool", "addon"]
 #: The licensed quantity as a step function: (from, quantity) pairs, times ascending; each
 #: quantity holds from its time until the next pair's.
@@ -48,7 +53,10 @@ QuantitySteps = tuple[tuple[datetime, int], ...]
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """One bill line made by a seat order: a charge (amount > 0) or a credit (amount < 0).
+    """One bill line of the seat ledger: a charge (amount > 0) or a credit (amount < 0).
+
+    `recurring` is a term's price x quantity at the term's start; `seat_add` and `switch_credit`
+    are made by orders.
 
     `amount` is exact-then-rounded half-up to the currency's minor unit, once for this line.
     """
@@ -110,8 +118,24 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class _Renewal:
+    """What the terms after the walk's last one renew with (no order changes them any more)."""
+
+    account: Account
+    anchor: date
+    billing: str
+    term: Period
+    #: (kind, id, quantity the next term starts with, price per seat per term) per seat.
+    seats: tuple[tuple[TargetKind, str, int, Decimal], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SeatLedger:
-    """What an account's orders did: accepted changes, refusals, bill lines, quantities in force."""
+    """What an account's orders did: accepted changes, refusals, bill lines, quantities in force.
+
+    `charges` are the lines orders made (`seat_add`, `switch_credit`); `recurring` the terms'
+    charges up to the term of the last order walked (`recurring_in` also gives later terms').
+    """
 
     account: str
     currency: str
@@ -121,6 +145,8 @@ class SeatLedger:
     charges: tuple[Charge, ...]
     #: (target id, steps) per pool and add-on, pools first, in contract order.
     steps: tuple[tuple[str, QuantitySteps], ...]
+    recurring: tuple[Charge, ...] = ()
+    renewal: _Renewal | None = field(default=None, repr=False, compare=False)
 
     def licensed_steps(self, target_id: str) -> QuantitySteps:
         """The quantity of pool (or add-on) `target_id` in force over time, from the anchor.
@@ -146,6 +172,32 @@ class SeatLedger:
     def charges_in(self, period: Period) -> tuple[Charge, ...]:
         """The bill lines of orders placed within `period` (half-open), in time order."""
         return tuple(c for c in self.charges if c.at in period)
+
+    def recurring_in(self, period: Period) -> tuple[Charge, ...]:
+        """The recurring lines of the terms that start within `period` (half-open).
+
+        A monthly account has a term starting in every monthly period; an annual one only in
+        the period holding the term's first day. Terms after the last order renew with the
+        quantities scheduled then, at the price of the last term.
+        """
+        lines = [c for c in self.recurring if c.at in period]
+        tail = self.renewal
+        if tail is None:
+            return tuple(lines)
+        start = tail.term.end
+        while start < period.end:
+            current = term(tail.account, start, anchor=tail.anchor, billing=tail.billing)
+            if start >= period.start:
+                lines += _recurring_lines(tail.account, current, tail.billing, current.start,
+                                          seats=tail.seats)
+            start = current.end
+        return tuple(lines)
+
+    def lines_in(self, period: Period) -> tuple[Charge, ...]:
+        """Every ledger line of `period`: recurring and order lines, in time order (at one
+        instant: a switch's credit, then the new term's charge, then seat additions)."""
+        lines = self.recurring_in(period) + self.charges_in(period)
+        return tuple(sorted(lines, key=lambda c: (c.at, _SAME_INSTANT[c.kind])))
 
     def refused_in(self, period: Period) -> tuple[Refusal, ...]:
         """The orders placed within `period` that were refused."""
@@ -203,6 +255,28 @@ def format_seats(n: int) -> str:
     return f"{n} seat" if n == 1 else f"{n} seats"
 
 
+def _recurring_lines(account: Account, span: Period, billing: str, at: datetime, *,
+                     seats: Iterable[tuple[TargetKind, str, int, Decimal]],
+                     lead: str = "") -> list[Charge]:
+    """A term's recurring lines: each seat's price x quantity, billed at `at` (its start, or
+    the switch that started it). Seats with quantity 0 make no line."""
+    exp = account.exponent
+    tz = account.tz
+    first = span.start.astimezone(tz).date()
+    last = (span.end.astimezone(tz) - timedelta(microseconds=1)).date()
+    kind = "monthly" if billing == "monthly" else "annual"
+    return [
+        Charge(
+            kind="recurring", account=account.id, target=target, target_kind=target_kind,
+            at=at, quantity=quantity, unit_price=price, amount=round_money(price * quantity, exp),
+            currency=account.currency,
+            description=(f"{lead}{format_seats(quantity)} x {format_price(price, exp)} for the "
+                         f"{kind} term {first.isoformat()} through {last.isoformat()}"),
+        )
+        for target_kind, target, quantity, price in seats if quantity
+    ]
+
+
 
 @dataclass(slots=True)
 class _Seat:
@@ -210,7 +284,8 @@ class _Seat:
 
     kind: TargetKind
     id: str
-    base_price: Decimal
+    #: Per seat per term of the current billing frequency: the contract's, then a switch's.
+    price: Decimal
     #: Usable now. Under both policies this is also the highest quantity paid for in the term,
     #: because removals wait for the term's end.
     in_force: int
@@ -254,6 +329,8 @@ class _Walk:
         self.changes: list[Change] = []
         self.refused: list[Refusal] = []
         self.charges: list[Charge] = []
+        self.recurring: list[Charge] = []
+        self._bill_term(self.term.start)
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -263,10 +340,19 @@ class _Walk:
             end = self.term.end
             self._end_term(end)
             self.term = term(self.account, end, anchor=self.term_anchor, billing=self.billing)
+            self._bill_term(self.term.start)
 
     def _end_term(self, end: datetime) -> None:
         for seat in self.seats.values():
             seat.set_in_force(end, seat.renews)
+
+    def _bill_term(self, at: datetime, lead: str = "") -> list[Charge]:
+        """Bill the current term's price x quantity in force at its start, at `at`."""
+        lines = _recurring_lines(self.account, self.term, self.billing, at,
+                                 seats=((s.kind, s.id, s.in_force, s.price)
+                                        for s in self.seats.values()), lead=lead)
+        self.recurring.extend(lines)
+        return lines
 
     def renewal_window(self) -> datetime:
         """Start of the current term's renewal window: 30 local days before its end."""
@@ -274,16 +360,8 @@ class _Walk:
         return local_midnight(end_day - timedelta(days=RENEWAL_WINDOW_DAYS), self.account.tz)
 
     def price(self, seat: _Seat) -> Decimal:
-        """Price per seat per current billing period.
-
-        Contract prices are per period of the contract's billing frequency; after a switch the
-        other frequency's price is 12 times (or a twelfth of) it, with no discount modelled.
-        """
-        if self.billing == self.account.billing:
-            return seat.base_price
-        if self.billing == "annual":
-            return seat.base_price * 12
-        return seat.base_price / 12
+        """Price per seat per current term: the contract's, or the last switch's for its seat."""
+        return seat.price
 
     # --- orders -------------------------------------------------------------------------------
 
@@ -391,13 +469,20 @@ class _Walk:
             raise PolicyViolation(
                 "packs policy: the billing frequency can change only in the renewal window "
                 f"from {iso(self.renewal_window())} to {iso(self.term.end)}")
+        missing = [seat.id for seat in self.seats.values() if order.price_of(seat.id) is None]
+        if missing:
+            # The contracts parser requires them; an order built in code may still lack one.
+            raise PolicyViolation(f"the switch to {new} billing states no price for "
+                                  f"{', '.join(repr(m) for m in missing)}")
         exp = self.account.exponent
         left = self.term.end - order.at
         left_s = left // timedelta(seconds=1)
         whole_s = self.term.duration // timedelta(seconds=1)
         old_name = "month" if self.billing == "monthly" else "year"
-        toward = ("toward the annual price" if new == "annual"
-                  else "to the account balance for the monthly plan")
+        # Seed 000: credited "towards the annual pricing"; annual -> monthly "a credit to your
+        # account to be used for the monthly plan", which can exceed the new month's charge.
+        toward = ("credited toward the annual price" if new == "annual"
+                  else "credit to the account balance for the monthly plan")
         credits: list[Charge] = []
         for seat in self.seats.values():
             price = self.price(seat)
@@ -408,19 +493,24 @@ class _Walk:
                 kind="switch_credit", account=self.account.id, target=seat.id,
                 target_kind=seat.kind, at=order.at, quantity=seat.in_force, unit_price=price,
                 amount=-round_money(exact, exp), currency=self.account.currency,
-                description=(f"unused part of the {old_name}, credited {toward}: "
+                description=(f"unused part of the {old_name}, {toward}: "
                              f"{format_seats(seat.in_force)} x {format_price(price, exp)} x "
                              f"{format_span(left)} / "
                              f"{format_span(self.term.duration, compact=True)}"),
             ))
         # The switch ends the term: scheduled removals take effect now, and a new term of the
-        # new frequency starts on the switch's local day.
+        # new frequency starts on the switch's local day, billed at the switch at its prices.
         self._end_term(order.at)
         self.billing = new
         self.term_anchor = order.at.astimezone(self.account.tz).date()
         self.term = term(self.account, order.at, anchor=self.term_anchor, billing=new)
+        for seat in self.seats.values():
+            stated = order.price_of(seat.id)
+            assert stated is not None  # checked above
+            seat.price = stated
         self.charges.extend(credits)
-        return tuple(credits)
+        started = self._bill_term(order.at, lead=f"switch to {new} billing: ")
+        return (*credits, *started)
 
     # --- results ------------------------------------------------------------------------------
 
@@ -432,10 +522,14 @@ class _Walk:
             if seat.renews != seat.in_force:
                 pairs.append((self.term.end, seat.renews))
             steps.append((seat.id, tuple(pairs)))
+        renewal = _Renewal(
+            account=self.account, anchor=self.term_anchor, billing=self.billing, term=self.term,
+            seats=tuple((s.kind, s.id, s.renews, s.price) for s in self.seats.values()))
         return SeatLedger(
             account=self.account.id, currency=self.account.currency,
             exponent=self.account.exponent, changes=tuple(self.changes),
             refused=tuple(self.refused), charges=tuple(self.charges), steps=tuple(steps),
+            recurring=tuple(self.recurring), renewal=renewal,
         )
 
 

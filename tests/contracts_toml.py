@@ -41,11 +41,16 @@ def addon(id: str, *, quantity: int, price: str) -> str:
 
 
 def order(at: str, *, pool: str | None = None, addon: str | None = None,
-          quantity: int | None = None, billing: str | None = None) -> str:
-    """One `[[account.order]]` table: a pool's or add-on's new total, or a billing switch."""
-    return "\n  [[account.order]]\n" + _lines("  ", [
+          quantity: int | None = None, billing: str | None = None,
+          prices: dict[str, str] | None = None) -> str:
+    """One `[[account.order]]` table: a pool's or add-on's new total, or a billing switch
+    (which states the new term's `prices`, an inline table of id -> price)."""
+    text = "\n  [[account.order]]\n" + _lines("  ", [
         ("at", at), ("pool", pool), ("addon", addon), ("quantity", quantity),
         ("billing", billing)])
+    if prices is not None:
+        text += "  prices = { " + ", ".join(f'{k} = "{v}"' for k, v in prices.items()) + " }\n"
+    return text
 
 
 def account(id: str, *, timezone: str = "UTC", currency: str = "USD", billing: str = "monthly",

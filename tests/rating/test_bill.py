@@ -64,6 +64,18 @@ def crowd(n: int, start: datetime, end: datetime) -> list[UsageEvent]:
     return [e for i in range(n) for e in stay(f"u{i}", start, end)]
 
 
+#: What `account()` bills every month however it is used: 2 agents x 100.00 and 1 lead x 50.00
+#: (the add-on has 0 seats: no line), at the period's start (seed 001: licences are charged
+#: "even if they're inactive and unassigned").
+SUBSCRIPTION = [("recurring", "agents", 2, Decimal("200.00")),
+                ("recurring", "leads", 1, Decimal("50.00"))]
+
+
+def bill_lines(bill: AccountBill) -> list[tuple[str, str, int | None, Decimal]]:
+    """The bill's lines as (kind, target, quantity, amount)."""
+    return [(c.kind, c.target, c.quantity, c.amount) for c in bill.charges]
+
+
 def agents(bill: AccountBill) -> PoolUse:
     """The bill's `agents` pool."""
     return next(p for p in bill.pools if p.pool.id == "agents")
@@ -76,9 +88,8 @@ def test_sustained_excess_is_an_overage_line_in_the_total() -> None:
     assert (3, 3, 1, Decimal("150.00")) == (use.peak, use.billable_peak, use.overage_seats,
                                             use.overage_amount)
     assert at(10, "10:00") == use.peak_at
-    assert [("overage", "agents", 1, Decimal("150.00"))] == [
-        (c.kind, c.target, c.quantity, c.amount) for c in bill.charges]
-    assert Decimal("150.00") == bill.total
+    assert [*SUBSCRIPTION, ("overage", "agents", 1, Decimal("150.00"))] == bill_lines(bill)
+    assert Decimal("400.00") == bill.total  # 250.00 subscription + 150.00 overage
     assert 1 == len(use.episodes)
     assert not use.episodes[0].within_grace
 
@@ -94,7 +105,7 @@ def test_continuous_grace_boundary_decides_the_overage_line(minutes: int, second
     end = at(10, "10:00") + timedelta(minutes=minutes, seconds=seconds)
     bill = rate_account(account(), crowd(3, at(10, "10:00"), end), NOV)
     assert seats == agents(bill).overage_seats
-    assert Decimal(150 * seats).quantize(Decimal("0.01")) == bill.total
+    assert Decimal(250 + 150 * seats).quantize(Decimal("0.01")) == bill.total
     assert [bool(seats == 0)] == [e.within_grace for e in agents(bill).episodes]
 
 
@@ -102,9 +113,8 @@ def test_seat_add_of_the_period_is_charged_prorated() -> None:
     """2 -> 3 seats at the middle of the month: one seat at half the monthly price."""
     acct = account(orders=order("2026-11-16T00:00:00Z", pool="agents", quantity=3))
     bill = rate_account(acct, [], NOV)
-    assert [("seat_add", "agents", 1, Decimal("50.00"))] == [
-        (c.kind, c.target, c.quantity, c.amount) for c in bill.charges]
-    assert Decimal("50.00") == bill.total
+    assert [*SUBSCRIPTION, ("seat_add", "agents", 1, Decimal("50.00"))] == bill_lines(bill)
+    assert Decimal("300.00") == bill.total
     assert 3 == agents(bill).licensed
     assert ((NOV.start, 2), (at(16, "00:00"), 3)) == agents(bill).licensed_steps
 
@@ -114,7 +124,7 @@ def test_purchase_mid_period_raises_e_before_the_excess() -> None:
     acct = account(orders=order("2026-11-16T00:00:00Z", pool="agents", quantity=3))
     bill = rate_account(acct, crowd(3, at(20, "10:00"), at(20, "12:00")), NOV)
     assert 0 == agents(bill).overage_seats
-    assert ["seat_add"] == [c.kind for c in bill.charges]
+    assert ["recurring", "recurring", "seat_add"] == [c.kind for c in bill.charges]
 
 
 def test_refused_orders_of_the_period_are_listed_with_their_reason() -> None:
@@ -124,8 +134,8 @@ def test_refused_orders_of_the_period_are_listed_with_their_reason() -> None:
     bill = rate_account(acct, [], NOV)
     assert [("order", "agents", 4)] == [(r.kind, r.target, r.quantity) for r in bill.refused]
     assert "whole packs of 5" in bill.refused[0].reason
-    assert () == bill.charges
-    assert Decimal("0.00") == bill.total
+    assert SUBSCRIPTION == bill_lines(bill)  # the subscription alone: nothing of the order
+    assert Decimal("250.00") == bill.total
 
 
 def test_refused_assign_is_listed_beside_refused_orders() -> None:
@@ -200,8 +210,9 @@ def test_adjustment_lines_are_billed_in_the_total() -> None:
                         late_events=1, label="2026-11")
     dec = Period(NOV.end, datetime(2027, 1, 1, tzinfo=UTC))
     bill = rate_account(account(), [], dec, adjustment_lines=lines)
-    assert Decimal("150.00") == bill.total
-    assert "late events for finalized period 2026-11" in bill.charges[0].description
+    assert Decimal("400.00") == bill.total  # December's 250.00 subscription + 150.00
+    assert ["recurring", "recurring", "adjustment"] == [c.kind for c in bill.charges]
+    assert "late events for finalized period 2026-11" in bill.charges[2].description
 
 
 def test_sample_period_of_month_is_what_report_rates() -> None:

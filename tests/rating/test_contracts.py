@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rating.contracts import Addon, Order, Pool, parse_contracts, parse_duration
+from rating.contracts import Addon, BillTo, Order, Pool, parse_contracts, parse_duration
 from rating.errors import ContractError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,8 @@ BASE: dict[str, Any] = {
         "order": [
             {"at": "2026-11-16T00:00:00Z", "pool": "agents", "quantity": 110},
             {"at": "2026-11-20T09:00:00+01:00", "addon": "wfm", "quantity": 80},
-            {"at": "2026-11-25T00:00:00Z", "billing": "annual"},
+            {"at": "2026-11-25T00:00:00Z", "billing": "annual",
+             "prices": {"agents": "1490.00", "leads": "990.00", "wfm": "250.00"}},
         ],
     }],
 }
@@ -115,8 +116,13 @@ def test_the_base_document_parses_to_exact_values() -> None:
     assert (
         Order(at=datetime(2026, 11, 16, tzinfo=UTC), pool="agents", quantity=110),
         Order(at=datetime(2026, 11, 20, 8, tzinfo=UTC), addon="wfm", quantity=80),
-        Order(at=datetime(2026, 11, 25, tzinfo=UTC), billing="annual"),
+        Order(at=datetime(2026, 11, 25, tzinfo=UTC), billing="annual",
+              prices=(("agents", Decimal("1490.00")), ("leads", Decimal("990.00")),
+                      ("wfm", Decimal("250.00")))),
     ) == acme.orders
+    assert Decimal("990.00") == acme.orders[2].price_of("leads")
+    assert acme.orders[2].price_of("qm") is None
+    assert ("acme", None) == (acme.name, acme.bill_to)
     assert acme is contracts.get("acme")
     assert contracts.get("globex") is None
     assert "acme" in contracts
@@ -337,3 +343,89 @@ def test_the_sample_contracts_parse() -> None:
     assert {"essentials", "premium", "elite"} == {p.tier for a in contracts.accounts for p in a.pools}
     assert {"continuous", "cumulative"} == {p.grace_mode for a in contracts.accounts
                                             for p in a.pools if p.model == "concurrent"}
+
+
+# --- the invoice's customer, and a switch's prices ------------------------------------------------
+
+def test_name_and_bill_to_are_read() -> None:
+    """An account's `name` and `bill_to` (name, address lines, email, tax_id) are kept as given."""
+    doc = copy.deepcopy(BASE)
+    doc["account"][0]["name"] = "Acme Contact Centers, Inc."
+    doc["account"][0]["bill_to"] = {"name": "Acme AP", "address": ["1 Main St", "NYC"],
+                                    "email": "ap@acme.example", "tax_id": "US 12-3456789"}
+    (acme,) = parse_contracts(dump(doc)).accounts
+    assert "Acme Contact Centers, Inc." == acme.name
+    assert BillTo(name="Acme AP", address=("1 Main St", "NYC"), email="ap@acme.example",
+                  tax_id="US 12-3456789") == acme.bill_to
+
+
+def test_every_part_of_bill_to_is_optional() -> None:
+    """An empty bill_to table is a BillTo with nothing in it; the name defaults to the id."""
+    (acme,) = parse_contracts(edited(("account", 0, "bill_to"), {})).accounts
+    assert (BillTo(), "acme") == (acme.bill_to, acme.name)
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    (("account", 0, "name"), 3, f"{ACC}, key 'name': expected a string, got 3"),
+    (("account", 0, "bill_to"), "Acme", f"{ACC}, key 'bill_to': expected a table, got 'Acme'"),
+    (("account", 0, "bill_to"), {"phone": "1"},
+     "c.toml: account 'acme', table [account.bill_to], key 'phone': unknown key (allowed: "
+     "address, email, name, tax_id)"),
+    (("account", 0, "bill_to"), {"address": "1 Main St"},
+     "c.toml: account 'acme', table [account.bill_to], key 'address': expected a list of "
+     "strings, got '1 Main St'"),
+    (("account", 0, "bill_to"), {"address": ["1 Main St", 2]},
+     "c.toml: account 'acme', table [account.bill_to], key 'address': expected a list of "
+     "strings, got ['1 Main St', 2]"),
+    (("account", 0, "bill_to"), {"tax_id": 123},
+     "c.toml: account 'acme', table [account.bill_to], key 'tax_id': expected a string, got 123"),
+])
+def test_bad_name_and_bill_to_are_errors_naming_the_key(path: tuple[str | int, ...], value: Any,
+                                                        expected: str) -> None:
+    """A wrong type or an unknown key in name or bill_to names the account, table and key."""
+    assert expected == error_of(edited(path, value))
+
+
+SWITCH = "c.toml: account 'acme', table [account.order #3]"
+
+
+@pytest.mark.parametrize(("prices", "expected"), [
+    (None, f"{SWITCH}, key 'prices': is required: a billing switch states the new term's price "
+           "of every pool and add-on (agents, leads, wfm)"),
+    ({"agents": "1490.00", "wfm": "250.00"},
+     f"{SWITCH}, key 'prices.leads': is required: a billing switch states the new term's price "
+     "of every pool and add-on"),
+    ({"agents": "1490.00", "leads": "990.00", "wfm": "250.00", "qm": "1.00"},
+     f"{SWITCH}, key 'prices.qm': no pool or add-on 'qm' in this account"),
+    ({"agents": "1490", "leads": 990, "wfm": "250.00"},
+     f"{SWITCH}, key 'prices.leads': expected money as a string like \"149.00\", got 990"),
+    ({"agents": "-1", "leads": "990.00", "wfm": "250.00"},
+     f"{SWITCH}, key 'prices.agents': must be a finite amount >= 0, got '-1'"),
+    ("1490.00", f"{SWITCH}, key 'prices': expected a table like {{ agents = \"1800.00\" }}, "
+                "got '1490.00'"),
+])
+def test_a_switch_states_the_price_of_every_pool_and_addon(prices: Any, expected: str) -> None:
+    """A switch without prices, missing one, naming an unknown id or a bad amount is an error
+    naming the account, the order and the key."""
+    path = ("account", 0, "order", 2, "prices")
+    text = edited(path, delete=True) if prices is None else edited(path, prices)
+    assert expected == error_of(text)
+
+
+def test_only_a_switch_states_prices() -> None:
+    """`prices` on a seat order is an error (a seat order is priced by the term)."""
+    text = edited(("account", 0, "order", 0, "prices"), {"agents": "1.00"})
+    assert ("c.toml: account 'acme', table [account.order #1], key 'prices': only a billing "
+            "switch states prices") == error_of(text)
+
+
+def test_the_sample_contracts_parse_with_names_and_bill_to() -> None:
+    """The three sample accounts have names, bill_to tables, and initech's switch its prices."""
+    contracts = parse_contracts((ROOT / "sample_sessions" / "contracts.toml").read_text())
+    assert ["Acme Contact Centers, Inc.", "Globex GmbH", "Initech K.K."] == [
+        a.name for a in contracts.accounts]
+    assert all(a.bill_to is not None and a.bill_to.email for a in contracts.accounts)
+    initech = contracts.get("initech")
+    assert initech is not None
+    assert (("desk", Decimal("45000")), ("cloud_storage", Decimal("10000"))) == \
+        initech.orders[-1].prices

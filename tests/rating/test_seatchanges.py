@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from rating.contracts import Account, Order, parse_contracts
 from rating.periods import Period
 from rating.seatchanges import (
+    SeatLedger,
     apply_orders,
     describe_total,
     format_span,
@@ -38,12 +39,13 @@ def account(*, billing: str = "monthly", anchor: str = "2026-11-01", policy: str
     return parse_contracts(text, "test.toml").accounts[0]
 
 
-def order(at: str, quantity: int | None = None, pool: str | None = "agents",
-          billing: str | None = None, addon: str | None = None) -> str:
+def order(at: str, quantity: int | None = None, pool: str | None = "agents", *,
+          billing: str | None = None, addon: str | None = None,
+          prices: tuple[str, str] = ("1788.00", "25.00")) -> str:
     """A [[account.order]] table as TOML text: a new total of `pool` (or of `addon`), or a
-    switch to `billing`."""
+    switch to `billing` at the new term's `prices` of agents and wfm."""
     if billing is not None:
-        return toml_order(at, billing=billing)
+        return toml_order(at, billing=billing, prices={"agents": prices[0], "wfm": prices[1]})
     if addon is not None:
         return toml_order(at, addon=addon, quantity=quantity)
     return toml_order(at, pool=pool, quantity=quantity)
@@ -315,7 +317,7 @@ def test_annual_to_monthly_credits_the_rest_of_the_year() -> None:
                   orders=order("2026-07-02T00:00:00Z", billing="monthly"))
     line = apply_orders(acc).charges[0]
     assert Decimal("-8964.49") == line.amount  # 17880 x 183 / 365 = 8964.493...
-    assert ("unused part of the year, credited to the account balance for the monthly plan: "
+    assert ("unused part of the year, credit to the account balance for the monthly plan: "
             "10 seats x 1788.00 x 183d 0h 0m 0s / 365d") == line.description
 
 
@@ -344,6 +346,152 @@ def test_switches_that_are_refused(acc: Account, reason: str) -> None:
     assert reason in ledger.refused[0].reason
 
 
+# --- recurring charges and switches with their prices (issue 16) ------------------------------
+
+def month(year: int, m: int) -> Period:
+    """The UTC calendar month `year-m` as a half-open period."""
+    end = datetime(year + m // 12, m % 12 + 1, 1, tzinfo=UTC)
+    return Period(datetime(year, m, 1, tzinfo=UTC), end)
+
+
+def recurring(ledger: SeatLedger, period: Period) -> list[tuple[str, int, Decimal, datetime]]:
+    """The recurring lines of `period` as (target, quantity, amount, at)."""
+    return [(c.target, c.quantity, c.amount, c.at) for c in ledger.recurring_in(period)]
+
+
+def kinds(ledger: SeatLedger, period: Period) -> list[tuple[str, str, int, Decimal]]:
+    """Every ledger line of `period` as (kind, target, quantity, amount), in bill order."""
+    return [(c.kind, c.target, c.quantity, c.amount) for c in ledger.lines_in(period)]
+
+
+def test_a_monthly_account_bills_its_seats_every_period() -> None:
+    """10 seats x 149.00 are charged at each monthly term's start, used or not (seed 001); the
+    add-on with 0 seats makes no line, and terms long after the last order still bill."""
+    ledger = apply_orders(account())
+    line = ledger.recurring_in(month(2026, 11))[0]
+    assert ("recurring", "agents", "pool", 10, Decimal("149.00"), Decimal("1490.00")) == (
+        line.kind, line.target, line.target_kind, line.quantity, line.unit_price, line.amount)
+    assert "10 seats x 149.00 for the monthly term 2026-11-01 through 2026-11-30" == \
+        line.description
+    for year, m in ((2026, 11), (2026, 12), (2027, 2), (2029, 7)):
+        assert [("agents", 10, Decimal("1490.00"), month(year, m).start)] == \
+            recurring(ledger, month(year, m))
+    assert [] == recurring(ledger, month(2026, 10))  # before the contract
+
+
+def test_an_annual_account_bills_its_year_in_the_first_period_only() -> None:
+    """An annual term's price x quantity is billed in the period holding its first day; the other
+    eleven periods have no recurring line."""
+    ledger = apply_orders(account(billing="annual", anchor="2026-01-01", price="1788.00"))
+    jan = ledger.recurring_in(month(2026, 1))
+    assert [("agents", 10, Decimal("17880.00"), utc("2026-01-01T00:00:00Z"))] == \
+        recurring(ledger, month(2026, 1))
+    assert "10 seats x 1788.00 for the annual term 2026-01-01 through 2026-12-31" == \
+        jan[0].description
+    assert all([] == recurring(ledger, month(2026, m)) for m in range(2, 13))
+    assert [("agents", 10, Decimal("17880.00"), utc("2027-01-01T00:00:00Z"))] == \
+        recurring(ledger, month(2027, 1))
+
+
+def test_the_next_term_renews_with_the_quantity_ordered() -> None:
+    """Seats added in November and a removal scheduled for its end: December bills the total
+    ordered last (12 - 1 = 11), November the 10 it started with plus the prorated add."""
+    acc = account(orders=order("2026-11-16T00:00:00Z", 12) + order("2026-11-20T00:00:00Z", 11))
+    ledger = apply_orders(acc)
+    assert [("recurring", "agents", 10, Decimal("1490.00")),
+            ("seat_add", "agents", 2, Decimal("149.00"))] == kinds(ledger, month(2026, 11))
+    assert [("agents", 11, Decimal("1639.00"), month(2026, 12).start)] == \
+        recurring(ledger, month(2026, 12))
+
+
+def test_a_seat_add_at_a_terms_first_instant_is_charged_after_its_subscription() -> None:
+    """An order at a term's start: the term bills the seats it started with, then the added
+    seats for the whole term, so the period bills 12 seats in all."""
+    ledger = apply_orders(account(orders=order("2026-12-01T00:00:00Z", 12)))
+    assert [("recurring", "agents", 10, Decimal("1490.00")),
+            ("seat_add", "agents", 2, Decimal("298.00"))] == kinds(ledger, month(2026, 12))
+
+
+def test_monthly_to_annual_bills_the_year_at_its_stated_price() -> None:
+    """The switch credits the unused half month and charges the annual term at the price it
+    states (not 12 monthly prices), both at the switch; a seat added later in the year is
+    prorated over the new term at the new price; the year after bills in November 2027."""
+    acc = account(orders=order("2026-11-16T00:00:00Z", billing="annual",
+                               prices=("1500.00", "250.00"))
+                  + order("2027-05-16T00:00:00Z", 11))
+    ledger = apply_orders(acc)
+    nov = ledger.lines_in(month(2026, 11))
+    assert [("recurring", "agents", 10, Decimal("1490.00")),
+            ("switch_credit", "agents", 10, Decimal("-745.00")),
+            ("recurring", "agents", 10, Decimal("15000.00"))] == kinds(ledger, month(2026, 11))
+    assert [utc("2026-11-01T00:00:00Z"), utc("2026-11-16T00:00:00Z"),
+            utc("2026-11-16T00:00:00Z")] == [c.at for c in nov]
+    assert ("switch to annual billing: 10 seats x 1500.00 for the annual term 2026-11-16 "
+            "through 2027-11-15") == nov[2].description
+    assert Decimal("15745.00") == sum(c.amount for c in nov)
+    assert all([] == kinds(ledger, month(2027, m)) for m in (1, 4, 10))
+    (add,) = ledger.lines_in(month(2027, 5))
+    assert ("seat_add", 1, Decimal("1500.00"), Decimal("756.16")) == (
+        add.kind, add.quantity, add.unit_price, add.amount)  # 1500 x 184 / 365 = 756.164...
+    assert "1 seat x 1500.00 x 184d 0h 0m 0s / 365d" == add.description
+    assert [("agents", 11, Decimal("16500.00"), utc("2027-11-16T00:00:00Z"))] == \
+        recurring(ledger, month(2027, 11))
+
+
+def test_annual_to_monthly_credits_more_than_the_first_month_costs() -> None:
+    """Half a year of 10 x 1788.00 credited against a month at 149.00: the period is negative
+    (a credit to the account balance, seed 000); seats added then are prorated over the new
+    monthly term at the monthly price, and each later month bills the new total."""
+    acc = account(billing="annual", anchor="2026-01-01", price="1788.00",
+                  orders=order("2026-07-02T00:00:00Z", billing="monthly",
+                               prices=("149.00", "25.00"))
+                  + order("2026-08-12T00:00:00Z", 12))
+    ledger = apply_orders(acc)
+    jul = ledger.lines_in(month(2026, 7))
+    assert [("switch_credit", "agents", 10, Decimal("-8964.49")),
+            ("recurring", "agents", 10, Decimal("1490.00"))] == kinds(ledger, month(2026, 7))
+    assert Decimal("-7474.49") == sum(c.amount for c in jul)
+    assert "credit to the account balance" in jul[0].description
+    assert ("switch to monthly billing: 10 seats x 149.00 for the monthly term 2026-07-02 "
+            "through 2026-08-01") == jul[1].description
+    aug = ledger.lines_in(month(2026, 8))
+    assert [("recurring", "agents", 10, Decimal("1490.00")),
+            ("seat_add", "agents", 2, Decimal("201.87"))] == kinds(ledger, month(2026, 8))
+    assert "2 seats x 149.00 x 21d 0h 0m 0s / 31d" == aug[1].description  # 298 x 21 / 31
+    assert [utc("2026-08-02T00:00:00Z")] == [c.at for c in ledger.recurring_in(month(2026, 8))]
+    assert [("agents", 12, Decimal("1788.00"), utc("2026-09-02T00:00:00Z"))] == \
+        recurring(ledger, month(2026, 9))
+    # Monthly from the switch's day on: no annual renewal in January any more.
+    assert [("agents", 12, Decimal("1788.00"), utc("2027-01-02T00:00:00Z"))] == \
+        recurring(ledger, month(2027, 1))
+
+
+def test_a_switch_ends_the_term_with_its_scheduled_removal() -> None:
+    """10 seats with a removal to 8 scheduled, then a switch to annual: the 10 paid seats are
+    credited, the new year is billed for the 8 that remain, and buying 2 back in the new term
+    is a new purchase prorated at the annual price."""
+    acc = account(orders=order("2026-11-10T00:00:00Z", 8)
+                  + order("2026-11-16T00:00:00Z", billing="annual", prices=("1500.00", "250.00"))
+                  + order("2027-05-16T00:00:00Z", 10))
+    ledger = apply_orders(acc)
+    assert [("recurring", "agents", 10, Decimal("1490.00")),
+            ("switch_credit", "agents", 10, Decimal("-745.00")),
+            ("recurring", "agents", 8, Decimal("12000.00"))] == kinds(ledger, month(2026, 11))
+    assert [("seat_add", "agents", 2, Decimal("1512.33"))] == kinds(ledger, month(2027, 5))
+    assert ((utc("2026-11-01T00:00:00Z"), 10), (utc("2026-11-16T00:00:00Z"), 8),
+            (utc("2027-05-16T00:00:00Z"), 10)) == ledger.licensed_steps("agents")
+
+
+def test_packs_bill_the_term_at_its_start_and_packs_on_top() -> None:
+    """Under packs the annual term is billed at its start; a pack bought mid-term is billed at
+    the term's price in full, and the next term renews with it."""
+    ledger = apply_orders(packs(order("2026-06-01T00:00:00Z", 15)))
+    assert [("recurring", "agents", 10, Decimal("50.00"))] == kinds(ledger, month(2026, 1))
+    assert [("seat_add", "agents", 5, Decimal("25.00"))] == kinds(ledger, month(2026, 6))
+    assert [("agents", 15, Decimal("75.00"), utc("2027-01-01T00:00:00Z"))] == \
+        recurring(ledger, month(2027, 1))
+
+
 # --- quotes -------------------------------------------------------------------------------------
 
 def test_quote_replays_earlier_orders_and_changes_nothing() -> None:
@@ -368,12 +516,23 @@ def test_quote_of_a_refused_order_gives_the_reason() -> None:
 
 
 def test_quote_of_a_removal_and_of_a_switch() -> None:
-    """A removal quotes no charge; a switch quotes its credit."""
+    """A removal quotes no charge; a switch quotes its credit and the new term's charge."""
     acc = account()
     removal = quote(acc, Order(at=utc("2026-11-16T00:00:00Z"), pool="agents", quantity=9))
     assert "no charge (0.00 USD)" == describe_total(removal)
-    switch = quote(acc, Order(at=utc("2026-11-16T00:00:00Z"), billing="annual"))
-    assert "credit 745.00 USD" == describe_total(switch)
+    prices = (("agents", Decimal("1500.00")), ("wfm", Decimal("250.00")))
+    switch = quote(acc, Order(at=utc("2026-11-16T00:00:00Z"), billing="annual", prices=prices))
+    assert [("switch_credit", Decimal("-745.00")), ("recurring", Decimal("15000.00"))] == [
+        (c.kind, c.amount) for c in switch.charges]
+    assert "charge 14255.00 USD" == describe_total(switch)
+
+
+def test_a_switch_built_without_prices_is_refused() -> None:
+    """An order made in code (not parsed) that states no price for a seat is refused whole."""
+    q = quote(account(), Order(at=utc("2026-11-16T00:00:00Z"), billing="annual",
+                               prices=(("agents", Decimal("1500.00")),)))
+    assert (False, ()) == (q.accepted, q.charges)
+    assert "the switch to annual billing states no price for 'wfm'" == q.reason
 
 
 @pytest.mark.parametrize(
@@ -429,13 +588,20 @@ def test_prorate_matches_the_oracle(raw: list[tuple[int, int]], initial: int) ->
     acc = account(anchor="2026-01-01", quantity=initial, price="149.00", orders=text)
     ledger = apply_orders(acc)
     expected_charged, expected_starts = oracle(initial, placed)
-    got = []
+    got, billed = [], []
     for begin, end in itertools.pairwise(MONTHS):
         lines = ledger.charges_in(Period(begin, end))
         got.append(sum(c.quantity for c in lines))
         for line in lines:
             assert Decimal(0) <= line.amount <= Decimal("149.00") * line.quantity
+        billed.append([(c.quantity, c.amount, c.at) for c in ledger.recurring_in(Period(begin, end))
+                       if c.target == "agents"])
     assert expected_charged == got
+    # Each term bills the last total ordered before it (an order at its first instant is a
+    # seat change of the term, charged after it).
+    renewing = [([initial] + [q for t, q in placed if t < m])[-1] for m in MONTHS[:-1]]
+    assert [[(q, Decimal("149.00") * q, m)] if q else []
+            for q, m in zip(renewing, MONTHS[:-1], strict=True)] == billed
     steps = ledger.licensed_steps("agents")
     assert expected_starts == [licensed_at(steps, m) for m in MONTHS[:-1]]
     assert () == ledger.refused
