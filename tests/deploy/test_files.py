@@ -51,19 +51,22 @@ def _unit() -> dict[str, dict[str, list[str]]]:
 
 # --- compose.yaml -------------------------------------------------------------------------------
 
-def test_compose_runs_the_four_services() -> None:
-    """mosquitto, meter, prometheus and grafana; each has an image and only known keys."""
+def test_compose_runs_the_five_services() -> None:
+    """mosquitto, meter, prometheus, alertmanager and grafana; each has an image and only known
+    keys."""
     services = _compose()["services"]
-    assert ["mosquitto", "meter", "prometheus", "grafana"] == list(services)
+    assert ["mosquitto", "meter", "prometheus", "alertmanager", "grafana"] == list(services)
     for name, service in services.items():
         assert "image" in service, name
         assert set() == set(service) - _SERVICE_KEYS, name
 
 
 def test_compose_dependencies_name_services_that_exist() -> None:
-    """meter waits for the broker, Prometheus for the meter, Grafana for Prometheus."""
+    """meter waits for the broker, Prometheus for the meter and Alertmanager, Grafana for
+    Prometheus."""
     services = _compose()["services"]
-    assert {"meter": ["mosquitto"], "prometheus": ["meter"], "grafana": ["prometheus"]} == {
+    assert {"meter": ["mosquitto"], "prometheus": ["meter", "alertmanager"],
+            "grafana": ["prometheus"]} == {
         name: s["depends_on"] for name, s in services.items() if "depends_on" in s}
 
 
@@ -87,7 +90,7 @@ def test_compose_publishes_ports_on_loopback_only() -> None:
     """Nothing in the stack listens on the host's public interfaces."""
     ports = {name: s.get("ports", []) for name, s in _compose()["services"].items()}
     assert {"mosquitto": ["127.0.0.1:1883:1883"], "meter": [], "prometheus": ["127.0.0.1:9090:9090"],
-            "grafana": ["127.0.0.1:3000:3000"]} == ports
+            "alertmanager": ["127.0.0.1:9093:9093"], "grafana": ["127.0.0.1:3000:3000"]} == ports
 
 
 def test_compose_meter_environment_is_valid_for_the_daemon() -> None:
@@ -124,6 +127,20 @@ def test_prometheus_scrapes_the_meter_service_and_loads_the_rules() -> None:
     for rule_file in config["rule_files"]:
         assert f"./{rule_file}:/etc/prometheus/{rule_file}:ro" in prometheus["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager() -> None:
+    """prometheus.yml's `alerting:` block names the alertmanager service on the port it listens
+    on, and Alertmanager reads deploy/alertmanager.yml, mounted where its command says, with its
+    cluster port off (one instance)."""
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (manager,) = config["alerting"]["alertmanagers"]
+    assert [{"targets": ["alertmanager:9093"]}] == manager["static_configs"]
+    alertmanager = _compose()["services"]["alertmanager"]
+    assert ["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager",
+            "--web.listen-address=:9093", "--cluster.listen-address="] == alertmanager["command"]
+    assert ["./alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro",
+            "alertmanager-data:/alertmanager"] == alertmanager["volumes"]
 
 
 def test_grafana_datasource_is_the_compose_prometheus() -> None:

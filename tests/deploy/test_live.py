@@ -1,8 +1,11 @@
 """The deployment against the real thing: `meter serve` as a subprocess on a real Mosquitto,
 scraped by the real Prometheus server (Debian's package) with deploy/prometheus.yml and
-deploy/alerts.yml, while events are published with mosquitto_pub. The Prometheus HTTP API must
-report the exact live values, the alert rules must evaluate on the daemon's real series, and every
-Grafana panel query must run and use only metrics the daemon exports.
+deploy/alerts.yml, which sends its alerts to a real Alertmanager (Debian's
+prometheus-alertmanager) with deploy/alertmanager.yml, whose receivers point at a webhook server
+the test runs; events are published with mosquitto_pub. The Prometheus HTTP API must report the
+exact live values, the alert rules must evaluate on the daemon's real series, the grace alert must
+arrive at the billing receiver (firing, then resolved), and every Grafana panel query must run and
+use only metrics the daemon exports.
 
 One daemon and one Prometheus serve the whole module; the tests read what the fixture did.
 """
@@ -13,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Broker, free_port, wait_port
 from tests.contracts_toml import account, contracts, pool
-from tests.deploy.tools import DEPLOY, metric_names, promtool, require
+from tests.deploy.tools import ALERTMANAGER_PACKAGE, DEPLOY, metric_names, promtool, require
 
 pytestmark = pytest.mark.broker
 
@@ -75,6 +80,7 @@ class Stack:
 
     metrics_url: str
     prometheus_url: str
+    webhook: Webhook | None = None
     scrape: str = ""
     seen: dict[str, Any] = field(default_factory=dict)
 
@@ -105,6 +111,43 @@ class Stack:
         return [a for a in alerts if a["state"] == "firing"]
 
 
+class Webhook:
+    """A real HTTP server standing in for every Alertmanager receiver: it records each POST as
+    (path, JSON body); the path names the receiver."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        lock = threading.Lock()
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    received.append((self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook", daemon=True)
+        self.thread.start()
+
+    def alerts(self, path: str, alertname: str, status: str) -> list[dict[str, Any]]:
+        """The alerts named `alertname` with `status` in notifications that reached `path`."""
+        return [alert for p, body in list(self.received) if p == path
+                for alert in body["alerts"]
+                if alert["labels"]["alertname"] == alertname and alert["status"] == status]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def _event(kind: str, user: str, ts: datetime, eid: str, session: str = "s1") -> str:
     return json.dumps({"id": eid, "type": kind, "account": "acme", "user": user,
                        "ts": ts.isoformat(), "pool": "agents", "session": session})
@@ -119,16 +162,44 @@ def _publish(broker: Broker, topic: str, lines: list[str]) -> None:
     )
 
 
-def _prometheus_config(tmp: Path, metrics_port: int) -> Path:
-    """deploy/prometheus.yml with the target moved to the test daemon and a 1 s interval."""
+#: Rules whose `for:` the live test shortens (promtool's unit tests prove the real durations).
+_SHORT_FOR = {"MeterGraceAboutToExpire": "2s"}
+
+
+def _prometheus_config(tmp: Path, metrics_port: int, alertmanager_port: int) -> Path:
+    """deploy/prometheus.yml with the target moved to the test daemon, alerts sent to the test
+    Alertmanager and a 1 s interval; deploy/alerts.yml as it is but for `_SHORT_FOR`."""
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     config["global"]["evaluation_interval"] = "1s"
-    config["rule_files"] = [str(DEPLOY / f) for f in config["rule_files"]]
+    rules = []
+    for name in config["rule_files"]:
+        doc = yaml.safe_load((DEPLOY / name).read_text())
+        for rule in (r for g in doc["groups"] for r in g["rules"]):
+            if rule["alert"] in _SHORT_FOR:
+                rule["for"] = _SHORT_FOR[rule["alert"]]
+        (tmp / name).write_text(yaml.safe_dump(doc))
+        rules.append(str(tmp / name))
+    config["rule_files"] = rules
+    (manager,) = config["alerting"]["alertmanagers"]
+    manager["static_configs"] = [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]
     (job,) = config["scrape_configs"]
     job["scrape_timeout"] = "1s"
     job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
     path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _alertmanager_config(tmp: Path, webhook: Webhook) -> Path:
+    """deploy/alertmanager.yml with each receiver's webhook at the test server (the path names
+    the receiver) and notifications sent after 1 s instead of 30 s and 5 min."""
+    config = yaml.safe_load((DEPLOY / "alertmanager.yml").read_text())
+    config["route"] |= {"group_wait": "1s", "group_interval": "1s"}
+    for receiver in config["receivers"]:
+        (hook,) = receiver["webhook_configs"]
+        hook["url"] = f"{webhook.url}/{receiver['name']}"
+    path = tmp / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -145,13 +216,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def stack(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Daemon + Prometheus; publishes three logins (one over the licenses), a redelivery and a
-    garbage message, then a logout, recording what Prometheus showed after each step."""
+    """Daemon + Prometheus + Alertmanager + webhook; publishes three logins (one over the
+    licenses), a redelivery and a garbage message, then a logout, recording what Prometheus
+    showed and the webhook received after each step."""
     prometheus_bin = require("prometheus")
+    alertmanager_bin = require("prometheus-alertmanager", ALERTMANAGER_PACKAGE)
     tmp = tmp_path_factory.mktemp("live")
     (tmp / "contracts.toml").write_text(CONTRACTS)
     prefix = f"t{uuid.uuid4().hex[:10]}/meter"
-    metrics_port, prometheus_port = free_port(), free_port()
+    metrics_port, prometheus_port, alertmanager_port = free_port(), free_port(), free_port()
+    webhook = Webhook()
     env = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
     env |= {"METER_TOPIC_PREFIX": prefix, "METER_CLIENT_ID": f"meter-{uuid.uuid4().hex[:8]}",
             "PYTHONPATH": str(ROOT)}
@@ -162,17 +236,27 @@ def stack(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterat
          "--metrics-addr", f"127.0.0.1:{metrics_port}"],
         stdout=daemon_log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
     )
+    am_log = (tmp / "alertmanager.log").open("wb")
+    alertmanager = subprocess.Popen(
+        [alertmanager_bin, f"--config.file={_alertmanager_config(tmp, webhook)}",
+         f"--storage.path={tmp / 'alertmanager'}",
+         f"--web.listen-address=127.0.0.1:{alertmanager_port}", "--cluster.listen-address="],
+        stdout=am_log, stderr=subprocess.STDOUT, cwd=tmp,
+    )
     prom_log = (tmp / "prometheus.log").open("wb")
     prometheus = subprocess.Popen(
-        [prometheus_bin, f"--config.file={_prometheus_config(tmp, metrics_port)}",
+        [prometheus_bin, f"--config.file={_prometheus_config(tmp, metrics_port, alertmanager_port)}",
          f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}"],
         stdout=prom_log, stderr=subprocess.STDOUT, cwd=tmp,
     )
     daemon_log.close()
+    am_log.close()
     prom_log.close()
-    stack = Stack(f"http://127.0.0.1:{metrics_port}/metrics", f"http://127.0.0.1:{prometheus_port}")
+    stack = Stack(f"http://127.0.0.1:{metrics_port}/metrics", f"http://127.0.0.1:{prometheus_port}",
+                  webhook=webhook)
     try:
         wait_port(metrics_port, timeout=_DEADLINE)
+        wait_port(alertmanager_port, timeout=_DEADLINE)
         wait_port(prometheus_port, timeout=_DEADLINE)
         _wait_for("the meter to connect to the broker",
                   lambda: b"\nmeter_mqtt_connected 1.0\n" in _get(stack.metrics_url))
@@ -188,17 +272,25 @@ def stack(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stack.seen["firing_after_logins"] = _wait_for(
             "MeterGraceAboutToExpire to fire",
             lambda: [a for a in stack.firing() if a["labels"]["alertname"] == "MeterGraceAboutToExpire"])
+        stack.seen["delivered_firing"] = _wait_for(
+            "the grace alert to reach the billing webhook",
+            lambda: webhook.alerts("/billing", "MeterGraceAboutToExpire", "firing"))
 
         _publish(mosquitto, topic, [_event("logout", "u2", now - timedelta(seconds=30), "e4")])
         stack.seen["active_after_logout"] = stack.wait_value(active, 2.0)
         stack.seen["excess_after_logout"] = stack.wait_value(
             'meter_excess_users{account="acme",pool="agents"}', 0.0)
+        stack.seen["delivered_resolved"] = _wait_for(
+            "the grace alert's resolution to reach the billing webhook",
+            lambda: webhook.alerts("/billing", "MeterGraceAboutToExpire", "resolved"))
         stack.scrape = _get(stack.metrics_url).decode()
         yield stack
     finally:
         _stop(prometheus)
+        _stop(alertmanager)
         _stop(daemon)
-        for name in ("meter.log", "prometheus.log"):
+        webhook.close()
+        for name in ("meter.log", "prometheus.log", "alertmanager.log"):
             sys.stderr.write(f"--- {name} (tail)\n{(tmp / name).read_text()[-3000:]}\n")
 
 
@@ -230,6 +322,39 @@ def test_grace_alert_fires_on_the_daemons_real_series(stack: Stack) -> None:
     assert ("acme", "agents", "warning") == (
         alert["labels"]["account"], alert["labels"]["pool"], alert["labels"]["severity"])
     assert 0 < float(alert["value"]) < 300
+
+
+def _delivered(alert: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    return alert["labels"], alert["annotations"]
+
+
+def test_grace_alert_is_delivered_to_the_billing_receiver(stack: Stack) -> None:
+    """Prometheus sent the firing grace alert to Alertmanager, which routed it by its team label
+    to the billing receiver's webhook with its routing labels, the external label and the
+    runbook link; no other receiver got it."""
+    labels, annotations = _delivered(stack.seen["delivered_firing"][0])
+    assert {"alertname": "MeterGraceAboutToExpire", "account": "acme", "pool": "agents",
+            "severity": "warning", "team": "billing", "job": "meter",
+            "instance": urllib.parse.urlsplit(stack.metrics_url).netloc,
+            "service": "license-meter"} == labels
+    assert "README.md#metergraceabouttoexpire" == annotations["runbook_url"]
+    assert annotations["summary"].startswith("acme/agents: excess over licensed seats becomes billable in ")
+    assert webhook_paths(stack, "MeterGraceAboutToExpire") == {"/billing"}
+
+
+def test_grace_alert_resolution_is_delivered_after_the_logout(stack: Stack) -> None:
+    """Once the logout ends the excess, the billing webhook receives the same alert resolved."""
+    firing, resolved = stack.seen["delivered_firing"][0], stack.seen["delivered_resolved"][0]
+    assert firing["labels"] == resolved["labels"]
+    assert ("firing", "resolved") == (firing["status"], resolved["status"])
+    assert firing["startsAt"] == resolved["startsAt"]
+
+
+def webhook_paths(stack: Stack, alertname: str) -> set[str]:
+    """The receivers (webhook paths) that got a notification holding `alertname`."""
+    assert stack.webhook is not None
+    return {path for path, body in list(stack.webhook.received)
+            if any(a["labels"]["alertname"] == alertname for a in body["alerts"])}
 
 
 def test_every_alert_rule_evaluates_cleanly(stack: Stack) -> None:

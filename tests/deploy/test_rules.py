@@ -1,15 +1,18 @@
-"""The Prometheus configuration and alert rules in deploy/ are valid, and each alert is proven by
-`promtool test rules` to fire where it should and stay silent where it should not."""
+"""The Prometheus configuration, alert rules and Alertmanager configuration in deploy/ are valid,
+each alert is proven by `promtool test rules` to fire where it should and stay silent where it
+should not, carries the routing labels and links a runbook that exists in the README, and
+Alertmanager routes it to its team."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.deploy.tools import DEPLOY, promtool
+from tests.deploy.tools import ALERTMANAGER_PACKAGE, DEPLOY, ROOT, promtool, readme_anchors, require
 
 ALERTS = ("MeterGraceAboutToExpire", "MeterOverageBilled", "MeterDown", "MeterBrokerDisconnected",
           "MeterSessionTakenOver", "MeterStoreFailing", "MeterRejectsRising", "MeterAccountSilent",
@@ -51,7 +54,7 @@ def test_alert_unit_tests_fail_when_an_expectation_is_wrong(tmp_path: Path) -> N
     doc = yaml.safe_load((DEPLOY / "alerts_test.yml").read_text())
     doc["rule_files"] = [str(DEPLOY / "alerts.yml")]
     doc["tests"] = doc["tests"][:1]
-    firing = doc["tests"][0]["alert_rule_test"][1]
+    firing = next(case for case in doc["tests"][0]["alert_rule_test"] if case["exp_alerts"])
     firing["exp_alerts"] = []
     (tmp_path / "t.yml").write_text(yaml.safe_dump(doc))
     result = promtool("test", "rules", "t.yml", cwd=tmp_path)
@@ -64,12 +67,74 @@ def test_the_rule_file_has_exactly_the_alerts_an_operator_needs() -> None:
     assert list(ALERTS) == [rule["alert"] for rule in _rules()]
 
 
+#: Alert -> (severity, team): the routing labels Alertmanager uses.
+ROUTING = {
+    "MeterGraceAboutToExpire": ("warning", "billing"),
+    "MeterOverageBilled": ("warning", "billing"),
+    "MeterDown": ("critical", "operations"),
+    "MeterBrokerDisconnected": ("critical", "operations"),
+    "MeterSessionTakenOver": ("critical", "operations"),
+    "MeterStoreFailing": ("critical", "operations"),
+    "MeterRejectsRising": ("warning", "integrations"),
+    "MeterAccountSilent": ("warning", "integrations"),
+    "MeterAddonShortfall": ("info", "billing"),
+}
+
+
+def test_each_alert_has_the_routing_labels_severity_and_team() -> None:
+    """Every rule carries exactly `severity` and `team`, with these values."""
+    assert ROUTING == {r["alert"]: (r["labels"]["severity"], r["labels"]["team"]) for r in _rules()}
+    assert [{"severity", "team"}] * len(ALERTS) == [set(r["labels"]) for r in _rules()]
+
+
 @pytest.mark.parametrize("rule", _rules(), ids=lambda r: r["alert"])
-def test_each_alert_has_a_severity_a_summary_and_a_runbook(rule: dict[str, Any]) -> None:
-    """Every alert routes by severity and says what it means and what to do."""
-    assert rule["labels"]["severity"] in {"critical", "warning", "info"}
-    assert {"summary", "description"} == set(rule["annotations"])
-    assert len(rule["annotations"]["description"]) > 200
+def test_each_alert_has_a_summary_a_description_and_a_runbook_url(rule: dict[str, Any]) -> None:
+    """Every alert says what it means in a short description and links its runbook: the README
+    section named after the alert, which exists."""
+    assert {"summary", "description", "runbook_url"} == set(rule["annotations"])
+    assert 100 < len(rule["annotations"]["description"]) < 400
+    assert f"README.md#{rule['alert'].lower()}" == rule["annotations"]["runbook_url"]
+    anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
+    assert anchor in readme_anchors((ROOT / "README.md").read_text())
+
+
+def test_readme_anchors_follow_githubs_rules() -> None:
+    """Headings become GitHub's anchors: code marks and punctuation dropped, spaces as dashes."""
+    text = "## Watching it\n#### `MeterDown`\nnot # a heading\n### What a broker crash can lose, and how\n"
+    assert {"watching-it", "meterdown", "what-a-broker-crash-can-lose-and-how"} == readme_anchors(text)
+
+
+# --- Alertmanager -------------------------------------------------------------------------------
+
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    """`amtool check-config` accepts deploy/alertmanager.yml: its route, 2 inhibit rules and the
+    4 receivers."""
+    result = subprocess.run([require("amtool", ALERTMANAGER_PACKAGE), "check-config",
+                             str(DEPLOY / "alertmanager.yml")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert " - 2 inhibit rules\n - 4 receivers\n" in result.stdout
+
+
+def test_alertmanager_routes_each_alert_by_severity_and_team() -> None:
+    """`amtool config routes test` with each rule's labels: critical alerts page operations,
+    the others reach their team's receiver."""
+    amtool = require("amtool", ALERTMANAGER_PACKAGE)
+    routed = {}
+    for rule in _rules():
+        labels = [f"{k}={v}" for k, v in {"alertname": rule["alert"], **rule["labels"]}.items()]
+        result = subprocess.run([amtool, "config", "routes", "test", "--config.file",
+                                 str(DEPLOY / "alertmanager.yml"), *labels],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert 0 == result.returncode, result.stdout + result.stderr
+        routed[rule["alert"]] = result.stdout.strip()
+    assert {
+        "MeterGraceAboutToExpire": "billing", "MeterOverageBilled": "billing",
+        "MeterDown": "operations-page", "MeterBrokerDisconnected": "operations-page",
+        "MeterSessionTakenOver": "operations-page", "MeterStoreFailing": "operations-page",
+        "MeterRejectsRising": "integrations", "MeterAccountSilent": "integrations",
+        "MeterAddonShortfall": "billing",
+    } == routed
 
 
 @pytest.mark.parametrize("alert", ALERTS)

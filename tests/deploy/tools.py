@@ -1,5 +1,6 @@
 """Paths and binaries for the deploy tests: promtool and the Prometheus server (Debian's
-`prometheus` package, installed by .ci/run), and helpers to read the files in deploy/."""
+`prometheus` package), Alertmanager and amtool (`prometheus-alertmanager`), both installed by
+.ci/run, and helpers to read the files in deploy/ and the README's anchors."""
 
 from __future__ import annotations
 
@@ -14,12 +15,28 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 DEPLOY = ROOT / "deploy"
 
 
-def require(binary: str) -> str:
+def require(binary: str, package: str = "prometheus") -> str:
     """The path of `binary`; fails (never skips) when it is missing, since CI installs it."""
     found = shutil.which(binary)
     if found is None:
-        pytest.fail(f"{binary} not found; .ci/run installs it with `apt-get install prometheus`")
+        pytest.fail(f"{binary} not found; .ci/run installs it with `apt-get install {package}`")
     return found
+
+
+#: Alertmanager and amtool: Debian's `prometheus-alertmanager` package.
+ALERTMANAGER_PACKAGE = "prometheus-alertmanager"
+
+
+def readme_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text: lower case, punctuation other
+    than `-` and `_` dropped, spaces made `-` (a repeated heading would get `-1`; none is)."""
+    anchors = set()
+    for line in markdown.splitlines():
+        match = re.match(r"#{1,6}\s+(.*)$", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower())
+            anchors.add(slug.replace(" ", "-"))
+    return anchors
 
 
 def promtool(*args: str, cwd: Path = DEPLOY, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
