@@ -117,9 +117,18 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("report", help="month-end overage report (JSON, CSV, HTML)")
     _add_db(p)
     p.add_argument("--contracts", required=True, help="contracts TOML file")
-    p.add_argument("--period", required=True, metavar="YYYY-MM", help="billing period")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--period", metavar="YYYY-MM",
+                      help="each account's billing period that STARTS in this calendar month "
+                           "(an account anchored on the 31st has its November usage under "
+                           "the period starting 31 October: --period 2026-10, or --on)")
+    when.add_argument("--on", metavar="YYYY-MM-DD",
+                      help="each account's billing period containing this date, in the "
+                           "account's time zone")
     p.add_argument("--account", help="one account (default: all)")
-    p.add_argument("--format", choices=("json", "csv", "html"), default="json")
+    p.add_argument("--format", default="json", metavar="FORMATS",
+                   help="json, csv or html, or a comma list (json,csv,html): rated once, "
+                        "each written (default json)")
     p.add_argument("--out", metavar="DIR", help="output directory (JSON to stdout when absent)")
     p.add_argument("--finalize", action="store_true", help="freeze the period's report")
     p.add_argument("--finalize-after", metavar="DURATION", default="1h",

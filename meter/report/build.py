@@ -11,25 +11,25 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from meter.errors import UsageError
 from meter.finalization import Link, wait_reason
-from meter.report.compose import canonical
+from meter.report.compose import canonical, customer_doc, invoice_number, local_period
 from meter.report.document import AccountDoc, AccountReport, Charts, Report
 from meter.report.inputs import account_contracts, load_inputs
 from meter.report.late import period_label, previous_period
 from meter.report.rate import Rated, rate_one, rate_parallel, workers_for
 from meter.store import FinalizedReport, Store, open_store
 from rating.contracts import Account, Contracts, parse_contracts
-from rating.periods import Period, monthly_period, period_of_month
-from rating.usage import to_us
+from rating.periods import Period, local_midnight, monthly_period, period_of_month
+from rating.usage import from_us, iso, to_us
 
-__all__ = ["Watch", "finalize_due", "make_report", "parse_month", "verify"]
+__all__ = ["Watch", "chosen_period", "finalize_due", "make_report", "parse_month", "verify"]
 
 
 def parse_month(text: str) -> tuple[int, int]:
@@ -38,6 +38,15 @@ def parse_month(text: str) -> tuple[int, int]:
     if not match or not 1 <= int(match.group(2)) <= 12:
         raise UsageError(f"--period: expected YYYY-MM, got {text!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def chosen_period(account: Account, month: str | None = None, on: date | None = None) -> Period:
+    """The account's period a report names: the one holding local day `on` in the account's
+    timezone (`--on DATE`), else the one starting in calendar month `month` (`--period`)."""
+    if on is not None:
+        return monthly_period(account, local_midnight(on, account.tz))
+    year, mon = parse_month(month or "")
+    return period_of_month(account, year, mon)
 
 
 def _chosen(contracts: Contracts, accounts: Sequence[str] | None) -> list[Account]:
@@ -49,10 +58,25 @@ def _chosen(contracts: Contracts, accounts: Sequence[str] | None) -> list[Accoun
     return [a for a in contracts.accounts if a.id in accounts]
 
 
-def _frozen(row: FinalizedReport) -> AccountReport:
+def _frozen(row: FinalizedReport, account: Account | None = None) -> AccountReport:
     doc: AccountDoc = json.loads(row.report)
     charts: Charts = json.loads(row.charts)
+    if "invoice" not in doc and account is not None:
+        _complete(doc, account, row)
     return AccountReport(row.account, doc, charts, True)
+
+
+def _complete(doc: AccountDoc, account: Account, row: FinalizedReport) -> None:
+    """A report finalized before reports carried the invoice keys: add them on reading (the
+    stored row is never rewritten; every render of it adds the same)."""
+    local = local_period(account, from_us(row.period_start_us), from_us(row.period_end_us))
+    doc["local_period"] = local
+    doc["invoice"] = {"number": invoice_number(account.id, local["label"]),
+                      "issued_at": iso(from_us(row.finalized_us)),
+                      "customer": customer_doc(account)}
+    for pool in doc["pools"]:
+        pool.setdefault("usage_by_user", [])
+        pool.setdefault("daily", [])
 
 
 async def _finalize(store: Store, account: Account, period: Period, rated: Rated, *,
@@ -61,23 +85,29 @@ async def _finalize(store: Store, account: Account, period: Period, rated: Rated
     finalization may have got there first) and whether this call stored it."""
     doc, charts = rated
     doc["finalized"] = True
+    # The invoice is issued when the period is frozen; stored with it, so it never changes.
+    doc["invoice"]["issued_at"] = iso(now)
     row = FinalizedReport(account=account.id, period_start_us=to_us(period.start),
                           period_end_us=to_us(period.end), report=canonical(doc),
                           charts=canonical(charts), input_hash=doc["input_hash"],
                           cutoff_seq=cutoff, finalized_us=to_us(now))
     if await store.add_finalized(row):
         # Parsed back from the stored text, so this render is byte-identical to later ones.
-        return _frozen(row), True
+        return _frozen(row, account), True
     again = await store.finalized(account.id, row.period_start_us)
     assert again is not None
-    return _frozen(again), False
+    return _frozen(again, account), False
 
 
-async def make_report(store: Store, contracts: Contracts, contracts_text: str, month: str, *,
+async def make_report(store: Store, contracts: Contracts, contracts_text: str,
+                      month: str | None, *, on: date | None = None,
                       accounts: Sequence[str] | None = None, finalize: bool = False,
                       now: datetime | None = None, charts: bool = True,
-                      workers: int | None = None, as_of: datetime | None = None) -> Report:
-    """Rate (or read back, where finalized) each account's period `month` ("YYYY-MM").
+                      workers: int | None = None, as_of: datetime | None = None,
+                      progress: Callable[[int], None] | None = None) -> Report:
+    """Rate (or read back, where finalized) each account's period `month` ("YYYY-MM": the
+    period starting in that month), or with `on` the period holding that local date (the
+    report is then named by the date, "YYYY-MM-DD").
 
     With `finalize`, accounts not yet finalized are stored as finalized (`now` is recorded beside
     them, never inside the report). `charts=False` leaves out the chart series (JSON and CSV do
@@ -85,40 +115,58 @@ async def make_report(store: Store, contracts: Contracts, contracts_text: str, m
     (default `workers_for`); the result is the same. `as_of` rates a period still running as of
     that time (`meter report --as-of`): a session open then counts as open up to it, as the live
     view counts it; without it the horizon is the period's end plus the session timeout.
+    `progress` is called with the number of accounts each step has just rated or read.
     """
-    year, mon = parse_month(month)
-    label = f"{year:04d}-{mon:02d}"
+    if on is None:
+        year, mon = parse_month(month or "")
+        label = f"{year:04d}-{mon:02d}"
+    else:
+        label = on.isoformat()
     chosen = _chosen(contracts, accounts)
+    periods = {a.id: chosen_period(a, month, on) for a in chosen}
     cutoff = await store.last_seq()
     charts = charts or finalize
     frozen: dict[str, AccountReport] = {}
     todo: list[Account] = []
     for account in chosen:
-        row = await store.finalized(account.id, to_us(period_of_month(account, year, mon).start))
+        row = await store.finalized(account.id, to_us(periods[account.id].start))
         if row is None:
             todo.append(account)
         else:
-            frozen[account.id] = _frozen(row)
-    count = workers if workers is not None else workers_for(len(todo))
+            frozen[account.id] = _frozen(row, account)
+    if frozen and progress is not None:
+        progress(len(frozen))
     if finalize:
         as_of = None  # a finalized bill keeps the horizon of the period's end + session timeout
+    # Accounts rate by the calendar month their period starts in (with --on they may differ).
+    groups: dict[tuple[int, int], list[Account]] = {}
+    for account in todo:
+        local = periods[account.id].start.astimezone(account.tz)
+        groups.setdefault((local.year, local.month), []).append(account)
     rated: dict[str, Rated] = {}
-    if count > 1 and todo:
-        rated = await rate_parallel(store, contracts_text, year, mon, [a.id for a in todo],
-                                    cutoff=cutoff, charts=charts, workers=count, as_of=as_of)
-    else:
-        canonical_contracts = account_contracts(contracts_text) if todo else {}
-        for account in todo:
-            rated[account.id] = await rate_one(store, account, period_of_month(account, year, mon),
+    canonical_contracts: dict[str, str] = {}
+    for (year, mon), group in groups.items():
+        count = workers if workers is not None else workers_for(len(group))
+        if count > 1:
+            rated |= await rate_parallel(store, contracts_text, year, mon, [a.id for a in group],
+                                         cutoff=cutoff, charts=charts, workers=count, as_of=as_of)
+            if progress is not None:
+                progress(len(group))
+            continue
+        canonical_contracts = canonical_contracts or account_contracts(contracts_text)
+        for account in group:
+            rated[account.id] = await rate_one(store, account, periods[account.id],
                                                canonical_contracts[account.id], cutoff,
                                                charts=charts, as_of=as_of)
+            if progress is not None:
+                progress(1)
     parts: list[AccountReport] = []
     finalized_now: list[str] = []
     for account in chosen:
         if account.id in frozen:
             parts.append(frozen[account.id])
         elif finalize:
-            part, stored = await _finalize(store, account, period_of_month(account, year, mon),
+            part, stored = await _finalize(store, account, periods[account.id],
                                            rated[account.id], cutoff=cutoff,
                                            now=now or datetime.now(UTC))
             parts.append(part)

@@ -6,24 +6,25 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from meter.config import is_postgres
 from meter.errors import UsageError
 from meter.instants import parse_instant
-from meter.report.build import make_report, parse_month, verify
+from meter.report.build import chosen_period, make_report, parse_month, verify
 from meter.report.document import Report
 from meter.report.render_json import render_json
 from meter.store import Store, open_store
 from rating.bill import RATING_VERSION
 from rating.contracts import Contracts, parse_contracts
 from rating.durations import parse_duration
-from rating.periods import period_of_month
 from rating.usage import to_us
 
-__all__ = ["run", "run_verify", "write_outputs"]
+__all__ = ["FORMATS", "Format", "parse_formats", "parse_on", "run", "run_verify", "write_outputs"]
 
 
 def _read_contracts(path: str) -> tuple[Contracts, str]:
@@ -46,74 +47,141 @@ async def _open(path: str | Path) -> Store:
     return await open_store(path, mmap=True)
 
 
-def write_outputs(report: Report, fmt: str, out: Path | None) -> list[Path]:
-    """Render `report` as `fmt` into `out` (or JSON/CSV to stdout when `out` is None)."""
-    if fmt == "json":
-        text = render_json(report)
-        if out is None:
-            sys.stdout.write(text)
-            return []
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"report-{report.month}.json"
-        path.write_text(text, encoding="utf-8")
-        return [path]
-    if fmt == "csv":
-        from meter.report.render_csv import render_charges, render_pools  # noqa: PLC0415 - lazy: pandas
+def _write_json(report: Report, out: Path | None) -> list[Path]:
+    text = render_json(report)
+    if out is None:
+        sys.stdout.write(text)
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"report-{report.month}.json"
+    path.write_text(text, encoding="utf-8")
+    return [path]
 
-        if out is None:
-            sys.stdout.write(render_charges(report))
-            return []
-        out.mkdir(parents=True, exist_ok=True)
-        charges = out / f"charges-{report.month}.csv"
-        pools = out / f"pools-{report.month}.csv"
-        charges.write_text(render_charges(report), encoding="utf-8")
-        pools.write_text(render_pools(report), encoding="utf-8")
-        return [charges, pools]
-    from meter.report.render_html import write_html  # noqa: PLC0415 - lazy: matplotlib is slow to import
+
+def _write_csv(report: Report, out: Path | None) -> list[Path]:
+    from meter.report.render_csv import CSV_FILES, render_charges  # noqa: PLC0415 - lazy: pandas
 
     if out is None:
-        raise UsageError("--format html writes one file per account: give --out DIR")
+        sys.stdout.write(render_charges(report))
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, render in CSV_FILES.items():
+        path = out / f"{name}-{report.month}.csv"
+        path.write_text(render(report), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def _write_html(report: Report, out: Path | None) -> list[Path]:
+    from meter.report.render_html import write_html  # noqa: PLC0415 - lazy: matplotlib is slow to import
+
+    assert out is not None  # Format.needs_out
     return write_html(report, out)
 
 
-def _refuse_early(contracts: Contracts, month: str, account: str | None, after_text: str,
-                  now: datetime) -> None:
-    """A `UsageError` when a chosen account's period `month` has not ended plus `after_text`."""
+@dataclass(frozen=True, slots=True)
+class Format:
+    """An output format: its writer (the report, the --out directory or None for stdout ->
+    the files written), whether it draws charts, and whether it needs --out."""
+
+    write: Callable[[Report, Path | None], list[Path]]
+    charts: bool = False
+    needs_out: bool = False
+
+
+#: The formats `--format` takes, in the order a comma list is written.
+FORMATS: dict[str, Format] = {
+    "json": Format(_write_json),
+    "csv": Format(_write_csv),
+    "html": Format(_write_html, charts=True, needs_out=True),
+}
+
+
+def parse_formats(text: str) -> list[str]:
+    """`--format json,csv,html` as format names (each once, in the order given)."""
+    names = [part.strip() for part in (text or "").split(",")]
+    for name in names:
+        if name not in FORMATS:
+            raise UsageError(f"--format: unknown format {name!r} (one or more of "
+                             f"{', '.join(FORMATS)}, comma-separated)")
+    return list(dict.fromkeys(names))
+
+
+def write_outputs(report: Report, fmt: str, out: Path | None) -> list[Path]:
+    """Render `report` as `fmt` into `out` (or JSON/CSV to stdout when `out` is None)."""
+    spec = FORMATS.get(fmt)
+    if spec is None:
+        raise UsageError(f"--format: unknown format {fmt!r}")
+    if spec.needs_out and out is None:
+        raise UsageError(f"--format {fmt} writes one file per account: give --out DIR")
+    return spec.write(report, out)
+
+
+def parse_on(text: str) -> date:
+    """`--on YYYY-MM-DD` as a date; a `UsageError` otherwise."""
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--on: expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def _refuse_early(contracts: Contracts, month: str | None, on: date | None,
+                  account: str | None, after_text: str, *, now: datetime) -> None:
+    """A `UsageError` when a chosen account's period has not ended plus `after_text`."""
     try:
         after = parse_duration(after_text)
     except ValueError as exc:
         raise UsageError(f"--finalize-after: {exc}") from None
-    year, mon = parse_month(month)
     for acc in contracts.accounts:
         if account and acc.id != account:
             continue
-        end = period_of_month(acc, year, mon).end
+        period = chosen_period(acc, month, on)
+        end = period.end
         if now < end + after:
+            label = period.start.astimezone(acc.tz).strftime("%Y-%m")
             raise UsageError(
-                f"--finalize: {acc.id} {month} ends {end.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}; "
+                f"--finalize: {acc.id} {label} ends {end.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}; "
                 f"finalizing it before {(end + after).astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} "
                 f"(its end plus --finalize-after {after_text}) needs --force")
 
 
-async def _without_events(store: Store, contracts: Contracts, month: str,
-                          account: str | None) -> list[str]:
-    """The chosen accounts with no event stored in their period `month`: a database that is
+async def _without_events(store: Store, contracts: Contracts, month: str | None,
+                          on: date | None, account: str | None) -> list[str]:
+    """The chosen accounts with no event stored in their chosen period: a database that is
     the wrong one, or a feed that never arrived, would otherwise pass for a quiet month."""
-    year, mon = parse_month(month)
     out = []
     for acc in contracts.accounts:
         if account and acc.id != account:
             continue
-        period = period_of_month(acc, year, mon)
+        period = chosen_period(acc, month, on)
         if not await store.count_arrived(acc.id, to_us(period.start), to_us(period.end),
                                          after_seq=0, through_seq=2**63 - 1):
             out.append(acc.id)
     return out
 
 
+def _progress(total: int) -> Any:
+    """A progress bar on stderr when it is a terminal (quiet otherwise, so logs stay clean)."""
+    from tqdm import tqdm  # noqa: PLC0415 - lazy: only `meter report` draws one
+
+    return tqdm(total=total, unit="step", desc="meter report", leave=False,
+                disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
 async def _report(args: argparse.Namespace) -> int:
-    if args.format == "html" and not args.out:
-        raise UsageError("--format html writes one file per account: give --out DIR")
+    formats = parse_formats(args.format)
+    for name in formats:
+        if FORMATS[name].needs_out and not args.out:
+            raise UsageError(f"--format {name} writes one file per account: give --out DIR")
+    if not args.out and len(formats) > 1:
+        raise UsageError("--format: several formats need --out DIR (stdout takes one)")
+    month = args.period
+    on = parse_on(args.on) if getattr(args, "on", None) else None
+    if month is not None and on is None:
+        parse_month(month)
     contracts, text = _read_contracts(args.contracts)
     as_of = None
     if args.as_of is not None:
@@ -122,16 +190,24 @@ async def _report(args: argparse.Namespace) -> int:
                              "session timeout, not as of a time; leave out one of the two")
         as_of = parse_instant(None if args.as_of == "now" else args.as_of, "--as-of")
     if args.finalize and not args.force:
-        _refuse_early(contracts, args.period, args.account, args.finalize_after,
-                      datetime.now(UTC))
-    store = await _open(args.db)
-    async with store:
-        report = await make_report(store, contracts, text, args.period,
-                                   accounts=[args.account] if args.account else None,
-                                   finalize=bool(args.finalize), charts=args.format == "html",
-                                   as_of=as_of)
-        empty = await _without_events(store, contracts, args.period, args.account)
-    paths = write_outputs(report, args.format, Path(args.out) if args.out else None)
+        _refuse_early(contracts, month, on, args.account, args.finalize_after,
+                      now=datetime.now(UTC))
+    chosen = 1 if args.account else len(contracts.accounts)
+    with _progress(chosen + len(formats)) as bar:
+        store = await _open(args.db)
+        async with store:
+            bar.set_description("rating")
+            report = await make_report(store, contracts, text, month, on=on,
+                                       accounts=[args.account] if args.account else None,
+                                       finalize=bool(args.finalize),
+                                       charts=any(FORMATS[f].charts for f in formats),
+                                       as_of=as_of, progress=bar.update)
+            empty = await _without_events(store, contracts, month, on, args.account)
+        paths: list[Path] = []
+        for name in formats:  # rated once, written in every format asked for
+            bar.set_description(f"writing {name}")
+            paths += write_outputs(report, name, Path(args.out) if args.out else None)
+            bar.update(1)
     for path in paths:
         print(path)
     if empty:

@@ -9,16 +9,28 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from meter.report.document import AccountDoc, ChargeDoc, Charts, PoolDoc
+from meter.report.document import (
+    AccountDoc,
+    ChargeDoc,
+    Charts,
+    CustomerDoc,
+    DayDoc,
+    LocalPeriodDoc,
+    PoolDoc,
+    UserDoc,
+)
 from meter.report.inputs import Inputs
 from rating.bill import AccountBill, Line, PoolUse
+from rating.contracts import Account
+from rating.daily import daily_peaks
 from rating.grace import grace_text
 from rating.money import format_money, format_price
 from rating.seatchanges import QuantitySteps
 from rating.usage import iso, to_us
 
-__all__ = ["bill_charts", "bill_doc", "canonical"]
+__all__ = ["bill_charts", "bill_doc", "canonical", "customer_doc", "invoice_number", "local_period"]
 
 
 def canonical(doc: Any) -> str:
@@ -45,7 +57,51 @@ def _charge(line: Line, exp: int) -> ChargeDoc:
     return out
 
 
-def _pool(use: PoolUse, exp: int) -> PoolDoc:
+def _users(use: PoolUse) -> list[UserDoc]:
+    return [{"user": p.user, "sessions": p.sessions, "seconds": p.seconds,
+             "first_login": iso(p.first_login), "last_seen": iso(p.last_seen),
+             "inferred_closes": p.inferred_closes, "billed_window": p.billed_window}
+            for p in use.people]
+
+
+def _daily(use: PoolUse, tz: ZoneInfo) -> list[DayDoc]:
+    if use.concurrency is None:
+        return []
+    return [{"date": d.day.isoformat(), "peak": d.peak,
+             "peak_at": None if d.peak_at is None else iso(d.peak_at),
+             "seconds_at_peak": d.seconds_at_peak}
+            for d in daily_peaks(use.concurrency, tz)]
+
+
+def local_period(account: Account, start: datetime, end: datetime) -> LocalPeriodDoc:
+    """The period `[start, end)` by its local dates in the account's timezone: the label
+    (`YYYY-MM` of the month it starts in, what `--period` names), its first and last day."""
+    first = start.astimezone(account.tz)
+    last = (end - timedelta(microseconds=1)).astimezone(account.tz)
+    return {"label": f"{first:%Y-%m}", "first_day": first.date().isoformat(),
+            "last_day": last.date().isoformat(), "utc_offset_start": f"{first:%z}",
+            "utc_offset_end": f"{last:%z}"}
+
+
+def invoice_number(account_id: str, label: str) -> str:
+    """The invoice number of an account's period: `ACME-2026-11` (the period's label), the same
+    on every run."""
+    return f"{account_id.upper()}-{label}"
+
+
+def customer_doc(account: Account) -> CustomerDoc:
+    """The invoice's customer: the account id, its name and bill-to address."""
+    bill_to = account.bill_to
+    return {
+        "id": account.id,
+        "name": account.name or account.id,
+        "bill_to": None if bill_to is None else {
+            "name": bill_to.name, "address": list(bill_to.address), "email": bill_to.email,
+            "tax_id": bill_to.tax_id},
+    }
+
+
+def _pool(use: PoolUse, exp: int, tz: ZoneInfo) -> PoolDoc:
     pool = use.pool
     return {
         "pool": pool.id,
@@ -72,14 +128,20 @@ def _pool(use: PoolUse, exp: int) -> PoolDoc:
             }
             for e in use.episodes
         ],
+        "usage_by_user": _users(use),
+        "daily": _daily(use, tz),
     }
 
 
 def bill_doc(bill: AccountBill, inputs: Inputs, *, as_of: datetime | None = None) -> AccountDoc:
     """An account's bill as the report's document (not finalized); `as_of` for a period still
-    running, rated as of then."""
+    running, rated as of then.
+
+    The invoice's `issued_at` is that `as_of`, or (on finalization) the time it was finalized;
+    a draft without either has none, so re-running it gives the same bytes."""
     account = bill.account
     exp = account.exponent
+    local = local_period(account, bill.period.start, bill.period.end)
     doc: AccountDoc = {
         "account": account.id,
         "currency": account.currency,
@@ -88,7 +150,11 @@ def bill_doc(bill: AccountBill, inputs: Inputs, *, as_of: datetime | None = None
         "input_hash": inputs.digest,
         "inputs": {"events": inputs.count, "through_seq": inputs.through_seq},
         "finalized": False,
-        "pools": [_pool(use, exp) for use in bill.pools],
+        "local_period": local,
+        "invoice": {"number": invoice_number(account.id, local["label"]),
+                    "issued_at": None if as_of is None else iso(as_of),
+                    "customer": customer_doc(account)},
+        "pools": [_pool(use, exp, account.tz) for use in bill.pools],
         "named": [
             {
                 "pool": n.pool,

@@ -18,11 +18,16 @@ __all__ = [
     "AccountDoc",
     "AccountReport",
     "AddonDoc",
+    "BillToDoc",
     "ChargeDoc",
     "Charts",
+    "CustomerDoc",
+    "DayDoc",
     "EpisodeDoc",
     "GraceDoc",
     "InputsDoc",
+    "InvoiceDoc",
+    "LocalPeriodDoc",
     "NamedDoc",
     "PeriodDoc",
     "PoolChart",
@@ -31,6 +36,7 @@ __all__ = [
     "Report",
     "ReportDoc",
     "RightSizingDoc",
+    "UserDoc",
 ]
 
 
@@ -60,6 +66,29 @@ class EpisodeDoc(TypedDict):
     within_grace: bool
 
 
+class UserDoc(TypedDict):
+    """Who was counted: one user's sessions and time signed in within the period (clipped to
+    it), and whether they were signed in during an excess episode that was billed."""
+
+    user: str
+    sessions: int
+    seconds: int
+    first_login: str
+    last_seen: str
+    inferred_closes: int
+    billed_window: bool
+
+
+class DayDoc(TypedDict):
+    """One local day of the period: its peak concurrency, first reached at `peak_at`, held for
+    `seconds_at_peak` that day (None and 0 when nobody was signed in)."""
+
+    date: str
+    peak: int
+    peak_at: str | None
+    seconds_at_peak: int
+
+
 class PoolDoc(TypedDict):
     """One pool's use in the period (named pools have no grace and no billable peak)."""
 
@@ -76,6 +105,8 @@ class PoolDoc(TypedDict):
     overage_amount: str
     grace: GraceDoc | None
     episodes: list[EpisodeDoc]
+    usage_by_user: list[UserDoc]
+    daily: list[DayDoc]
 
 
 class NamedDoc(TypedDict):
@@ -143,6 +174,43 @@ class InputsDoc(TypedDict):
     through_seq: int
 
 
+class LocalPeriodDoc(TypedDict):
+    """The period by its local dates in the account's timezone: `label` is the month it starts
+    in (`--period`), `first_day` and `last_day` are inclusive, with the UTC offsets there."""
+
+    label: str
+    first_day: str
+    last_day: str
+    utc_offset_start: str
+    utc_offset_end: str
+
+
+class BillToDoc(TypedDict):
+    """Who the invoice is addressed to (from the contract's `bill_to`)."""
+
+    name: str | None
+    address: list[str]
+    email: str | None
+    tax_id: str | None
+
+
+class CustomerDoc(TypedDict):
+    """The customer: account id, its name (the id where the contract gives none), bill-to."""
+
+    id: str
+    name: str
+    bill_to: BillToDoc | None
+
+
+class InvoiceDoc(TypedDict):
+    """The invoice: `number` from account and period (stable across runs), `issued_at` the
+    time it was rated as of or finalized (None on a draft), and the customer."""
+
+    number: str
+    issued_at: str | None
+    customer: CustomerDoc
+
+
 class AccountDoc(TypedDict):
     """One account's bill for one period."""
 
@@ -150,6 +218,8 @@ class AccountDoc(TypedDict):
     currency: str
     timezone: str
     period: PeriodDoc
+    local_period: LocalPeriodDoc
+    invoice: InvoiceDoc
     input_hash: str
     inputs: InputsDoc
     finalized: bool

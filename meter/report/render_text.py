@@ -15,6 +15,10 @@ def summary(report: Report) -> str:
         cur = doc["currency"]
         out.append(f"{doc['account']}  {doc['period']['start']} .. {doc['period']['end']}  "
                    f"total {doc['total']} {cur}")
+        local, invoice = doc.get("local_period"), doc.get("invoice")
+        if local and invoice:
+            out.append(f"  period {local['first_day']} .. {local['last_day']} (local dates, "
+                       f"{doc['timezone']})  invoice {invoice['number']}")
         for pool in doc["pools"]:
             if pool["model"] == "concurrent":
                 billed = sum(1 for e in pool["episodes"] if not e["within_grace"])

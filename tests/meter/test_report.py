@@ -82,10 +82,10 @@ def test_report_json_has_the_design_keys(sample_db: Path) -> None:
     for account in doc["accounts"]:
         assert {"account", "pools", "addons", "named", "charges", "refused", "total",
                 "input_hash", "right_sizing", "period", "currency", "timezone", "inputs",
-                "finalized", "unresolved_events"} == set(account)
+                "finalized", "unresolved_events", "local_period", "invoice"} == set(account)
         for pool in account["pools"]:
             assert {"pool", "model", "peak", "peak_at", "billable_peak", "overage_seats",
-                    "overage_amount", "episodes"} <= set(pool)
+                    "overage_amount", "episodes", "usage_by_user", "daily"} <= set(pool)
             for episode in pool["episodes"]:
                 assert {"start", "end", "duration_seconds", "peak_excess", "sustained_level",
                         "within_grace"} == set(episode)
