@@ -41,6 +41,7 @@ HANDLERS: dict[str, str] = {
     "quote": "meter.quote:run_cli",
     "demo": "meter.demo:run",
     "rejected": "meter.rejected:run",
+    "migrate": "meter.migrate:run",
 }
 
 #: The variable every command's `--db` falls back to (as `meter serve`'s setting does).
@@ -182,6 +183,18 @@ def _add_rejected(sub: argparse._SubParsersAction[_Parser]) -> None:
         _add_setting(p, setting(name))
 
 
+def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("migrate", help="copy a store into another (SQLite <-> PostgreSQL), "
+                                       "then verify the copy")
+    _add_db(p, "--from", "the store to copy", env=False, dest="source")
+    # No --force: a merge of two logs cannot keep both arrival orders, and a finalized report's
+    # cutoff (a seq) would then name other events. A non-empty target is always refused.
+    _add_db(p, "--to", "the store to copy into: a new SQLite file or an empty PostgreSQL "
+                       "database", env=False, dest="target")
+    p.add_argument("--contracts", required=True,
+                   help="contracts TOML file (to recompute each finalized report's input hash)")
+
+
 #: Commands may register extra flags here (command -> function taking its subparser).
 EXTRA_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -192,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_serve, _add_ingest, _add_publish, _add_report, _add_quote, _add_demo,
-                _add_rejected):
+                _add_rejected, _add_migrate):
         add(sub)
     for name, extra in EXTRA_ARGS.items():
         extra(sub.choices[name])

@@ -20,7 +20,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -28,7 +28,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry
 
 from meter import checkpoint
-from meter.config import FLAG_KEYS, Settings, load_settings
+from meter.config import FLAG_KEYS, Settings, is_postgres, load_settings
 from meter.errors import ConfigError, DatabaseInUse, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.metrics import Metrics, Snapshot
@@ -40,7 +40,7 @@ from rating.contracts import Contracts, parse_contracts
 from rating.errors import RatingError
 from rating.periods import monthly_period
 
-__all__ = ["Ingestor", "hold_database", "rebuild", "run", "run_cli", "watermark"]
+__all__ = ["Ingestor", "hold", "hold_database", "rebuild", "run", "run_cli", "watermark"]
 
 log = logging.getLogger("meter.serve")
 
@@ -384,11 +384,8 @@ def hold_database(db: Path) -> Iterator[None]:
     removed (unlinking it would let two daemons lock two different files of one name); it holds
     the holder's pid and host only to name them. `meter ingest` does not take it: it may write
     beside the daemon. flock is per host on network file systems: keep the database local.
-    A PostgreSQL URL is not a file and is left to that store (one daemon per ingest slot).
+    A PostgreSQL database is held by `hold` instead.
     """
-    if str(db).startswith(("postgresql:", "postgres:")):
-        yield
-        return
     path = Path(f"{db}.lock")
     try:
         # Not O_TRUNC: opening must not erase what the holder wrote before we know we hold it.
@@ -411,10 +408,26 @@ def hold_database(db: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+@contextlib.asynccontextmanager
+async def hold(db: Path | str) -> AsyncIterator[None]:
+    """One daemon per database, for as long as the daemon runs: `DatabaseInUse` (exit 2, naming
+    the holder) when another `meter serve` has it. A SQLite file by `hold_database`'s lock file;
+    a PostgreSQL database by the store's own lock in the server (`hold_daemon_lock`), which the
+    server releases when the holder's connection ends however it ends."""
+    if is_postgres(db):
+        from meter.store.postgres import hold_daemon_lock  # noqa: PLC0415 - psycopg loads only for a URL
+
+        async with hold_daemon_lock(str(db)):
+            yield
+    else:
+        with hold_database(Path(db)):
+            yield
+
+
 async def run(settings: Settings, stop: asyncio.Event, *,
               registry: CollectorRegistry | None = None) -> None:
     """Run the daemon until `stop` is set; return after a clean drain and disconnect."""
-    with hold_database(settings.db):  # first: a second daemon says one line and nothing else
+    async with hold(settings.db):  # first: a second daemon says one line and nothing else
         log.info("meter serve: %s", settings.describe())
         await _run(settings, stop, registry=registry)
 
@@ -427,7 +440,9 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
     store.rejected_keep_bytes = settings.rejected_keep_bytes
     server = None
     try:
-        metrics = Metrics(contracts, registry, db_path=settings.db)
+        # The size on disk of a PostgreSQL database is the server's to report, not a file here.
+        metrics = Metrics(contracts, registry,
+                          db_path=None if is_postgres(settings.db) else Path(settings.db))
         server = _serve_metrics(settings, registry)
         tracker = await rebuild(store, contracts, settings, metrics)
         ingestor = Ingestor(settings, contracts=contracts, store=store, tracker=tracker,
