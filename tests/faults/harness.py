@@ -136,6 +136,8 @@ class Daemon:
     topic_prefix: str
     client_id: str = "meter-under-test"
     settings: Mapping[str, str] = field(default_factory=dict)
+    #: A PostgreSQL URL to run on instead of the SQLite file `db`.
+    url: str | None = None
     db: Path = field(init=False)
     contracts: Path = field(init=False)
     metrics_port: int = field(init=False)
@@ -173,7 +175,7 @@ class Daemon:
             log.flush()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meter", "serve", "--broker", self.broker.url,
-                 "--db", str(self.db), "--contracts", str(self.contracts),
+                 "--db", self.url or str(self.db), "--contracts", str(self.contracts),
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}"],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.workdir,
             )
