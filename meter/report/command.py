@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from meter.config import is_postgres
+from meter.config import is_postgres, share_password
 from meter.errors import UsageError
 from meter.instants import parse_instant
 from meter.report.build import chosen_period, make_report, parse_month, verify
@@ -44,6 +45,7 @@ def _check_db(path: str | Path) -> None:
 
 async def _open(path: str | Path) -> Store:
     _check_db(path)
+    share_password(path)  # the rating workers open the store's location, which has none
     return await open_store(path, mmap=True)
 
 
@@ -73,11 +75,17 @@ def _write_csv(report: Report, out: Path | None) -> list[Path]:
     return paths
 
 
-def _write_html(report: Report, out: Path | None) -> list[Path]:
-    from meter.report.render_html import write_html  # noqa: PLC0415 - lazy: matplotlib is slow to import
+def _lazy(module: str, function: str) -> Callable[[Report, Path | None], list[Path]]:
+    """A writer `module.function(report, out_dir)` imported on first use (the HTML and PDF
+    renderers import heavy libraries that JSON and CSV runs should not pay for)."""
 
-    assert out is not None  # Format.needs_out
-    return write_html(report, out)
+    def write(report: Report, out: Path | None) -> list[Path]:
+        assert out is not None  # the format `needs_out`: checked before rating
+        writer = getattr(importlib.import_module(module), function)
+        paths: list[Path] = writer(report, out)
+        return paths
+
+    return write
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +102,7 @@ class Format:
 FORMATS: dict[str, Format] = {
     "json": Format(_write_json),
     "csv": Format(_write_csv),
-    "html": Format(_write_html, charts=True, needs_out=True),
+    "html": Format(_lazy("meter.report.render_html", "write_html"), charts=True, needs_out=True),
 }
 
 
