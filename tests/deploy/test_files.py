@@ -296,27 +296,154 @@ def _dashboard() -> dict[str, Any]:
 
 
 def test_dashboard_has_the_panels_an_operator_watches() -> None:
-    """Active vs licensed, grace clock, peaks, overage, event and reject rates, ingest latency."""
-    titles = [p["title"] for p in _dashboard()["panels"]]
-    for title in ("Active vs licensed", "Excess and grace clock", "Period peak and billable peak",
-                  "Overage seats billable so far", "Events per second", "Rejected per second",
-                  "Ingest latency (event time to commit)", "Add-on shortfall"):
-        assert title in titles
+    """Health, money and seats at a glance, the pools in excess, utilization, the grace clock,
+    peaks, overage, event and reject rates, ingest latency and add-on shortfall, in this order."""
+    assert [
+        "Broker", "Store", "Since last event", "Store size", "Store growth per day", "Disk free",
+        "Pools in excess now", "Overage seats billable so far", "Utilization", "Events (24h)",
+        "Reconnects (24h)", "Version",
+        "Pools in excess now", "Utilization now (top 20)",
+        "Active vs licensed", "Excess and grace clock", "Period peak and billable peak",
+        "Overage seats billable so far", "Events per second", "Rejected per second",
+        "Ingest latency (event time to commit)", "Batch commit time", "Add-on shortfall",
+    ] == [p["title"] for p in _dashboard()["panels"]]
 
 
 def test_dashboard_panels_use_the_datasource_variable_and_do_not_overlap() -> None:
-    """Every panel and query uses ${datasource}; ids are unique; no two panels share a grid cell."""
+    """Every query panel and query uses ${datasource}; ids are unique; no two panels share a grid
+    cell; the only panel without queries is the text that says why there is no disk-free gauge."""
     dash = _dashboard()
     assert "license-meter" == dash["uid"]
     cells: set[tuple[int, int]] = set()
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+    assert [("text", "Disk free")] == [(p["type"], p["title"]) for p in dash["panels"]
+                                       if "targets" not in p]
     for panel in dash["panels"]:
-        assert "${datasource}" == panel["datasource"]["uid"]
-        assert all("${datasource}" == t["datasource"]["uid"] for t in panel["targets"])
+        if "targets" in panel:
+            assert "${datasource}" == panel["datasource"]["uid"]
+            assert all("${datasource}" == t["datasource"]["uid"] for t in panel["targets"])
         pos = panel["gridPos"]
         mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
                 for y in range(pos["y"], pos["y"] + pos["h"])}
         assert set() == cells & mine, panel["title"]
         assert pos["x"] + pos["w"] <= 24
         cells |= mine
+
+
+def _units(panel: dict[str, Any]) -> dict[str, str]:
+    """The unit of each query (by refId) or table column (by name) of a panel: the panel's default
+    unless an override for that query or column sets one."""
+    config = panel["fieldConfig"]
+    units = {t["refId"]: config["defaults"]["unit"] for t in panel["targets"]}
+    for override in config["overrides"]:
+        for prop in override["properties"]:
+            if prop["id"] == "unit":
+                units[override["matcher"]["options"]] = prop["value"]
+    return units
+
+
+#: (panel type, title) -> the unit of each query or column: counts of users and seats are
+#: "short", durations "s", sizes "bytes", shares "percent", rates "cps", states "none".
+UNITS: dict[tuple[str, str], dict[str, str]] = {
+    ("stat", "Broker"): {"A": "none"},
+    ("stat", "Store"): {"A": "none"},
+    ("stat", "Since last event"): {"A": "s"},
+    ("stat", "Store size"): {"A": "bytes"},
+    ("stat", "Store growth per day"): {"A": "bytes"},
+    ("stat", "Pools in excess now"): {"A": "short"},
+    ("stat", "Overage seats billable so far"): {"A": "short"},
+    ("stat", "Utilization"): {"A": "percent"},
+    ("stat", "Events (24h)"): {"A": "short"},
+    ("stat", "Reconnects (24h)"): {"A": "short"},
+    ("stat", "Version"): {"A": "none"},
+    ("table", "Pools in excess now"): {"A": "short", "B": "short", "C": "short", "D": "short",
+                                       "E": "short", "Grace left": "s"},
+    ("bargauge", "Utilization now (top 20)"): {"A": "percent"},
+    ("timeseries", "Active vs licensed"): {"A": "short", "B": "short", "C": "percent"},
+    ("timeseries", "Excess and grace clock"): {"A": "short", "B": "s"},
+    ("timeseries", "Period peak and billable peak"): {"A": "short", "B": "short"},
+    ("timeseries", "Overage seats billable so far"): {"A": "short", "B": "short"},
+    ("timeseries", "Events per second"): {"A": "cps", "B": "cps", "C": "cps"},
+    ("timeseries", "Rejected per second"): {"A": "cps"},
+    ("timeseries", "Ingest latency (event time to commit)"): {"A": "s", "B": "s"},
+    ("timeseries", "Batch commit time"): {"A": "s", "B": "s", "C": "cps"},
+    ("bargauge", "Add-on shortfall"): {"A": "short"},
+}
+
+
+def test_every_dashboard_panel_has_the_right_unit() -> None:
+    """Each query and table column of each panel shows the unit of what it measures."""
+    assert UNITS == {(p["type"], p["title"]): _units(p) for p in _dashboard()["panels"]
+                     if "targets" in p}
+
+
+def test_dashboard_lists_the_pools_in_excess_sorted_by_grace_remaining() -> None:
+    """A table of instant queries: the grace left of each pool whose excess is above 0 (the 50
+    soonest to run out), beside its excess, active, licensed and billable overage, merged into
+    one row per pool and sorted by grace left, soonest first."""
+    (table,) = [p for p in _dashboard()["panels"] if p["type"] == "table"]
+    assert "Pools in excess now" == table["title"]
+    sel = 'account=~"$account",pool=~"$pool"'
+    excess = f"(meter_excess_users{{{sel}}} > 0)"
+    assert [
+        ("A", f"bottomk(50, meter_grace_remaining_seconds{{{sel}}} and {excess})"),
+        ("B", f"meter_excess_users{{{sel}}} > 0"),
+        ("C", f"meter_active_users{{{sel}}} and {excess}"),
+        ("D", f"meter_licensed_seats{{{sel}}} and {excess}"),
+        ("E", f"meter_period_billable_overage_seats{{{sel}}} and {excess}"),
+    ] == [(t["refId"], t["expr"]) for t in table["targets"]]
+    assert all((True, "table") == (t["instant"], t["format"]) for t in table["targets"])
+    steps = {t["id"]: t["options"] for t in table["transformations"]}
+    assert ["merge", "organize", "sortBy"] == [t["id"] for t in table["transformations"]]
+    assert "Grace left" == steps["organize"]["renameByName"]["Value #A"]
+    assert [{"field": "Grace left", "desc": False}] == steps["sortBy"]["sort"]
+
+
+#: Outermost functions that bound the number of series a query returns, whatever "All" selects.
+_BOUNDED = re.compile(r"^(\d+ \* )?(sum|count|min|max|topk|bottomk|histogram_quantile|time)\(")
+
+
+def test_no_panel_draws_a_line_per_pool_of_all_accounts() -> None:
+    """With "All" of 1,000 accounts, a time series or bar panel must not draw 2,000+ series: every
+    such query is a sum, a count, a min or max, a topk or bottomk, or a quantile; per-pool lists
+    are the excess table (pools in excess only, at most 50) and top-N bars."""
+    for panel in _dashboard()["panels"]:
+        if panel["type"] in ("timeseries", "bargauge"):
+            for t in panel["targets"]:
+                assert _BOUNDED.match(t["expr"]), (panel["title"], t["expr"])
+
+
+def test_dashboard_says_there_is_no_price_or_disk_metric_instead_of_inventing_one() -> None:
+    """Money needs a price metric and free space a host metric; the meter exports neither, so the
+    panels say so and show seats and the store's size and growth instead."""
+    panels = {(p["type"], p["title"]): p for p in _dashboard()["panels"]}
+    for key in (("stat", "Overage seats billable so far"), ("timeseries", "Overage seats billable so far")):
+        assert "exports no price metric" in panels[key]["description"]
+    assert "exports no disk-free metric" in panels["text", "Disk free"]["options"]["content"]
+
+
+def test_dashboard_thresholds_on_staleness_and_store_size() -> None:
+    """"Since last event" turns orange after 5 minutes and red after an hour; "Store size" orange
+    from 20 GiB and red from 50 GiB."""
+    panels = {p["title"]: p for p in _dashboard()["panels"] if p["type"] == "stat"}
+
+    def steps(title: str) -> list[tuple[str, float | None]]:
+        return [(s["color"], s["value"])
+                for s in panels[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+
+    assert [("green", None), ("orange", 300), ("red", 3600)] == steps("Since last event")
+    assert [("green", None), ("orange", 20 * 2**30), ("red", 50 * 2**30)] == steps("Store size")
+
+
+def test_dashboard_annotates_period_rollovers_and_finalization() -> None:
+    """Two Prometheus annotations: a new billing period per account (its period start changed),
+    and the stretch while an account's ended period waits for finalization, by reason."""
+    annotations = {a["name"]: a for a in _dashboard()["annotations"]["list"]}
+    assert ["Period rollover", "Finalization"] == list(annotations)
+    acc = 'account=~"$account"'
+    assert (f"count by (account) (changes(meter_period_start_timestamp_seconds{{{acc}}}[2m]) > 0)"
+            == annotations["Period rollover"]["expr"])
+    assert (f"max by (account, reason) (meter_finalization_waiting{{{acc}}}) > 0"
+            == annotations["Finalization"]["expr"])
+    assert all("${datasource}" == a["datasource"]["uid"] and a["enable"] for a in annotations.values())

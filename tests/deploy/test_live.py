@@ -272,6 +272,7 @@ def stack(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stack.seen["firing_after_logins"] = _wait_for(
             "MeterGraceAboutToExpire to fire",
             lambda: [a for a in stack.firing() if a["labels"]["alertname"] == "MeterGraceAboutToExpire"])
+        stack.seen["excess_table"] = stack.query(_excess_table_grace_query())["data"]["result"]
         stack.seen["delivered_firing"] = _wait_for(
             "the grace alert to reach the billing webhook",
             lambda: webhook.alerts("/billing", "MeterGraceAboutToExpire", "firing"))
@@ -373,9 +374,17 @@ def test_alert_rules_use_only_metrics_the_daemon_exports(stack: Stack) -> None:
         assert set() == metric_names(rule["expr"]) - exported, rule["alert"]
 
 
+def _dashboard() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((DEPLOY / "grafana/dashboards/license-meter.json").read_text())
+    return doc
+
+
 def _panel_queries() -> list[tuple[str, str]]:
-    dash = json.loads((DEPLOY / "grafana/dashboards/license-meter.json").read_text())
-    queries = [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+    """(name, PromQL) of every panel query, annotation query and variable of the dashboard."""
+    dash = _dashboard()
+    queries = [(f"{p['type']} {p['title']} {t['refId']}", t["expr"])
+               for p in dash["panels"] for t in p.get("targets", [])]
+    queries += [(f"annotation {a['name']}", a["expr"]) for a in dash["annotations"]["list"]]
     for var in dash["templating"]["list"]:
         if var["type"] == "query":
             # label_values(SELECTOR, label) is Grafana's; the selector inside is PromQL.
@@ -386,8 +395,15 @@ def _panel_queries() -> list[tuple[str, str]]:
 
 def _as_promql(expr: str) -> str:
     """A Grafana query with its variables replaced the way Grafana would for "All"."""
-    return (expr.replace("$__rate_interval", "1m").replace("$account", ".*")
-            .replace("$pool", ".*"))
+    return (expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+            .replace("$account", ".*").replace("$pool", ".*"))
+
+
+def _excess_table_grace_query() -> str:
+    (table,) = [p for p in _dashboard()["panels"] if p["title"] == "Pools in excess now"
+                and p["type"] == "table"]
+    expr: str = table["targets"][0]["expr"]
+    return _as_promql(expr)
 
 
 @pytest.mark.parametrize(("title", "expr"), _panel_queries(), ids=[t for t, _ in _panel_queries()])
@@ -396,6 +412,16 @@ def test_every_dashboard_query_runs_on_daemon_metrics(stack: Stack, title: str, 
     answer = stack.query(_as_promql(expr))
     assert "success" == answer["status"], (title, answer)
     assert set() == metric_names(expr) - _exported(stack.scrape), title
+
+
+def test_excess_table_lists_the_pool_in_excess_with_its_grace_left(stack: Stack) -> None:
+    """With three users on acme/agents' two licenses, the dashboard's "Pools in excess now" query
+    (with "All" accounts) returns that pool alone, with its grace left (under its 5 minutes), and
+    nothing once the logout ends the excess."""
+    (row,) = stack.seen["excess_table"]
+    assert ("acme", "agents") == (row["metric"]["account"], row["metric"]["pool"])
+    assert 0 < float(row["value"][1]) < 300
+    assert [] == stack.query(_excess_table_grace_query())["data"]["result"]
 
 
 def test_promtool_accepts_the_daemons_metrics(stack: Stack) -> None:
