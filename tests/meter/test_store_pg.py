@@ -1,19 +1,367 @@
-"""PostgreSQL specifics of the store, on the test session's own cluster (tests/pgserver.py).
-The behaviour both stores share is in test_store_contract.py."""
+"""PostgreSQL specifics of the store, on the test session's own cluster (tests/pgserver.py):
+migrations, batches by COPY, collation, errors and reconnection, the daemon lock. The behaviour
+both stores share is in test_store_contract.py."""
 
 from __future__ import annotations
 
-import psycopg
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
+import psycopg
+import psycopg.errors
+import psycopg_pool
+import pytest
+
+from meter.errors import DatabaseInUse, NotMeterDatabase, StoreError
+from meter.events import Event
+from meter.store import open_store
+from meter.store.postgres import (
+    MIGRATIONS,
+    PostgresStore,
+    hold_daemon_lock,
+    retriable,
+    without_password,
+)
+from tests.conftest import ROOT, free_port
 from tests.pgserver import PgServer
+
+T0 = datetime(2026, 11, 12, 15, 0, tzinfo=UTC)
+T0_US = 1_794_495_600_000_000
+
+
+def event(id: str, *, account: str = "acme", user: str = "u1", seconds: int = 0) -> Event:
+    return Event(id=id, type="login", account=account, user=user, ts=T0 + timedelta(seconds=seconds),
+                 pool="agents", session=None, raw=f'{{"id":"{id}"}}'.encode())
+
+
+def query(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
 
 
 def test_each_test_gets_a_fresh_empty_database(pg_server: PgServer, pg_url: str) -> None:
     """`pg_url` names a database of this test's own on the session's cluster, with no tables,
     and the cluster syncs to disk (fsync on: the durability tests mean it)."""
-    with psycopg.connect(pg_url) as conn:
-        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
-        fsync = conn.execute("SHOW fsync").fetchone()
-    assert (0,) == tables
-    assert ("on",) == fsync
+    assert [(0,)] == query(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+    assert [("on",)] == query(pg_url, "SHOW fsync")
     assert pg_url.startswith(f"postgresql://postgres@127.0.0.1:{pg_server.port}/t_")
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+async def test_a_new_database_records_each_migration_once(pg_url: str) -> None:
+    """An empty database gets every step, each recorded in `meter_schema`; a reopen applies
+    nothing again."""
+    async with await open_store(pg_url) as store:
+        assert len(MIGRATIONS) == await store.schema_version()
+    async with await open_store(pg_url) as store:
+        assert 3 == await store.schema_version()
+    assert [(1,), (2,), (3,)] == query(pg_url, "SELECT version FROM meter_schema ORDER BY version")
+    assert [("checkpoint",), ("events",), ("finalized",), ("meter_schema",), ("rejected",)] == (
+        query(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                      "ORDER BY tablename"))
+
+
+async def test_an_older_schema_is_migrated_forward_with_its_rows(pg_url: str) -> None:
+    """A database at version 1 (events and rejected only) gets steps 2 and 3 and keeps its
+    events; the next arrival continues their seq."""
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("CREATE TABLE meter_schema (version integer PRIMARY KEY, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(MIGRATIONS[0])
+        conn.execute("INSERT INTO meter_schema (version) VALUES (1)")
+        conn.execute('INSERT INTO events (account, id, type, "user", ts_us, received_us, raw) '
+                     "VALUES ('acme', 'old', 'login', 'u1', 5, 6, '\\x7b7d')")
+    async with await open_store(pg_url) as store:
+        assert 3 == await store.schema_version()
+        assert ["old"] == [e.id for e in await store.events()]
+        assert (0,) == (await store.add([event("new")], received_us=T0_US)).fresh
+        assert 2 == await store.last_seq()
+
+
+async def test_a_newer_schema_is_refused_with_upgrade_advice(pg_url: str) -> None:
+    """A database migrated by a newer meter is a `StoreError` saying to upgrade, and left as
+    it is."""
+    async with await open_store(pg_url):
+        pass
+    query(pg_url, "INSERT INTO meter_schema (version) VALUES (99)")
+    with pytest.raises(StoreError) as caught:
+        await open_store(pg_url)
+    assert not isinstance(caught.value, NotMeterDatabase)
+    assert (f"{pg_url}: schema version 99 is newer than this meter ({len(MIGRATIONS)}); "
+            "upgrade the meter") == str(caught.value)
+
+
+async def test_a_foreign_database_is_refused_and_left_untouched(pg_url: str) -> None:
+    """A database holding another program's tables is `NotMeterDatabase` (exit 2), never taken
+    for a new history: no meter table is created in it."""
+    query(pg_url, "CREATE TABLE invoices (n integer)")
+    with pytest.raises(NotMeterDatabase) as caught:
+        await open_store(pg_url)
+    assert (f"{pg_url}: not a meter database: no meter schema (no meter_schema table; "
+            "tables: invoices)") == str(caught.value)
+    assert 2 == caught.value.exit_code
+    assert [("invoices",)] == query(
+        pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+
+
+async def test_a_schema_version_without_its_tables_is_refused(pg_url: str) -> None:
+    """`meter_schema` claiming version 3 with the events table gone is damage, not a store."""
+    async with await open_store(pg_url):
+        pass
+    query(pg_url, "DROP TABLE events")
+    with pytest.raises(NotMeterDatabase, match="schema version 3 without its tables events"):
+        await open_store(pg_url)
+
+
+async def test_stores_opening_a_new_database_at_once_migrate_it_once(pg_url: str) -> None:
+    """Four stores opened together on an empty database (a daemon and report workers) run each
+    step once between them (the migration takes an advisory lock)."""
+    stores = await asyncio.gather(*(open_store(pg_url) for _ in range(4)))
+    for store in stores:
+        assert 3 == await store.schema_version()
+        await store.close()
+    assert [(1,), (2,), (3,)] == query(pg_url, "SELECT version FROM meter_schema ORDER BY version")
+
+
+# --- batches by COPY ------------------------------------------------------------------------------
+
+async def test_duplicates_within_and_across_batches(pg_url: str) -> None:
+    """The first copy of an (account, id) wins, within a batch and across batches; `fresh`
+    names the positions stored, and duplicates use up no seq."""
+    async with await open_store(pg_url) as store:
+        first = await store.add([event("a"), event("b"), event("a", user="second"), event("c"),
+                                 event("b", user="second")], received_us=T0_US)
+        assert (3, 2, (0, 1, 3)) == (first.new, first.duplicates, first.fresh)
+        second = await store.add([event("c"), event("d"), event("a"), event("e"), event("d")],
+                                 received_us=T0_US + 1)
+        assert (2, 3, (1, 3)) == (second.new, second.duplicates, second.fresh)
+        unnamed = await store.add([event("f"), event("a"), event("f")], received_us=T0_US + 2,
+                                  which=False)
+        assert (1, 2, ()) == (unnamed.new, unnamed.duplicates, unnamed.fresh)
+        assert [(1, "a", "u1", T0_US), (2, "b", "u1", T0_US), (3, "c", "u1", T0_US),
+                (4, "d", "u1", T0_US + 1), (5, "e", "u1", T0_US + 1), (6, "f", "u1", T0_US + 2)
+                ] == [(e.seq, e.id, e.user, e.received_us) for e in await store.events_after(0)]
+
+
+async def test_a_10k_event_batch_in_one_transaction(pg_url: str) -> None:
+    """10,000 events of three accounts in one batch all arrive in batch order; a second batch
+    that repeats half of them stores only the other half, and says which."""
+    batch = [event(f"e{i:05d}", account=("acme", "globex", "initech")[i % 3], seconds=-i)
+             for i in range(10_000)]
+    async with await open_store(pg_url) as store:
+        result = await store.add(batch, received_us=T0_US)
+        assert (10_000, 0, tuple(range(10_000))) == (result.new, result.duplicates, result.fresh)
+        again = batch[5_000:] + [event(f"n{i:05d}", account="acme") for i in range(5_000)]
+        result = await store.add(again, received_us=T0_US + 1)
+        assert (5_000, 5_000, tuple(range(5_000, 10_000))) == (
+            result.new, result.duplicates, result.fresh)
+        stored = await store.events_after(0)
+        assert [(e.account, e.id) for e in batch + again[5_000:]] == [
+            (e.account, e.id) for e in stored]
+        assert list(range(1, 15_001)) == [e.seq for e in stored]
+
+
+async def test_ids_sort_by_code_point_whatever_the_database_collation(
+        pg_server: PgServer) -> None:
+    """In a database whose default collation is ICU's en-US (a, B, e-acute, Z), the rating's
+    rows still come in code-point order (B, Z, a, e-acute), as SQLite orders them."""
+    name = "t_icu"
+    query(pg_server.url(), f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+                           "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'")
+    url = pg_server.url(name)
+    try:
+        assert [("a",), ("B",), ("\u00e9",), ("Z",)] == query(
+            url, "SELECT x FROM (VALUES ('Z'), ('a'), ('\u00e9'), ('B')) AS v(x) ORDER BY x")
+        async with await open_store(url) as store:
+            await store.add([event(i) for i in ("Z", "a", "\u00e9", "B")], received_us=T0_US)
+            rows = await store.rating_rows("acme", T0_US, T0_US + 1, through_seq=9)
+        assert ["B", "Z", "a", "\u00e9"] == [r[0] for r in rows.rows]
+    finally:
+        pg_server.drop_database(url)
+
+
+# --- errors, reconnection, the URL --------------------------------------------------------------
+
+@pytest.mark.parametrize(("exc", "expected"), [
+    (psycopg.errors.SerializationFailure("x"), True),
+    (psycopg.errors.DeadlockDetected("x"), True),
+    (psycopg.errors.AdminShutdown("x"), True),
+    (psycopg.errors.DiskFull("x"), True),
+    (psycopg.errors.TooManyConnections("x"), True),
+    (psycopg.errors.LockNotAvailable("x"), True),
+    (psycopg.OperationalError("connection lost"), True),
+    (psycopg_pool.PoolTimeout("no connection"), True),
+    (psycopg.errors.UniqueViolation("x"), False),
+    (psycopg.errors.NotNullViolation("x"), False),
+    (psycopg.errors.UndefinedTable("x"), False),
+    (psycopg.errors.SyntaxError("x"), False),
+    (psycopg.errors.InvalidCatalogName("x"), False),
+    (psycopg.InterfaceError("misuse"), False),
+    (ValueError("not a database error"), False),
+])
+def test_errors_say_whether_a_retry_can_succeed(exc: BaseException, expected: bool) -> None:
+    """Lost connections, serialization failures, a full disk are retriable; a constraint, a bad
+    statement or a missing database are not."""
+    assert expected is retriable(exc)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://meter:s3cret@db.example:5433/meter", "postgresql://meter@db.example:5433/meter"),
+    ("postgres://meter@db/meter?sslmode=require&password=s3cret",
+     "postgres://meter@db/meter?sslmode=require"),
+    ("postgresql:///meter", "postgresql:///meter"),
+])
+def test_the_location_never_shows_a_password(url: str, expected: str) -> None:
+    """What messages and `Store.location` show of a URL: all of it but the password."""
+    assert expected == without_password(url)
+
+
+async def test_an_unreachable_server_is_one_line_naming_host_and_port() -> None:
+    """Nothing listening: one retriable `StoreError` line naming host:port, without the
+    password."""
+    port = free_port()
+    with pytest.raises(StoreError) as caught:
+        await open_store(f"postgresql://meter:s3cret@127.0.0.1:{port}/meter")
+    message = str(caught.value)
+    assert message.startswith(f"postgresql://meter@127.0.0.1:{port}/meter: cannot connect to "
+                              f"PostgreSQL at 127.0.0.1:{port}: ")
+    assert ("s3cret" not in message, "\n" not in message, True) == (
+        True, True, caught.value.retriable)
+
+
+async def test_a_missing_database_is_not_retriable(pg_server: PgServer) -> None:
+    """A database that does not exist is not created, and waiting will not make it."""
+    url = pg_server.url("no_such_db")
+    with pytest.raises(StoreError) as caught:
+        await open_store(url)
+    assert (False, True) == (caught.value.retriable,
+                             'database "no_such_db" does not exist' in str(caught.value))
+
+
+async def test_a_password_in_the_url_is_left_out_of_the_location(pg_server: PgServer,
+                                                                 pg_url: str) -> None:
+    """The store connects with the URL's password (trust auth takes any) and names itself
+    without it."""
+    with_password = pg_url.replace("postgres@", "postgres:hunter2@")
+    async with await open_store(with_password) as store:
+        assert pg_url == store.location
+        assert 0 == await store.last_seq()
+
+
+@pytest.fixture
+def own_server() -> Iterator[PgServer]:
+    """A cluster of this test's own, which it may kill."""
+    server = PgServer.create()
+    server.start()
+    yield server
+    server.destroy()
+
+
+async def test_a_killed_server_is_retriable_and_the_store_reconnects(own_server: PgServer) -> None:
+    """While the server is down (SIGKILL) the store's calls fail with a retriable `StoreError`
+    naming it; after its restart the same store works again and every batch it committed before
+    the crash is there."""
+    url = own_server.create_database()
+    store = await PostgresStore.connect(url, timeout_s=2)
+    try:
+        await store.add([event("before")], received_us=T0_US)
+        own_server.kill()
+        with pytest.raises(StoreError) as caught:
+            await store.add([event("during")], received_us=T0_US)
+        assert True is caught.value.retriable
+        assert str(caught.value).startswith(f"{url}: batch not stored: ")
+        with pytest.raises(StoreError) as caught:
+            await store.last_seq()
+        assert (True, f"{url}: read: no connection to PostgreSQL at 127.0.0.1:{own_server.port} "
+                      "within 2s") == (caught.value.retriable, str(caught.value))
+        own_server.start()
+        waits: list[bool] = []
+        for _ in range(20):  # the pool reconnects in the background, with a backoff
+            try:
+                result = await store.add([event("after")], received_us=T0_US + 1)
+                break
+            except StoreError as exc:
+                waits.append(exc.retriable)
+        else:
+            pytest.fail(f"no reconnect after {len(waits)} tries")
+        assert [True] * len(waits) == waits
+        assert ((0,), ["before", "after"]) == (result.fresh,
+                                                [e.id for e in await store.events_after(0)])
+    finally:
+        await store.close()
+
+
+# --- one daemon per database ----------------------------------------------------------------------
+
+async def test_the_daemon_lock_admits_one_holder_per_database(pg_server: PgServer,
+                                                              pg_url: str) -> None:
+    """A second holder of the same database gets `DatabaseInUse` naming the first's pid and
+    host; another database of the cluster is separate; once released it can be taken again."""
+    other = pg_server.create_database()
+    try:
+        async with hold_daemon_lock(pg_url):
+            with pytest.raises(DatabaseInUse) as caught:
+                async with hold_daemon_lock(pg_url):
+                    pytest.fail("two holders")
+            assert (f"--db {pg_url}: in use by another meter serve (pid {os.getpid()} on host "
+                    f"{socket.gethostname()}, advisory lock 120282511929858); one daemon per "
+                    "database") == str(caught.value)
+            assert 2 == caught.value.exit_code
+            async with hold_daemon_lock(other):
+                pass
+        async with hold_daemon_lock(pg_url):
+            pass
+    finally:
+        pg_server.drop_database(other)
+
+
+async def test_a_killed_holder_releases_the_daemon_lock(pg_url: str) -> None:
+    """A holder killed with SIGKILL never blocks its restart: the server ends its session and
+    the lock with it."""
+    script = ("import asyncio, sys\n"
+              "from meter.store.postgres import hold_daemon_lock\n"
+              "async def main():\n"
+              "    async with hold_daemon_lock(sys.argv[1]):\n"
+              "        print('held', flush=True)\n"
+              "        await asyncio.sleep(600)\n"
+              "asyncio.run(main())\n")
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", script, pg_url,
+                                                  stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert holder.stdout is not None
+        assert b"held\n" == await holder.stdout.readline()
+        with pytest.raises(DatabaseInUse, match=f"pid {holder.pid} on host"):
+            async with hold_daemon_lock(pg_url):
+                pass
+    finally:
+        holder.kill()
+        await holder.wait()
+    for _ in range(100):  # the backend sees its client gone at once; allow it a moment
+        try:
+            async with hold_daemon_lock(pg_url):
+                break
+        except DatabaseInUse:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the lock stayed held after its holder was killed")
+
+
+def test_sqlite_users_never_import_psycopg(tmp_path: object) -> None:
+    """Opening a SQLite store loads no PostgreSQL driver (it is imported on a URL only)."""
+    script = ("import asyncio, sys\n"
+              "from meter.store import open_store\n"
+              "async def main():\n"
+              "    async with await open_store(sys.argv[1]):\n"
+              "        pass\n"
+              "asyncio.run(main())\n"
+              "print(sorted(m for m in sys.modules if m.startswith('psycopg')))\n")
+    out = subprocess.run([sys.executable, "-c", script, f"{tmp_path}/meter.db"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert "[]\n" == out.stdout
