@@ -248,6 +248,11 @@ def retriable(exc: BaseException) -> bool:
     return state[:2] in _RETRIABLE_CLASSES or state == "55P03"  # lock_not_available
 
 
+#: libpq's words for a login that waiting will not fix.
+_LOGIN_REFUSALS: Final = ("does not exist", "authentication failed", "no pg_hba.conf entry",
+                          "password")
+
+
 async def _connect(url: str, *, autocommit: bool = False,
                    application_name: str | None = None) -> psycopg.AsyncConnection[Any]:
     """One connection; an unreachable server or a missing database is one `StoreError` line
@@ -263,9 +268,11 @@ async def _connect(url: str, *, autocommit: bool = False,
         raise StoreError(f"{location}: not a usable PostgreSQL URL: {_one_line(exc)}") from None
     except psycopg.Error as exc:
         # libpq's text names the server and the cause, never the password; one line of it.
-        missing = "does not exist" in str(exc)
+        # A refusal at login carries no SQLSTATE to the client, so its text is all there is
+        # to tell "not yet" (refused, starting up) from "never" (no such database or role).
+        never = any(m in str(exc) for m in _LOGIN_REFUSALS)
         raise StoreError(f"{location}: cannot connect to PostgreSQL at {_server(url)}: "
-                         f"{_one_line(exc)}", retriable=not missing) from None
+                         f"{_one_line(exc)}", retriable=not never) from None
 
 
 async def _tables(conn: psycopg.AsyncConnection[Any]) -> set[str]:
@@ -324,9 +331,16 @@ def _rejected_row(r: RejectedMessage, keep: int) -> tuple[object, ...]:
     beside the size and digest of all of it (as `meter.store.sqlite` stores it)."""
     raw = r.raw
     truncated = len(raw) > keep
-    return (r.received_us, r.topic, r.account, r.reason, r.detail,
-            raw[:keep] if truncated else raw, len(raw), hashlib.sha256(raw).hexdigest(),
-            truncated)
+    return (r.received_us, _text(r.topic), _text(r.account), _text(r.reason) or "",
+            _text(r.detail) or "", raw[:keep] if truncated else raw, len(raw),
+            hashlib.sha256(raw).hexdigest(), truncated)
+
+
+def _text(value: str | None) -> str | None:
+    """A rejected row's text as PostgreSQL can hold it: NUL (which no text column takes, and
+    which a hostile payload's account may carry) as U+FFFD. The raw payload keeps it exactly;
+    a rejected message must never fail its batch."""
+    return None if value is None else value.replace("\x00", "\ufffd")
 
 
 def _stored_rejected(row: Sequence[Any]) -> StoredRejected:

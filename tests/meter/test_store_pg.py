@@ -19,7 +19,7 @@ import pytest
 
 from meter.errors import DatabaseInUse, NotMeterDatabase, StoreError
 from meter.events import Event
-from meter.store import open_store
+from meter.store import RejectedMessage, open_store
 from meter.store.postgres import (
     MIGRATIONS,
     PostgresStore,
@@ -365,3 +365,15 @@ def test_sqlite_users_never_import_psycopg(tmp_path: object) -> None:
     out = subprocess.run([sys.executable, "-c", script, f"{tmp_path}/meter.db"], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     assert "[]\n" == out.stdout
+
+
+async def test_a_rejected_message_with_nul_in_its_text_is_still_stored(pg_url: str) -> None:
+    """PostgreSQL text holds no NUL: a rejected row's account carrying one (a hostile payload)
+    is stored with U+FFFD in its place, never failing the batch; the raw payload keeps it."""
+    raw = b'{"account":"a\\u0000b"}'
+    async with await open_store(pg_url) as store:
+        result = await store.add([], [RejectedMessage(T0_US, "meter/x/events", "a\x00b",
+                                                      "unknown_account", "no account 'a\\x00b'",
+                                                      raw)], received_us=T0_US)
+        (row,) = await store.rejected()
+    assert (1, "a\ufffdb", raw) == (result.rejected, row.account, row.raw)
