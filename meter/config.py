@@ -6,12 +6,13 @@ is never part of a repr or a log line.
 
 from __future__ import annotations
 
+import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from meter.errors import ConfigError
 from rating.durations import parse_duration
@@ -33,6 +34,8 @@ __all__ = [
     "parse_host_port",
     "redact",
     "setting",
+    "share_password",
+    "url_password",
 ]
 
 ENV_PREFIX: Final = "METER_"
@@ -148,6 +151,24 @@ def redact(db: object) -> str:
     # Not urlunsplit: it folds `postgresql:///db` (no host: the local socket) into `postgresql:/db`.
     return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
             + (f"#{parts.fragment}" if parts.fragment else ""))
+
+
+def url_password(db: object) -> str | None:
+    """The password a PostgreSQL URL holds (in the authority or as `password=`), or None."""
+    if not is_postgres(db):
+        return None
+    parts = urlsplit(str(db))
+    in_query = [v for k, v in parse_qsl(parts.query) if k == "password"]
+    return in_query[-1] if in_query else (unquote(parts.password) if parts.password else None)
+
+
+def share_password(db: object, environ: MutableMapping[str, str] | None = None) -> None:
+    """Put the password of a PostgreSQL URL `db` in `PGPASSWORD` of `environ` (this process's
+    by default), for the processes it starts: a store's `location`, which other processes open
+    (the report's workers), leaves the password out, and libpq then reads `PGPASSWORD`."""
+    password = url_password(db)
+    if password is not None:
+        (os.environ if environ is None else environ)["PGPASSWORD"] = password
 
 
 def _positive_int(value: object) -> int:

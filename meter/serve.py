@@ -28,7 +28,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry
 
 from meter import checkpoint
-from meter.config import FLAG_KEYS, Settings, is_postgres, load_settings
+from meter.config import FLAG_KEYS, Settings, is_postgres, load_settings, share_password
 from meter.errors import ConfigError, DatabaseInUse, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.metrics import Metrics, Snapshot
@@ -427,6 +427,7 @@ async def hold(db: Path | str) -> AsyncIterator[None]:
 async def run(settings: Settings, stop: asyncio.Event, *,
               registry: CollectorRegistry | None = None) -> None:
     """Run the daemon until `stop` is set; return after a clean drain and disconnect."""
+    share_password(settings.db)  # for the finalizer's rating workers (see `share_password`)
     async with hold(settings.db):  # first: a second daemon says one line and nothing else
         log.info("meter serve: %s", settings.describe())
         await _run(settings, stop, registry=registry)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from meter.cli import main
-from meter.config import load_settings, parse_db, redact
+from meter.config import load_settings, parse_db, redact, share_password
 from meter.store import open_store
 from tests.conftest import Broker
 from tests.meter.test_one_daemon import Serve
@@ -86,6 +86,21 @@ def test_db_values_keep_urls_verbatim_and_paths_as_paths() -> None:
 def test_redact_hides_the_password_and_nothing_else(url: str, shown: str) -> None:
     """The password of a URL, in the authority or the query, becomes `***`."""
     assert shown == redact(url)
+
+
+@pytest.mark.parametrize(("url", "password"), [
+    ("postgresql://meter:s%40cret@db/meter", "s@cret"),
+    ("postgresql://meter@db/meter?password=s3cret", "s3cret"),
+    ("postgresql://meter@db/meter", None),
+    ("/var/lib/meter/meter.db", None),
+])
+def test_a_url_password_reaches_the_workers_through_pgpassword(
+        url: str, password: str | None) -> None:
+    """The report's worker processes open the store's location, which has no password: the
+    URL's password is put in PGPASSWORD for them (and nothing is set without one)."""
+    environ: dict[str, str] = {}
+    share_password(url, environ)
+    assert ({} if password is None else {"PGPASSWORD": password}) == environ
 
 
 def test_the_startup_line_never_shows_the_password() -> None:
