@@ -118,10 +118,14 @@ def test_acme_bill_has_the_planted_overage_and_the_seat_changes(sample_db: Path)
     assert len(agents["episodes"]) > 10
     assert (8, 2, "158.00") == (support["billable_peak"], support["overage_seats"],
                                 support["overage_amount"])
-    assert [("seat_add", "agents", "203.97"), ("seat_add", "wfm", "24.34"),
+    # The subscription (price x quantity of every pool and add-on), then the changes.
+    assert [("recurring", "agents", "1788.00"), ("recurring", "support", "414.00"),
+            ("recurring", "wfm", "100.00"), ("recurring", "qm", "120.00"),
+            ("recurring", "virtual_agent", "500.00"), ("recurring", "toll_free_numbers", "12.00"),
+            ("seat_add", "agents", "203.97"), ("seat_add", "wfm", "24.34"),
             ("overage", "agents", "447.00"), ("overage", "support", "158.00")] == [
         (c["kind"], c["target"], c["amount"]) for c in acme["charges"]]
-    assert "833.31" == acme["total"]
+    assert "3767.31" == acme["total"]
     assert [] == acme["refused"]
     addons = by_id(acme["addons"], "addon")
     # 32 declared users (roster) - 14 Elite concurrent licences = 18 wfm and qm needed.
@@ -150,8 +154,14 @@ def test_globex_and_initech_periods_follow_their_anchors(sample_db: Path) -> Non
     assert (5, 5, 1) == (leads["licensed"], leads["assigned"], leads["unlicensed_users"])
     assert "0" == initech["total"]  # JPY has no minor unit
     october = by_id(report(sample_db, period="2026-10")["accounts"], "account")
-    assert {"switch_credit", "seat_add"} == {c["kind"] for c in october["initech"]["charges"]}
-    assert "-8592" == october["initech"]["total"]
+    # Monthly -> annual on 20 November: the month's recurring lines and seat add, the credit
+    # for its unused part, and the annual term at the switch's prices.
+    assert [("recurring", "desk", "36000"), ("recurring", "cloud_storage", "2000"),
+            ("seat_add", "desk", "7075"), ("switch_credit", "desk", "-15000"),
+            ("switch_credit", "cloud_storage", "-667"), ("recurring", "desk", "450000"),
+            ("recurring", "cloud_storage", "20000")] == [
+        (c["kind"], c["target"], c["amount"]) for c in october["initech"]["charges"]]
+    assert "499408" == october["initech"]["total"]
     reasons = [r["reason"] for r in october["globex"]["refused"] if r["kind"] == "order"]
     assert 2 == len(reasons)
     assert ["assign"] == [r["kind"] for r in october["globex"]["refused"] if r["kind"] != "order"]
@@ -184,7 +194,8 @@ def test_csv_to_stdout_without_out(sample_db: Path) -> None:
                         "--period", "2026-11", "--account", "acme", "--format", "csv")
     assert 0 == code
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert ["seat_add", "seat_add", "overage", "overage"] == [r["kind"] for r in rows]
+    assert ["recurring"] * 6 + ["seat_add", "seat_add", "overage", "overage"] == [
+        r["kind"] for r in rows]
 
 
 def test_html_is_self_contained_with_charts_and_renders_identically(sample_db: Path,
@@ -208,7 +219,7 @@ def test_html_is_self_contained_with_charts_and_renders_identically(sample_db: P
     assert "excess past grace (billed)" in page
     assert "excess within grace (free)" in page
     assert "continuous: a level is billed when held for one unbroken stretch longer than 30m00s" in page
-    assert "833.31" in page
+    assert "3767.31" in page  # the bill's total, as the JSON states it
 
 
 def test_html_needs_an_out_directory(sample_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
