@@ -23,6 +23,8 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
                 ("bytes_per_session", "login_us_per_event", "heartbeat_us_per_event")),
     "ingest_file": (["--accounts", "3", "--agents", "2", "--days", "1", "--repeat", "1"],
                     ("lines", "runs", "ratio_best")),
+    "store_pg": (["--rows", "3000", "--accounts", "3", "--days", "1", "--repeat", "1"],
+                 ("server_version", "insert", "report")),
     "ingest": (["--events", "300", "--latency-events", "200", "--latency-rate", "1000",
                 "--rounds", "1"],
                ("rounds", "meter_of_aiomqtt", "meter_of_raw", "daemon_peak_rss_mb")),
@@ -41,7 +43,7 @@ def _run(name: str, args: list[str], out: Path) -> dict[str, object]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["store_index", "tracker", "ingest_file"])
+@pytest.mark.parametrize("name", ["store_index", "tracker", "ingest_file", "store_pg"])
 def test_bench_runs_at_a_tiny_size(name: str, tmp_path: Path) -> None:
     """The bench exits 0 and writes its results with the machine and its figures' keys."""
     args, keys = CASES[name]
