@@ -5,19 +5,30 @@ each other, and several formats from one run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import fcntl
 import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meter.cli import main
 from meter.report import make_report, render_json
 from meter.report.command import FORMATS, parse_formats
-from meter.store import open_store
+from meter.report.compose import canonical
+from meter.store import FinalizedReport, open_store
 from rating.contracts import parse_contracts
+from rating.usage import to_us
 from tests.meter import test_report as base
 from tests.meter.test_report import CONTRACTS, by_id, report, run_cli
 
@@ -241,3 +252,74 @@ def test_format_list_parsing() -> None:
     """A comma list, each format once, in the order given; every registered format parses."""
     assert ["csv", "json"] == parse_formats("csv, json,csv")
     assert list(FORMATS) == parse_formats(",".join(FORMATS))
+
+
+def test_a_report_finalized_before_invoices_gets_them_on_reading(db_copy: Path) -> None:
+    """A period finalized by an older meter (no invoice, no local dates, no usage lists) is
+    rendered with them filled in, issued at its finalization time; the stored row is not
+    rewritten, so every render is the same."""
+    text = CONTRACTS.read_text(encoding="utf-8")
+    contracts = parse_contracts(text)
+
+    async def run() -> tuple[str, str, str]:
+        async with await open_store(db_copy) as store:
+            draft = await make_report(store, contracts, text, "2026-11", accounts=["globex"],
+                                      workers=1)
+            old: dict[str, Any] = dict(draft.accounts[0].doc)
+            for key in ("invoice", "local_period"):
+                del old[key]
+            old["pools"] = [{k: v for k, v in p.items() if k not in ("usage_by_user", "daily")}
+                            for p in old["pools"]]
+            old["finalized"] = True
+            period = old["period"]
+            stored = FinalizedReport(
+                account="globex", period_start_us=to_us(datetime.fromisoformat(period["start"])),
+                period_end_us=to_us(datetime.fromisoformat(period["end"])),
+                report=canonical(old), charts="{}", input_hash=old["input_hash"],
+                cutoff_seq=await store.last_seq(),
+                finalized_us=to_us(datetime(2026, 12, 15, 8, 0, tzinfo=UTC)))
+            assert await store.add_finalized(stored)
+            again = [render_json(await make_report(store, contracts, text, "2026-11",
+                                                   accounts=["globex"], workers=1))
+                     for _ in range(2)]
+            row = await store.finalized("globex", stored.period_start_us)
+            assert row is not None
+            return again[0], again[1], row.report
+
+    first, second, row = asyncio.run(run())
+    assert first == second
+    assert "invoice" not in json.loads(row)
+    globex = json.loads(first)["accounts"][0]
+    assert {"number": "GLOBEX-2026-11", "issued_at": "2026-12-15T08:00:00Z",
+            "customer": {"id": "globex", "name": "Globex GmbH",
+                         "bill_to": {"name": "Globex GmbH, Buchhaltung",
+                                     "address": ["Friedrichstrasse 68", "10117 Berlin",
+                                                 "Germany"],
+                                     "email": "rechnungen@globex.example",
+                                     "tax_id": "DE123456789"}}} == globex["invoice"]
+    assert ("2026-11-15", "2026-12-14") == (globex["local_period"]["first_day"],
+                                            globex["local_period"]["last_day"])
+    assert [([], [])] * len(globex["pools"]) == [(p["usage_by_user"], p["daily"])
+                                                 for p in globex["pools"]]
+
+
+def test_progress_bar_on_a_terminal(sample_db: Path, tmp_path: Path) -> None:
+    """On a terminal, stderr shows a progress bar with its total (3 accounts + 1 format)."""
+    leader, follower = pty.openpty()
+    # A terminal 100 columns wide (a fresh pty has 0, and tqdm then draws nothing).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with (tmp_path / "out.json").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "meter", "report", "--db", str(sample_db), "--contracts",
+             str(CONTRACTS), "--period", "2026-11"], stdin=subprocess.DEVNULL, stdout=out,
+            stderr=follower)
+        os.close(follower)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the child has exited and closed it
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+        os.close(leader)
+        assert 0 == proc.wait(timeout=300)
+    assert b"/4 [" in shown
+    assert ["acme", "globex", "initech"] == [
+        a["account"] for a in json.loads((tmp_path / "out.json").read_text())["accounts"]]
