@@ -139,11 +139,14 @@ _BATCH_TYPES: Final = ("int4", "text", "text", "text", "text", "text", "text", "
 # Rows stored already are filtered out before the insert, so duplicates draw no identity value
 # (seq stays gapless, as in SQLite); ON CONFLICT absorbs a concurrent writer's copy. ORDER BY pos:
 # identity values are drawn in the order the rows are inserted, so seq is batch order.
+# The filter is a scalar subquery, not NOT EXISTS: the planner turns NOT EXISTS into a hash anti
+# join that reads all of `events` for every batch (the staging table has no statistics); a
+# scalar subquery stays one probe of the (account, id) index per row.
 _INSERT_BATCH: Final = (
     'INSERT INTO events (account, id, type, "user", pool, session, ts_us, received_us, raw) '
     'SELECT b.account, b.id, b.type, b."user", b.pool, b.session, b.ts_us, %s, b.raw '
-    "FROM meter_batch AS b WHERE NOT EXISTS "
-    "(SELECT 1 FROM events AS e WHERE e.account = b.account AND e.id = b.id) "
+    "FROM meter_batch AS b WHERE "
+    "(SELECT true FROM events AS e WHERE e.account = b.account AND e.id = b.id) IS NULL "
     "ORDER BY b.pos ON CONFLICT (account, id) DO NOTHING"
 )
 _INSERT_EVENT: Final = (

@@ -19,7 +19,7 @@ import pytest
 
 from meter.errors import DatabaseInUse, NotMeterDatabase, StoreError
 from meter.events import Event
-from meter.store import RejectedMessage, open_store
+from meter.store import RejectedMessage, open_store, postgres
 from meter.store.postgres import (
     MIGRATIONS,
     PostgresStore,
@@ -377,3 +377,21 @@ async def test_a_rejected_message_with_nul_in_its_text_is_still_stored(pg_url: s
                                                       raw)], received_us=T0_US)
         (row,) = await store.rejected()
     assert (1, "a\ufffdb", raw) == (result.rejected, row.account, row.raw)
+
+
+async def test_a_batch_probes_the_index_instead_of_reading_every_event(pg_url: str) -> None:
+    """The batch insert's plan looks each staged row up in the (account, id) index; it never
+    scans `events` (a hash anti join did, for every batch, however large the log)."""
+    async with await open_store(pg_url) as store:
+        await store.add([event(f"e{i}") for i in range(5_000)], received_us=T0_US)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("ANALYZE events")
+        conn.execute(postgres._STAGING)
+        with conn.cursor() as cur, cur.copy(postgres._COPY_BATCH) as copy:
+            copy.set_types(list(postgres._BATCH_TYPES))
+            for i in range(1_000):
+                copy.write_row((i, "acme", f"n{i}", "login", "u1", None, None, T0_US, b"{}"))
+        plan = "\n".join(str(r[0]) for r in conn.execute(
+            "EXPLAIN " + postgres._INSERT_BATCH, (T0_US,)).fetchall())
+    assert ("Seq Scan on events" not in plan, "Index Only Scan using events_account_id_key"
+            in plan) == (True, True), plan
