@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pytest
 
 from meter.cli import main
 from meter.config import load_settings, parse_db, redact, share_password
+from meter.serve import hold_database
 from meter.store import open_store
 from tests.conftest import Broker
 from tests.meter.test_one_daemon import Serve
@@ -266,3 +268,57 @@ def test_a_second_daemon_on_the_same_postgres_database_exits_2_naming_the_first(
     finally:
         first.stop()
         second.stop()
+
+
+def test_every_command_falls_back_to_meter_db(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, pg_url: str) -> None:
+    """Without --db, ingest, report and rejected use METER_DB (a URL need not be in argv)."""
+    monkeypatch.setenv("METER_DB", pg_url)
+    code, out, err = _cli(capsys, "ingest", str(SAMPLE), "--contracts", str(CONTRACTS),
+                          "--as-of", AS_OF)
+    assert (0, "") == (code, err)
+    counts = _counts(pg_url)
+    assert f"{'accepted':<18}{counts['events']:>10}" in out.splitlines()
+    code, out, _ = _cli(capsys, "report", "--contracts", str(CONTRACTS), "--period", "2026-11")
+    assert 0 == code
+    assert sorted(ACCOUNTS) == sorted(a["account"] for a in json.loads(out)["accounts"])
+    code, out, _ = _cli(capsys, "rejected", "list")
+    assert 0 == code
+    assert counts["rejected"] == len(out.splitlines())
+
+
+def test_migrate_waits_for_no_daemon_it_refuses_one_holding_the_source(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, pg_url: str) -> None:
+    """A `meter serve` holding the source (its lock) makes migrate exit 2 naming it; nothing
+    is copied."""
+    sqlite = tmp_path / "meter.db"
+    _ingest(capsys, str(sqlite))
+    with hold_database(sqlite):
+        code, out, err = _cli(capsys, "migrate", "--from", str(sqlite), "--to", pg_url,
+                              "--contracts", str(CONTRACTS))
+    assert (2, "") == (code, out)
+    lines = err.splitlines()
+    assert 1 == len(lines)
+    assert lines[0].startswith(f"meter migrate: --db {sqlite}: in use by another meter serve "
+                               f"(pid {os.getpid()} on host ")
+    assert {"events": 0, "rejected": 0, "last_seq": 0} == _counts(pg_url)
+
+
+def test_demo_on_postgres_bills_as_on_sqlite(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, pg_url: str) -> None:
+    """`meter demo --db URL` loads the sample month into PostgreSQL and writes the same JSON
+    bills as the demo on its own SQLite file; a second run refuses the now non-empty database."""
+    for name, db in (("sqlite", []), ("pg", ["--db", pg_url])):
+        code, _, err = _cli(capsys, "demo", "--no-broker", "--out", str(tmp_path / name), *db)
+        assert 0 == code, err
+    sqlite_reports = sorted((tmp_path / "sqlite" / "report").glob("*.json"))
+    assert sqlite_reports
+    for path in sqlite_reports:
+        assert path.read_bytes() == (tmp_path / "pg" / "report" / path.name).read_bytes()
+    counts = _counts(pg_url)
+    code, _, err = _cli(capsys, "demo", "--no-broker", "--out", str(tmp_path / "again"),
+                        "--db", pg_url)
+    assert 2 == code
+    assert [f"meter demo: --db {pg_url}: holds {counts['events']} events and "
+            f"{counts['rejected']} rejected messages; the demo loads the sample month into an "
+            "empty database"] == err.splitlines()
