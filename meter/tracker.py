@@ -12,17 +12,18 @@ its last event, the live view learns of it `session_timeout` later) it marks the
   any of their sessions is open; a repeated login changes nothing but refreshes the session; a
   logout without a session id closes all of the user's sessions; a logout that closes nothing is
   counted (`unknown_logouts`) and ignored; a heartbeat refreshes the session it names (without an
-  id: all open ones) and opens one where none is open; a session with no event for the account's
-  `session_timeout` closes. The report closes it at its last event (inferred); the live view only
-  learns that the session was dead when the timeout passes, so it drops the user then, and the
-  period peak may include that stretch.
+  id: all open ones) and opens one where none is open; a session with no event for longer than
+  the account's `session_timeout` closes (an event exactly `session_timeout` after the last keeps
+  it). The report closes it at its last event (inferred); the live view only learns that the
+  session was dead once the timeout has passed (1 us after it: the first instant the silence is
+  longer), so it drops the user then, and the period peak may include that stretch.
 * Events are buffered and applied in event-time order up to a watermark per account, which the
   caller advances (the daemon: the later of now and the account's newest event, minus a short
   reorder window), so one account's clock, even one running ahead, never moves another's. Each
   pool has its own clock, moved by its events and by its account's watermark. An event older
   than its pool's clock (late) changes the state at the clock, never in the past; a late login or
-  heartbeat that is already `session_timeout` old opens nothing; a late logout closes only
-  sessions whose last event is not newer than it. Counts are never negative.
+  heartbeat that is already more than `session_timeout` old opens nothing; a late logout closes
+  only sessions whose last event is not newer than it. Counts are never negative.
 * Events at the same instant count as one change: c(t), the peak and the grace stretches are
   taken over stretches of positive length, so a logout and a login at the same time are a
   handover, neither double use nor a break in an excess.
@@ -152,6 +153,9 @@ class _PoolState:
         self.account = account
         self.pool = pool
         self.timeout = span_us(account.session_timeout)
+        #: A session is closed once its silence is longer than the timeout: at its last event
+        #: plus this (the timeout and one microsecond, the resolution of event times).
+        self.expiry = self.timeout + 1
         self.grace = span_us(pool.grace)
         self.schedule = schedule
         self.clock = now_us
@@ -252,8 +256,8 @@ class _PoolState:
                 continue  # stale entry
             sessions = self.sessions.get(user, {})
             last = sessions.get(key)
-            if last is not None and last + self.timeout > when:
-                self._schedule(user, key, last + self.timeout)  # refreshed since: move the timer
+            if last is not None and last + self.expiry > when:
+                self._schedule(user, key, last + self.expiry)  # refreshed since: move the timer
                 continue
             del self.scheduled[user, key]
             if last is not None:
@@ -294,7 +298,7 @@ class _PoolState:
         sessions = self.sessions.setdefault(user, {})
         last = max(sessions.get(key, ts), ts)
         sessions[key] = last
-        due = last + self.timeout
+        due = last + self.expiry
         planned = self.scheduled.get((user, key))
         if planned is None or planned > due:
             self._schedule(user, key, due)
@@ -309,7 +313,7 @@ class _PoolState:
             self.dirty = self.dirty or ts < self.clock  # applied at the clock, not at its time
         self.last_event_us = ts if self.last_event_us is None else max(self.last_event_us, ts)
         if kind in ("login", "heartbeat"):
-            if self.clock - ts >= self.timeout:
+            if self.clock - ts > self.timeout:
                 return  # late enough that its session has timed out already
             open_keys = self.sessions.get(user)
             if kind == "heartbeat" and session is None and open_keys:

@@ -75,14 +75,15 @@ def _run_member(
     """The state machine for one (pool, user): events in order (ts, kind, key, tag).
 
     Returns sessions as (key, start, end, inferred, still_open) and the tags of ignored logouts.
-    A session whose last event is `timeout` or more before the next event (or before `until`)
-    had no event for `timeout`: it is closed at that last event and inferred.
+    A session whose last event is more than `timeout` before the next event (or before `until`)
+    was silent for longer than `timeout`: it is closed at that last event and inferred. An event
+    exactly `timeout` after the last keeps it open.
     """
     open_: dict[Key, tuple[int, int]] = {}  # key -> (start, last event)
     out: list[tuple[Key, int, int, bool, bool]] = []
     ignored: list[int] = []
     for ts, kind, key, tag in items:
-        for k in [k for k, (_, last) in open_.items() if ts - last >= timeout]:
+        for k in [k for k, (_, last) in open_.items() if ts - last > timeout]:
             start, last = open_.pop(k)
             out.append((k, start, last, True, False))
         if kind == LOGOUT:
@@ -104,7 +105,7 @@ def _run_member(
             start = open_[key][0] if key in open_ else ts
             open_[key] = (start, ts)
     for k, (start, last) in open_.items():
-        if until - last >= timeout:
+        if until - last > timeout:
             out.append((k, start, last, True, False))
         else:
             out.append((k, start, until, False, True))
@@ -119,15 +120,17 @@ def build_sessions(events: Iterable[EventLike], session_timeout: timedelta,
     without a session id closes all of the user's sessions in the pool; a logout that closes
     nothing is counted and ignored; a heartbeat refreshes the session it names (without an id:
     all of the user's open sessions) and opens one where none is open; events with the same
-    time apply heartbeats, then logouts, then logins; a session with no event for
-    `session_timeout` is closed at its last event and flagged inferred. Events are ordered by
-    (time, that kind order, id), so arrival order never matters.
+    time apply heartbeats, then logouts, then logins; a session with no event for longer than
+    `session_timeout` is closed at its last event and flagged inferred (an event exactly
+    `session_timeout` after the last keeps it). Events are ordered by (time, that kind order,
+    id), so arrival order never matters.
 
     To rate a period, pass the events of `[period.start - session_timeout,
     period.end + session_timeout)` and `until = period.end + session_timeout`: a session open at
     the period start then has an event in the window, and whether one open near the end timed
-    out is decided. Events at or after `until` are ignored; a session still open there has
-    `end=None`. Assign and unassign events, and events without a pool, are not sessions.
+    out is decided. Events at or after `until` are ignored; a session still open there (its last
+    event `session_timeout` or less before it) has `end=None`. Assign and unassign events, and
+    events without a pool, are not sessions.
     """
     timeout, horizon = span_us(session_timeout), to_us(until)
     members: dict[tuple[str, str, str], list[tuple[int, int, str, str | None]]] = {}
@@ -342,10 +345,10 @@ def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_u
     rated_timeouts = np.unique(timeout_us[until_us > np.iinfo(np.int64).min])
     if rated_timeouts.size == 1:
         timeout: I64 | np.int64 = rated_timeouts[0]
-        fresh = gap_prev < timeout
+        fresh = gap_prev <= timeout
     else:
         timeout = timeout_us[cols.member_pool[key_member[key]]]
-        fresh = gap_prev < timeout
+        fresh = gap_prev <= timeout
     alive = np.zeros(n, np.bool_)  # an open, unexpired session exists just before this event
     alive[1:] = same_prev[1:] & is_alive_event[:-1] & fresh[1:]
     del fresh, gap_prev
@@ -364,7 +367,7 @@ def _fast_sessions(cols: EventColumns, drop: NDArray[np.bool_] | None, timeout_u
     last_ts = ts[lasts] + t0
     last_pool = cols.member_pool[key_member[key[lasts]]]
     until = until_us[last_pool]
-    expired_at_end = ~has_next & (until - last_ts >= timeout_us[last_pool])
+    expired_at_end = ~has_next & (until - last_ts > timeout_us[last_pool])
     still_open = ~has_next & ~expired_at_end
     end = np.where(closed_by_logout, ts[nxt_c] + t0, np.where(still_open, until, last_ts))
     inferred = ~closed_by_logout & ~still_open

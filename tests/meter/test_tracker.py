@@ -105,16 +105,17 @@ def test_session_rules(contracts: Contracts, events: list[tuple[str, str, int, s
 
 
 def test_session_times_out_after_session_timeout_without_events(contracts: Contracts) -> None:
-    """A session with no event for 12 h closes; a heartbeat before that keeps it open."""
+    """A session with no event for longer than 12 h closes (at exactly 12 h it is still open);
+    a heartbeat before that keeps it open."""
     t = Tracker(contracts, at(0))
     t.apply(Ev("login", "ann", at(0), "s"))
     t.apply(Ev("login", "bob", at(0), "s"))
     t.apply(Ev("heartbeat", "bob", at(600), "s"))
-    t.advance(at(720) - 1)
-    assert 2 == view(t).active_users
     t.advance(at(720))
+    assert 2 == view(t).active_users
+    t.advance(at(720) + 1)
     assert 1 == view(t).active_users  # ann timed out; bob's heartbeat moved his timeout
-    t.advance(at(600 + 720))
+    t.advance(at(600 + 720) + 1)
     assert 0 == view(t).active_users
 
 
@@ -293,9 +294,9 @@ def test_heartbeats_keep_one_timer_per_session(contracts: Contracts) -> None:
         t.advance(at(minute))
     state = t._pools["acme", "agents"]
     assert 1 >= len(state.expiries)
-    t.advance(at(24 * 60 - 1 + 720) - 1)
-    assert 1 == view(t).active_users
     t.advance(at(24 * 60 - 1 + 720))
+    assert 1 == view(t).active_users
+    t.advance(at(24 * 60 - 1 + 720) + 1)
     assert 0 == view(t).active_users
 
 

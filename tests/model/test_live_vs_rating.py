@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -318,3 +319,87 @@ def test_late_login_and_logout_never_lower_the_shown_peak() -> None:
     shown = next(v for v in tracker.views() if v.pool == "agents").peak_users
     tracker.apply(logout)
     assert (1, 1) == (shown, next(v for v in tracker.views() if v.pool == "agents").peak_users)
+
+
+# --- the timeout boundary: only a silence longer than session_timeout closes a session --------
+
+SHORT = parse_contracts(
+    """
+[[account]]
+id = "acme"
+timezone = "UTC"
+currency = "USD"
+billing = "monthly"
+anchor = "2026-11-01"
+policy = "prorate"
+session_timeout = "10m"
+  [[account.pool]]
+  id = "agents"
+  tier = "premium"
+  model = "concurrent"
+  quantity = 13
+  price = "149.00"
+  overage_price = "149.00"
+""")
+SHIFT = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
+
+
+def _agents(tracker: Tracker) -> PoolView:
+    return next(v for v in tracker.views() if v.pool == "agents")
+
+
+def _live_and_billed(events: list[Ev], watermark: datetime) -> tuple[int, int, int, int]:
+    """(users signed in now, period peak) from the tracker and then from `rate_pool` over the
+    same events, at `watermark`, after settling any dirty account as the daemon does."""
+    tracker = Tracker(SHORT, us(SHIFT - timedelta(days=1)))
+    tracker.apply_all(sorted(events, key=lambda e: e.ts_us))
+    tracker.advance(us(watermark))
+    for account in tracker.dirty_accounts():
+        start = tracker.replay_start(account)
+        tracker.install(tracker.replay(account, [e for e in events if e.ts_us >= start]))
+    view = _agents(tracker)
+    account = SHORT.accounts[0]
+    period = monthly_period(account, watermark)
+    rating = rate_pool(account.pools[0], events, period, session_timeout=account.session_timeout,
+                       account="acme", until=watermark)
+    now = rating.concurrency.value_at(watermark - timedelta(microseconds=1))
+    return view.active_users, view.peak_users, now, rating.peak
+
+
+def test_agents_heartbeating_every_timeout_stay_signed_in_live_and_billed() -> None:
+    """Issue 16: 13 agents heartbeating every 10 minutes with a 10-minute timeout stay signed in,
+    on the live view (no timer fires, nothing is dirty) and in the bill alike."""
+    events = [Ev(f"{i}-{m}", "heartbeat" if m else "login", f"agent{i}", "agents", "s",
+                 SHIFT + timedelta(minutes=m))
+              for i in range(13) for m in range(0, 480, 10)]
+    tracker = Tracker(SHORT, us(SHIFT - timedelta(days=1)))
+    tracker.apply_all(events)
+    tracker.advance(us(SHIFT + timedelta(minutes=480)))  # exactly 10 min after the last beat
+    assert (13, []) == (_agents(tracker).active_users, tracker.dirty_accounts())
+    assert (13, 13, 13, 13) == _live_and_billed(events, SHIFT + timedelta(minutes=480))
+
+
+@pytest.mark.parametrize(("silence", "expected"), [
+    # (silence after the last heartbeat at the watermark, (live now, live peak, billed now, peak))
+    (timedelta(minutes=10), (1, 1, 1, 1)),                              # exactly: still open
+    (timedelta(minutes=10, microseconds=1), (0, 1, 0, 1)),              # longer: closed
+    (timedelta(minutes=25), (0, 1, 0, 1)),
+])
+def test_heartbeat_exactly_at_the_timeout_keeps_the_session(silence: timedelta,
+                                                             expected: tuple[int, ...]) -> None:
+    """A heartbeat exactly `session_timeout` after the login keeps the session; the live view
+    drops it only once the silence after that heartbeat is longer than the timeout, and then
+    (replayed) equals the bill, which closes it at the heartbeat."""
+    events = [Ev("l", "login", "ann", "agents", "s", SHIFT),
+              Ev("h", "heartbeat", "ann", "agents", "s", SHIFT + timedelta(minutes=10))]
+    assert expected == _live_and_billed(events, SHIFT + timedelta(minutes=10) + silence)
+
+
+def test_a_late_heartbeat_exactly_the_timeout_old_still_opens() -> None:
+    """A late heartbeat exactly `session_timeout` older than the clock still shows its session
+    (its silence is not longer than the timeout); one a microsecond older opens nothing."""
+    for age, expected in ((timedelta(minutes=10), 1), (timedelta(minutes=10, microseconds=1), 0)):
+        tracker = Tracker(SHORT, us(SHIFT - timedelta(days=1)))
+        tracker.advance(us(SHIFT))
+        tracker.apply(Ev("h", "heartbeat", "ann", "agents", "s", SHIFT - age))
+        assert expected == _agents(tracker).active_users

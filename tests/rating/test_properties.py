@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from rating.contracts import Pool
 from rating.periods import Period
 from rating.pool import PoolJob, PoolRating, rate_pool, rate_pools
-from rating.sessions import build_sessions, session_arrays
+from rating.sessions import _slow_sessions, build_sessions, session_arrays
 from rating.usage import EventColumns, UsageEvent, to_us
 
 P0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -77,7 +77,10 @@ def rate(s: Scenario) -> PoolRating:
 # --- the oracle: plain Python, one second at a time -----------------------------------------
 
 def oracle_sessions(s: Scenario) -> tuple[list[tuple[str, int, float, bool]], list[int]]:
-    """(user, start, end, inferred) of every session, and the times of ignored logouts."""
+    """(user, start, end, inferred) of every session, and the times of ignored logouts.
+
+    A session closes (at its last event) only when silent for *longer* than the timeout: an
+    event exactly `timeout` after the last keeps it, and so does the horizon at exactly that."""
     until = LENGTH + s.timeout
     rows = sorted(((sec, ORDER[t], f"e{i:03}", t, u, sid)
                    for i, (t, u, sec, sid) in enumerate(s.events) if sec < until))
@@ -88,7 +91,7 @@ def oracle_sessions(s: Scenario) -> tuple[list[tuple[str, int, float, bool]], li
         mine = open_.setdefault(user, {})
         for key in list(mine):
             start, last = mine[key]
-            if sec - last >= s.timeout:
+            if sec - last > s.timeout:
                 done.append((user, start, last, True))
                 del mine[key]
         if typ == "logout":
@@ -111,7 +114,7 @@ def oracle_sessions(s: Scenario) -> tuple[list[tuple[str, int, float, bool]], li
             mine[sid] = [sec, sec]
     for user, mine in open_.items():
         for start, last in mine.values():
-            if until - last >= s.timeout:
+            if until - last > s.timeout:
                 done.append((user, start, last, True))
             else:
                 done.append((user, start, float("inf"), False))
@@ -277,3 +280,42 @@ def test_a_batch_rates_each_pool_as_alone(scenarios_: list[Scenario], shifts: li
              r.concurrency, r.excess, r.users) for r in alone] == [
         (r.account, r.overage_seats, r.billable_peak, r.peak, r.peak_at, r.episodes,
          r.concurrency, r.excess, r.users) for r in batch]
+
+
+#: Silences of exactly the timeout, between events and at the horizon (LENGTH + timeout).
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+@example(Scenario(events=[("login", "u0", 0, "a"), ("heartbeat", "u0", 600, "a"),
+                          ("heartbeat", "u0", 1201, "a"), ("logout", "u0", 1300, "a")],
+                  timeout=600, grace=0, mode="continuous", base=0, steps=[]))
+@example(Scenario(events=[("login", "u0", 0, None), ("login", "u0", 0, "a"),
+                          ("heartbeat", "u0", 600, None), ("login", "u1", LENGTH, "b"),
+                          ("login", "u2", LENGTH - 1, None)],
+                  timeout=600, grace=0, mode="continuous", base=0, steps=[]))
+def test_both_session_paths_equal_the_oracle(s: Scenario) -> None:
+    """The vectorised sessions (`session_arrays`: key by key, with the event machine for mixed
+    members) and the event machine run on every member alike build the oracle's sessions
+    under the rule "closed when silent for longer than the timeout"."""
+    expected, ignored = oracle_sessions(s)
+    want = sorted((u, a * 1_000_000, STILL_OPEN if b == float("inf") else int(b) * 1_000_000, inf)
+                  for u, a, b, inf in expected)
+    events = usage(s)
+    cols = EventColumns.from_events(events)
+    n = len(cols.pools)
+    timeout = np.full(n, s.timeout * 1_000_000, np.int64)
+    until = np.full(n, to_us(at(LENGTH + s.timeout)), np.int64)
+    base = to_us(P0)
+    keep = np.flatnonzero((cols.kind <= 2) & (cols.ts < to_us(at(LENGTH + s.timeout))))
+    sa = session_arrays(cols, timeout, until)
+    paths = [(sa.member, sa.start, sa.end, sa.inferred, sa.open, sa.ignored_member, sa.ignored_ts)]
+    if keep.size:
+        paths.append(_slow_sessions(cols, keep, timeout, until))
+    for parts in paths:
+        member, start, end, inferred, still_open = (np.asarray(p) for p in parts[:5])
+        got = sorted((cols.users[int(cols.member_user[m])][1], a - base,
+                      STILL_OPEN if o else b - base, bool(i))
+                     for m, a, b, i, o in zip(member.tolist(), start.tolist(), end.tolist(),
+                                              inferred.tolist(), still_open.tolist(),
+                                              strict=True))
+        assert want == got
+        assert sorted(ignored) == sorted(((np.asarray(parts[-1]) - base) // 1_000_000).tolist())

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rating.contracts import Pool
+from rating.periods import Period
+from rating.pool import rate_pool
 from rating.sessions import (
     Session,
     argsort_pairs,
@@ -106,9 +110,16 @@ CASES: list[tuple[str, list[UsageEvent], float, list[Row], int]] = [
     ("no event for the timeout: closed at the last event and inferred",
      [ev("login", "a", 0, "s1"), ev("heartbeat", "a", 30, "s1"), ev("heartbeat", "a", 100, "s1")],
      60, [("a", 0, 30, True), ("a", 100, 100, True)], 0),
-    ("a gap of exactly the timeout expires the session",
+    ("a gap of exactly the timeout keeps the session (only a longer silence closes it)",
      [ev("login", "a", 0, "s1"), ev("heartbeat", "a", 60, "s1"), ev("logout", "a", 70, "s1")],
-     60, [("a", 0, 0, True), ("a", 60, 70, False)], 0),
+     60, [("a", 0, 70, False)], 0),
+    ("a gap just over the timeout expires the session",
+     [ev("login", "a", 0, "s1"), ev("heartbeat", "a", 60.001, "s1"), ev("logout", "a", 70, "s1")],
+     60, [("a", 0, 0, True), ("a", 60.001, 70, False)], 0),
+    ("a heartbeat without id exactly the timeout later keeps every open session",
+     [ev("login", "a", 0, "s1"), ev("login", "a", 0, "s2"), ev("heartbeat", "a", 60),
+      ev("logout", "a", 120)],
+     60, [("a", 0, 120, False), ("a", 0, 120, False)], 0),
     ("a gap just under the timeout keeps it",
      [ev("login", "a", 0, "s1"), ev("heartbeat", "a", 59.99, "s1"),
       ev("logout", "a", 70, "s1")],
@@ -122,6 +133,11 @@ CASES: list[tuple[str, list[UsageEvent], float, list[Row], int]] = [
      [ev("login", "a", 1990, "s1")], 720, [("a", 1990, None, False)], 0),
     ("one timed out before the horizon is closed inferred",
      [ev("login", "a", 1000, "s1")], 720, [("a", 1000, 1000, True)], 0),
+    ("one silent exactly the timeout at the horizon stays open",
+     [ev("login", "a", UNTIL - 720, "s1")], 720, [("a", UNTIL - 720, None, False)], 0),
+    ("one silent a moment longer than the timeout at the horizon is closed inferred",
+     [ev("login", "a", UNTIL - 720.001, "s1")], 720,
+     [("a", UNTIL - 720.001, UNTIL - 720.001, True)], 0),
     ("logins without session ids form one session per user",
      [ev("login", "a", 0), ev("login", "a", 5), ev("logout", "a", 20)],
      720, [("a", 0, 20, False)], 0),
@@ -212,3 +228,19 @@ def test_sort_pairs_orders_like_lexsort_whatever_the_width(data: st.DataObject) 
     assert (group[order].tolist(), sub[order].tolist()) == (got_group.tolist(), got_sub.tolist())
     by = argsort_pairs(group, sub, sub_bits)
     assert (group[order].tolist(), sub[order].tolist()) == (group[by].tolist(), sub[by].tolist())
+
+
+def test_agents_heartbeating_every_timeout_stay_signed_in() -> None:
+    """Issue 16: 13 agents heartbeating every 10 minutes with a 10-minute timeout are one
+    session each from their first heartbeat to their logout, on both machines, and the pool
+    counts all 13 the whole time."""
+    events = [ev("heartbeat" if minute else "login", f"agent{i}", minute, "s")
+              for i in range(13) for minute in range(0, 490, 10)]
+    events += [ev("logout", f"agent{i}", 490, "s") for i in range(13)]
+    expected = sorted(((f"agent{i}", 0.0, 490.0, False) for i in range(13)), key=repr)
+    assert (expected, 0) == by_machine(events, 10)
+    assert (expected, 0) == by_arrays(events, 10)
+    rating = rate_pool(Pool("agents", "elite", "concurrent", 13, Decimal("10"), Decimal("10")),
+                       events, Period(at(0), at(600)), session_timeout=timedelta(minutes=10))
+    assert ((at(0), 13), (at(490), 0)) == rating.concurrency.points()
+    assert 0 == rating.inferred_sessions
