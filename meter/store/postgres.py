@@ -115,6 +115,13 @@ _SCHEMA_TABLE: Final = """
 # one for as long as it runs.
 _MIGRATE_LOCK: Final = 0x6D65746572_01  # "meter" 01
 _DAEMON_LOCK: Final = 0x6D65746572_02
+# Every transaction that draws event seqs takes this one first and holds it to its commit, so
+# seqs become visible in the order they were drawn. Without it two writers (the daemon and
+# `meter ingest`) could commit seq 11-20 before 1-10: a reader would see 20 as the newest and
+# never look below it again, while a finalized report's `cutoff_seq` would count 1-10, which
+# it never read, as billed. One writer at a time, as SQLite has it.
+_WRITE_LOCK: Final = 0x6D65746572_03
+_TAKE_WRITE_LOCK: Final = "SELECT pg_advisory_xact_lock(%s)"
 
 # The staging table of a batch: one per connection, emptied by each commit. COPY fills it with
 # the first copy of each (account, id) in the batch, `pos` its position there.
@@ -449,6 +456,7 @@ class PostgresStore(Store):
         for i, e in enumerate(events):
             first.setdefault((e.account, e.id), i)
         async with self._conn("batch not stored") as conn:
+            await conn.execute(_TAKE_WRITE_LOCK, (_WRITE_LOCK,))
             new: list[tuple[str, str]] = []
             if events:
                 async with conn.cursor() as cur:
@@ -582,6 +590,7 @@ class PostgresStore(Store):
             raise ValueError(f"{len(seqs)} rejected rows for {len(events)} events")
         moved = duplicates = 0
         async with self._conn("reprocessed rejected messages not stored") as conn:
+            await conn.execute(_TAKE_WRITE_LOCK, (_WRITE_LOCK,))
             for seq, e in zip(seqs, events, strict=True):
                 cur = await conn.execute(
                     "DELETE FROM rejected WHERE seq = %s RETURNING received_us", (seq,))
@@ -642,6 +651,7 @@ class PostgresStore(Store):
         """Binary COPY straight into `events` with each row's own seq (a duplicate fails the
         COPY, and the transaction with it), then the identity continues after the largest."""
         async with self._conn("imported events not stored") as conn, conn.cursor() as cur:
+            await cur.execute(_TAKE_WRITE_LOCK, (_WRITE_LOCK,))
             async with cur.copy('COPY events (seq, account, id, type, "user", pool, session, '
                                 "ts_us, received_us, raw) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "text", "text", "text", "text", "text", "text", "int8",

@@ -395,3 +395,29 @@ async def test_a_batch_probes_the_index_instead_of_reading_every_event(pg_url: s
             "EXPLAIN " + postgres._INSERT_BATCH, (T0_US,)).fetchall())
     assert ("Seq Scan on events" not in plan, "Index Only Scan using events_account_id_key"
             in plan) == (True, True), plan
+
+
+async def test_writers_take_turns_so_seqs_commit_in_order(pg_url: str) -> None:
+    """A batch waits while another transaction holds the store's write lock, and draws its seq
+    only after that one committed: a reader never sees a seq before a smaller one that is still
+    to commit (the replay after a checkpoint and a report's cutoff rely on it)."""
+    async with await open_store(pg_url) as store:
+        await store.add([event("e1")], received_us=T0_US)
+        async with await psycopg.AsyncConnection.connect(pg_url) as other, \
+                await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as watch:
+            await other.execute("SELECT pg_advisory_xact_lock(%s)", (postgres._WRITE_LOCK,))
+            waiting = asyncio.create_task(store.add([event("e2")], received_us=T0_US))
+            for _ in range(500):  # until the batch's backend waits for the lock
+                cur = await watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
+                row = await cur.fetchone()
+                if row and row[0] == 1:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the batch never waited for the write lock")
+            assert 1 == await store.last_seq()
+            await other.commit()
+            assert (0,) == (await waiting).fresh
+        assert 2 == await store.last_seq()
