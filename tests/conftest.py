@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgserver import MISSING as PG_MISSING
+from tests.missing import missing
 from tests.pgserver import PgServer, find_bin
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -121,7 +121,7 @@ class Broker:
 
 def _require_mosquitto() -> None:
     if not Path(MOSQUITTO).exists():
-        pytest.fail(f"mosquitto not found at {MOSQUITTO}; .ci/run installs it with apt-get")
+        missing(f"mosquitto ({MOSQUITTO})", "mosquitto")
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +180,7 @@ def pg_server() -> Iterator[PgServer]:
     """One private PostgreSQL cluster for the test session (tests/pgserver.py): a free loopback
     port, trust auth, fsync on; stopped and removed at the end."""
     if find_bin() is None:
-        pytest.fail(PG_MISSING)
+        missing("PostgreSQL's initdb and pg_ctl", "postgresql")
     server = PgServer.create()
     try:
         server.start()

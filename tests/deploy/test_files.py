@@ -19,6 +19,7 @@ import yaml
 from meter.config import load_settings
 from tests.conftest import MOSQUITTO, free_port, wait_port
 from tests.deploy.tools import DEPLOY, ROOT
+from tests.missing import missing
 
 #: Keys a compose service may use (the subset of the Compose Specification these files need).
 _SERVICE_KEYS = frozenset({
@@ -269,7 +270,7 @@ def test_mosquitto_conf_keeps_the_meter_queue() -> None:
 def test_mosquitto_conf_starts_a_real_broker(tmp_path: Path) -> None:
     """The compose broker config is a valid Mosquitto 2 config (paths and port moved into tmp_path)."""
     if not Path(MOSQUITTO).exists():
-        pytest.fail(f"mosquitto not found at {MOSQUITTO}; .ci/run installs it")
+        missing(f"mosquitto ({MOSQUITTO})", "mosquitto")
     os.chmod(tmp_path, 0o777)  # noqa: S103 - mosquitto run as root drops to its own user
     port = free_port()
     conf = (DEPLOY / "mosquitto.conf").read_text()

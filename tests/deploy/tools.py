@@ -9,17 +9,18 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.missing import missing
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEPLOY = ROOT / "deploy"
 
 
 def require(binary: str, package: str = "prometheus") -> str:
-    """The path of `binary`; fails (never skips) when it is missing, since CI installs it."""
+    """The path of `binary`; ends the run with one line naming its package when it is missing
+    (never skips: CI installs it)."""
     found = shutil.which(binary)
     if found is None:
-        pytest.fail(f"{binary} not found; .ci/run installs it with `apt-get install {package}`")
+        missing(binary, package)
     return found
 
 
