@@ -138,7 +138,9 @@ class Store(ABC):
     """An open store: `await meter.store.open_store(db)`, then `await store.close()` (or
     `async with`)."""
 
-    #: What another process passes to `open_store` to reach the same store.
+    #: What another process passes to `open_store` to reach the same store, and what messages
+    #: name it by: never holding a password (a PostgreSQL password for another process comes
+    #: from PGPASSWORD, PGPASSFILE or ~/.pgpass, as libpq reads them).
     location: str
     #: A rejected payload up to this many bytes is stored whole (so it can be reprocessed);
     #: a longer one keeps only this many, beside its size and sha256 (`rejected_keep_bytes`).

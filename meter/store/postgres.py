@@ -304,7 +304,9 @@ _TABLES_BY_STEP: Final = ({"events", "rejected"}, {"finalized"}, {"checkpoint"})
 
 async def _check_and_migrate(conn: psycopg.AsyncConnection[Any], location: str) -> None:
     """Refuse a database that is not a meter database (`NotMeterDatabase`) or is newer than this
-    meter (`StoreError`), then apply the missing migrations, each in its own transaction."""
+    meter (`StoreError`), then apply the missing migrations: all in one transaction, under an
+    advisory lock (two processes opening a new database at once migrate it once), so a failed
+    step leaves the database as it was and nothing of a refused one is touched."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
         tables = await _tables(conn)
@@ -372,6 +374,9 @@ class PostgresStore(Store):
     would have to serialize (SQLite's store does, behind a lock). The pool also replaces a
     connection a server restart broke (checked before it is handed out), so after an outage the
     next call succeeds; calls during it fail with a retriable `StoreError`.
+
+    Each connection keeps its batch staging table for its whole session, so a pooler between
+    meter and the server must pool sessions, not transactions (PgBouncer's `session` mode).
     """
 
     def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], url: str,
