@@ -249,3 +249,94 @@ def test_account_columns_rate_like_each_pool_alone(
                                                                   use.billable_peak)
             assert [(e.start, e.end, e.peak_excess, e.sustained_level) for e in alone.episodes] == [
                 (e.start, e.end, e.peak_excess, e.sustained_level) for e in use.episodes]
+
+
+# --- the bill is the invoice: recurring charges and switches (issue 16) ------------------------
+
+def one_pool(billing: str, price: str, orders: str = "") -> Account:
+    """acme (UTC, from 1 January 2026): 10 concurrent `agents` seats at `price` per term."""
+    text = toml_account(
+        "acme", anchor="2026-01-01", billing=billing,
+        pools=[toml_pool("agents", tier="premium", model="concurrent", quantity=10, price=price,
+                         overage_price="200.00", grace="30m")],
+        orders=[orders])
+    return parse_contracts(text, "test.toml").accounts[0]
+
+
+def month(m: int, year: int = 2026) -> Period:
+    end = datetime(year + m // 12, m % 12 + 1, 1, tzinfo=UTC)
+    return Period(datetime(year, m, 1, tzinfo=UTC), end)
+
+
+TO_ANNUAL = order("2026-11-16T00:00:00Z", billing="annual", prices={"agents": "1500.00"})
+TO_MONTHLY = order("2026-07-02T00:00:00Z", billing="monthly", prices={"agents": "150.00"})
+OVER = [e for i in range(11) for e in stay(f"u{i}", datetime(2026, 3, 10, 10, tzinfo=UTC),
+                                           datetime(2026, 3, 10, 11, tzinfo=UTC))]
+
+INVOICES = [
+    # (case, billing, price, orders, period, events, lines (kind, quantity, amount), total)
+    ("a monthly account with nobody over bills its subscription",
+     "monthly", "150.00", "", month(11), [], [("recurring", 10, "1500.00")], "1500.00"),
+    ("an annual account bills its year in its first period",
+     "annual", "1800.00", "", month(1), [], [("recurring", 10, "18000.00")], "18000.00"),
+    ("and nothing in a later period with nobody over",
+     "annual", "1800.00", "", month(3), [], [], "0.00"),
+    ("and only the overage in a later period with one seat over for an hour",
+     "annual", "1800.00", "", month(3), OVER, [("overage", 1, "200.00")], "200.00"),
+    ("monthly -> annual: the month, the unused half credited, the year at its stated price",
+     "monthly", "150.00", TO_ANNUAL, month(11), [],
+     [("recurring", 10, "1500.00"), ("switch_credit", 10, "-750.00"),
+      ("recurring", 10, "15000.00")], "15750.00"),
+    ("after it, nothing until a seat added is prorated over the year at 1500.00",
+     "monthly", "150.00", TO_ANNUAL + order("2026-12-16T00:00:00Z", pool="agents", quantity=11),
+     month(12), [], [("seat_add", 1, "1376.71")], "1376.71"),  # 1500 x 335 / 365
+    ("annual -> monthly: the unused half year credited beyond the new month: negative",
+     "annual", "1800.00", TO_MONTHLY, month(7), [],
+     [("switch_credit", 10, "-9024.66"), ("recurring", 10, "1500.00")], "-7524.66"),
+    ("after it, every month at 150.00 from the 2nd, a seat add prorated over that month",
+     "annual", "1800.00", TO_MONTHLY + order("2026-08-12T00:00:00Z", pool="agents", quantity=12),
+     month(8), [], [("recurring", 10, "1500.00"), ("seat_add", 2, "203.23")], "1703.23"),
+    ("a switch that ends a term with a removal scheduled bills the new term without it",
+     "monthly", "150.00", order("2026-11-10T00:00:00Z", pool="agents", quantity=8) + TO_ANNUAL,
+     month(11), [],
+     [("recurring", 10, "1500.00"), ("switch_credit", 10, "-750.00"),
+      ("recurring", 8, "12000.00")], "12750.00"),
+]
+
+
+@pytest.mark.parametrize(("billing", "price", "orders", "period", "events", "expected", "total"),
+                         [c[1:] for c in INVOICES], ids=[c[0] for c in INVOICES])
+def test_the_bill_is_the_invoice(*, billing: str, price: str, orders: str, period: Period,
+                                 events: list[UsageEvent],
+                                 expected: list[tuple[str, int, str]],
+                                 total: str) -> None:
+    """Every period's bill holds the terms it starts, its seat changes and switch lines and its
+    overage, and its total is their sum (seeds 000, 001; DESIGN "Recurring charges")."""
+    bill = rate_account(one_pool(billing, price, orders), events, period)
+    assert [(k, q, Decimal(a)) for k, q, a in expected] == [
+        (c.kind, c.quantity, c.amount) for c in bill.charges]
+    assert Decimal(total) == bill.total
+    assert sum((c.amount for c in bill.charges), Decimal(0)) == bill.total
+
+
+def test_a_negative_total_says_it_is_a_credit_to_the_account_balance() -> None:
+    """Only the annual -> monthly credit makes a total negative, and its line says where the
+    credit goes; the new month's line says what it is for."""
+    bill = rate_account(one_pool("annual", "1800.00", TO_MONTHLY), [], month(7))
+    credit, charge = bill.charges
+    assert ("unused part of the year, credit to the account balance for the monthly plan: "
+            "10 seats x 1800.00 x 183d 0h 0m 0s / 365d") == credit.description
+    assert ("switch to monthly billing: 10 seats x 150.00 for the monthly term 2026-07-02 "
+            "through 2026-08-01") == charge.description
+    assert (datetime(2026, 7, 2, tzinfo=UTC),) * 2 == (credit.at, charge.at)
+    assert (Decimal("1800.00"), Decimal("150.00")) == (credit.unit_price, charge.unit_price)
+
+
+def test_overage_after_a_switch_keeps_the_pools_overage_price() -> None:
+    """Overage is per seat per monthly period whatever the billing frequency, so a switch to
+    annual leaves `overage_price` as it is (the switch's prices are the terms' prices)."""
+    events = [e for i in range(11) for e in stay(f"u{i}", datetime(2026, 12, 10, 10, tzinfo=UTC),
+                                                 datetime(2026, 12, 10, 11, tzinfo=UTC))]
+    bill = rate_account(one_pool("monthly", "150.00", TO_ANNUAL), events, month(12))
+    assert [("overage", 1, Decimal("200.00"), Decimal("200.00"))] == [
+        (c.kind, c.quantity, c.unit_price, c.amount) for c in bill.charges]
