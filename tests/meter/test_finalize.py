@@ -92,6 +92,10 @@ def meter(tmp_path: Path) -> Meter:
     return m
 
 
+#: acme's subscription, billed at the start of every monthly period: 2 seats x 100.00.
+SUB = ("recurring", "agents", 2, "200.00")
+
+
 def charges(doc: dict[str, Any]) -> list[tuple[str, str, int, str]]:
     """(kind, target, quantity, amount) of each bill line."""
     return [(c["kind"], c["target"], c["quantity"], c["amount"]) for c in doc["charges"]]
@@ -102,18 +106,18 @@ def test_finalized_report_is_frozen_and_late_events_adjust_the_next_period(meter
     December as an adjustment line for November."""
     frozen = meter.report("2026-11", "--finalize")
     nov = json.loads(frozen)["accounts"][0]
-    assert (True, [("overage", "agents", 1, "150.00")]) == (nov["finalized"], charges(nov))
+    assert (True, [SUB, ("overage", "agents", 1, "150.00")]) == (nov["finalized"], charges(nov))
     assert frozen == meter.report("2026-11")
 
     meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")  # 2 over for 2 h: one more seat
     assert frozen == meter.report("2026-11")
     dec = meter.acme("2026-12")
-    assert [("adjustment", "agents", 1, "150.00")] == charges(dec)
-    line = dec["charges"][0]
+    assert [SUB, ("adjustment", "agents", 1, "150.00")] == charges(dec)
+    line = dec["charges"][1]
     assert {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"} == line["for_period"]
     assert ("late events for finalized period 2026-11 (8 received after finalization): "
             "overage 1 -> 2 seats, billed 150.00, now 300.00") == line["description"]
-    assert "150.00" == dec["total"]
+    assert "350.00" == dec["total"]  # December's subscription and November's adjustment
 
 
 def test_finalized_html_rerenders_byte_identically_after_late_events(meter: Meter,
@@ -146,26 +150,26 @@ def test_adjustments_already_billed_are_not_billed_twice(meter: Meter) -> None:
     meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")
     # December may not have ended by the real clock: --force, as an operator closing it would.
     dec = json.loads(meter.report("2026-12", "--finalize", "--force"))["accounts"][0]
-    assert [("adjustment", "agents", 1, "150.00")] == charges(dec)
+    assert [SUB, ("adjustment", "agents", 1, "150.00")] == charges(dec)
     meter.crowd(5, "2026-11-25T10:00:00+00:00", 2, "later")  # 3 over: one seat more again
     jan = meter.acme("2027-01")
-    assert [("adjustment", "agents", 1, "150.00")] == charges(jan)
-    assert "overage 2 -> 3 seats" in jan["charges"][0]["description"]
-    assert "billed 300.00, now 450.00" in jan["charges"][0]["description"]
+    assert [SUB, ("adjustment", "agents", 1, "150.00")] == charges(jan)
+    assert "overage 2 -> 3 seats" in jan["charges"][1]["description"]
+    assert "billed 300.00, now 450.00" in jan["charges"][1]["description"]
 
 
 def test_late_events_that_change_nothing_add_no_line(meter: Meter) -> None:
     """A late session inside the licences changes no overage: no adjustment."""
     meter.report("2026-11", "--finalize")
     meter.crowd(1, "2026-11-21T10:00:00+00:00", 1, "late")
-    assert [] == charges(meter.acme("2026-12"))
+    assert [SUB] == charges(meter.acme("2026-12"))
 
 
 def test_unfinalized_period_takes_late_events_itself(meter: Meter) -> None:
     """Without finalization there is nothing to adjust: November is simply rated again."""
     meter.crowd(4, "2026-11-20T10:00:00+00:00", 2, "late")
-    assert [("overage", "agents", 2, "300.00")] == charges(meter.acme("2026-11"))
-    assert [] == charges(meter.acme("2026-12"))
+    assert [SUB, ("overage", "agents", 2, "300.00")] == charges(meter.acme("2026-11"))
+    assert [SUB] == charges(meter.acme("2026-12"))
 
 
 def test_finalizing_twice_keeps_the_first(meter: Meter) -> None:
