@@ -35,12 +35,12 @@ def demo(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def check_bills(stdout: str, out: Path) -> None:
     """The sample month's bills as sample_sessions/README.md plants them, and the reports."""
-    assert "acme  2026-11-01T04:00:00Z .. 2026-12-01T05:00:00Z  total 833.31 USD" in stdout
+    assert "acme  2026-11-01T04:00:00Z .. 2026-12-01T05:00:00Z  total 3767.31 USD" in stdout
     assert ("pool agents     licensed  14  peak  17  billable  17  overage 3 seats = 447.00 USD"
             in stdout)
     assert "overage 2 seats = 158.00 USD" in stdout
     assert "globex  2026-11-14T23:00:00Z .. 2026-12-14T23:00:00Z  total 0.00 EUR" in stdout
-    assert "initech  2026-10-30T15:00:00Z .. 2026-11-29T15:00:00Z  total -8592 JPY" in stdout
+    assert "initech  2026-10-30T15:00:00Z .. 2026-11-29T15:00:00Z  total 499408 JPY" in stdout
     pages = re.findall(r"HTML report (\d{4}-\d{2}): (\S+)", stdout)
     assert ["2026-10", "2026-11"] == [month for month, _ in pages]
     for _, page in pages:
