@@ -7,6 +7,7 @@ redeliveries the store absorbed (a stored count per (account, id) above 1 would 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,16 +18,20 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 from prometheus_client.parser import text_string_to_metric_families
 
+from meter.store import Store, open_store
 from tests.conftest import ROOT, Broker, free_port, wait_port
 from tests.contracts_toml import account, contracts, pool
+
+T = TypeVar("T")
 
 CONTRACTS_TOML = contracts(
     account("acme", pools=[
@@ -65,8 +70,25 @@ def event(i: int, account: str = "acme", *, prefix: str = "e", users: int = 200)
 
 # --- the store, read from outside the daemon ------------------------------------------------------
 
-def stored_ids(db: Path) -> Counter[tuple[str, str]]:
-    """(account, id) -> how many rows hold it (the unique constraint keeps this at 1)."""
+def _through_store(url: str, read: Callable[[Store], Awaitable[T]]) -> T:
+    """`read` of the PostgreSQL store at `url`, through the store's interface."""
+
+    async def run() -> T:
+        async with await open_store(url) as store:
+            return await read(store)
+
+    return asyncio.run(run())
+
+
+async def _ids(store: Store) -> Counter[tuple[str, str]]:
+    return Counter((e.account, e.id) for e in await store.events())
+
+
+def stored_ids(db: Path | str) -> Counter[tuple[str, str]]:
+    """(account, id) -> how many rows hold it (the unique constraint keeps this at 1). `db` is
+    the SQLite file or a PostgreSQL URL (`Daemon.store`)."""
+    if isinstance(db, str):
+        return _through_store(db, _ids)
     if not db.exists():
         return Counter()
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
@@ -74,9 +96,14 @@ def stored_ids(db: Path) -> Counter[tuple[str, str]]:
                         conn.execute("SELECT account, id, count(*) FROM events GROUP BY account, id")})
 
 
-def table_count(db: Path, table: str) -> int:
+def table_count(db: Path | str, table: str) -> int:
     """Rows in `events` or `rejected` (0 before the daemon created the file)."""
     assert table in ("events", "rejected")
+    if isinstance(db, str):
+        async def count(store: Store) -> int:
+            return (await store.counts())[table]
+
+        return _through_store(db, count)
     if not db.exists():
         return 0
     try:
@@ -153,6 +180,11 @@ class Daemon:
             self.contracts.write_text(CONTRACTS_TOML)
         self.metrics_port = free_port()
         self.log = self.workdir / "daemon.log"
+
+    @property
+    def store(self) -> Path | str:
+        """What the daemon stores into: the PostgreSQL `url`, or else the SQLite file `db`."""
+        return self.url or self.db
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
@@ -344,13 +376,13 @@ def in_background(target: Callable[[], object], name: str) -> threading.Thread:
     return thread
 
 
-def wait_stored(db: Path, expected: int, timeout: float = 60.0) -> None:
+def wait_stored(db: Path | str, expected: int, timeout: float = 60.0) -> None:
     """Wait until the store holds at least `expected` events."""
     wait_for(lambda: table_count(db, "events") >= expected, timeout,
              f"{expected} stored events (have {table_count(db, 'events')})", every=0.2)
 
 
-def settle_stored(db: Path, expected: int, quiet: float = 5.0, timeout: float = 120.0) -> int:
+def settle_stored(db: Path | str, expected: int, quiet: float = 5.0, timeout: float = 120.0) -> int:
     """Wait until the store holds `expected` events or has not grown for `quiet` seconds (so a
     set check can then name what is missing); returns the count."""
     deadline = time.monotonic() + timeout

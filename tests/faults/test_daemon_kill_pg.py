@@ -6,16 +6,13 @@ interface, so this proves the PostgreSQL store's commit-then-ack and its dedupe 
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from meter.store import open_store
 from tests.conftest import Broker
 from tests.faults.harness import (
     Daemon,
@@ -24,6 +21,8 @@ from tests.faults.harness import (
     in_background,
     iter_events,
     set_check,
+    stored_ids,
+    table_count,
     wait_for,
 )
 
@@ -32,23 +31,7 @@ KILLS = 12
 
 
 def stored_count(url: str) -> int:
-    """Accepted events in the store (0 before the first daemon created the schema)."""
-
-    async def read() -> int:
-        async with await open_store(url) as store:
-            return (await store.counts())["events"]
-
-    return asyncio.run(read())
-
-
-def stored_ids(url: str) -> Counter[tuple[str, str]]:
-    """(account, id) -> how many stored events hold it."""
-
-    async def read() -> Counter[tuple[str, str]]:
-        async with await open_store(url) as store:
-            return Counter((e.account, e.id) for e in await store.events())
-
-    return asyncio.run(read())
+    return table_count(url, "events")
 
 
 @pytest.mark.broker
