@@ -149,9 +149,8 @@ async def make_report(store: Store, contracts: Contracts, contracts_text: str,
         count = workers if workers is not None else workers_for(len(group))
         if count > 1:
             rated |= await rate_parallel(store, contracts_text, year, mon, [a.id for a in group],
-                                         cutoff=cutoff, charts=charts, workers=count, as_of=as_of)
-            if progress is not None:
-                progress(len(group))
+                                         cutoff=cutoff, charts=charts, workers=count, as_of=as_of,
+                                         progress=progress)
             continue
         canonical_contracts = canonical_contracts or account_contracts(contracts_text)
         for account in group:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,16 +120,25 @@ def workers_for(todo: int) -> int:
     return min(cores or 1, 4) if todo >= PARALLEL_MIN else 1
 
 
+def _tick(progress: Callable[[int], None], count: int, _: object) -> None:
+    progress(count)
+
+
 async def rate_parallel(store: Store, contracts_text: str, year: int, month: int,
                         ids: Sequence[str], *, cutoff: int, charts: bool, workers: int,
-                        as_of: datetime | None = None) -> dict[str, Rated]:
-    """Rate the accounts `ids` for their period of `year`-`month` in `workers` processes."""
+                        as_of: datetime | None = None,
+                        progress: Callable[[int], None] | None = None) -> dict[str, Rated]:
+    """Rate the accounts `ids` for their period of `year`-`month` in `workers` processes;
+    `progress` is called with each shard's account count as it finishes."""
     loop = asyncio.get_running_loop()
     shards = [_Shard(store.location, contracts_text, year, month, tuple(ids[i::workers]), cutoff,
                      charts, as_of) for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with,
                              initargs=(os.getpid(),)) as pool:
-        results = await asyncio.gather(*(loop.run_in_executor(pool, _rate_shard, shard)
-                                         for shard in shards))
+        futures = [loop.run_in_executor(pool, _rate_shard, shard) for shard in shards]
+        if progress is not None:
+            for shard, future in zip(shards, futures, strict=True):
+                future.add_done_callback(functools.partial(_tick, progress, len(shard.ids)))
+        results = await asyncio.gather(*futures)
     return dict(item for shard in results for item in shard)

@@ -323,3 +323,19 @@ def test_progress_bar_on_a_terminal(sample_db: Path, tmp_path: Path) -> None:
     assert b"/4 [" in shown
     assert ["acme", "globex", "initech"] == [
         a["account"] for a in json.loads((tmp_path / "out.json").read_text())["accounts"]]
+
+
+@pytest.mark.parametrize(("workers", "ticks"), [(1, [1, 1, 1]), (2, [1, 2])])
+def test_progress_counts_every_account_rated(sample_db: Path, workers: int,
+                                             ticks: list[int]) -> None:
+    """make_report's progress hears of each account once: one by one, or per worker shard."""
+    text = CONTRACTS.read_text(encoding="utf-8")
+    heard: list[int] = []
+
+    async def run() -> None:
+        async with await open_store(sample_db) as store:
+            await make_report(store, parse_contracts(text), text, "2026-11", workers=workers,
+                              charts=False, progress=heard.append)
+
+    asyncio.run(run())
+    assert ticks == sorted(heard)
