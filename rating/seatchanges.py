@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from rating.contracts import Account, Order
+from rating.contracts import PER_SEAT_ADDONS, Account, Order
 from rating.errors import PolicyViolation
 from rating.money import format_money, format_price, round_money
 from rating.periods import Period, local_midnight, term
@@ -255,6 +255,12 @@ def format_seats(n: int) -> str:
     return f"{n} seat" if n == 1 else f"{n} seats"
 
 
+def _count(target_kind: TargetKind, target: str, n: int) -> str:
+    """How a line counts what it bills: seats of a pool or per-seat add-on ("12 seats"), a bare
+    number of an account-wide or counted add-on ("1" virtual agent, "3" toll-free numbers)."""
+    return format_seats(n) if target_kind == "pool" or target in PER_SEAT_ADDONS else str(n)
+
+
 def _recurring_lines(account: Account, span: Period, billing: str, at: datetime, *,
                      seats: Iterable[tuple[TargetKind, str, int, Decimal]],
                      lead: str = "") -> list[Charge]:
@@ -270,7 +276,8 @@ def _recurring_lines(account: Account, span: Period, billing: str, at: datetime,
             kind="recurring", account=account.id, target=target, target_kind=target_kind,
             at=at, quantity=quantity, unit_price=price, amount=round_money(price * quantity, exp),
             currency=account.currency,
-            description=(f"{lead}{format_seats(quantity)} x {format_price(price, exp)} for the "
+            description=(f"{lead}{_count(target_kind, target, quantity)} x "
+                         f"{format_price(price, exp)} for the "
                          f"{kind} term {first.isoformat()} through {last.isoformat()}"),
         )
         for target_kind, target, quantity, price in seats if quantity
@@ -494,7 +501,8 @@ class _Walk:
                 target_kind=seat.kind, at=order.at, quantity=seat.in_force, unit_price=price,
                 amount=-round_money(exact, exp), currency=self.account.currency,
                 description=(f"unused part of the {old_name}, {toward}: "
-                             f"{format_seats(seat.in_force)} x {format_price(price, exp)} x "
+                             f"{_count(seat.kind, seat.id, seat.in_force)} x "
+                             f"{format_price(price, exp)} x "
                              f"{format_span(left)} / "
                              f"{format_span(self.term.duration, compact=True)}"),
             ))

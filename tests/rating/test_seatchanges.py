@@ -379,6 +379,24 @@ def test_a_monthly_account_bills_its_seats_every_period() -> None:
     assert [] == recurring(ledger, month(2026, 10))  # before the contract
 
 
+def test_addons_bill_like_seats_and_count_items_as_numbers() -> None:
+    """Add-ons have recurring lines too: a per-seat add-on counts seats, an account-wide or
+    counted one a plain number (1 virtual agent, 3 toll-free numbers)."""
+    text = toml_account(
+        "acme", anchor="2026-11-01",
+        pools=[toml_pool("agents", tier="premium", model="named", quantity=2, price="99.00")],
+        addons=[toml_addon("qm", quantity=2, price="20.00"),
+                toml_addon("virtual_agent", quantity=1, price="500.00"),
+                toml_addon("toll_free_numbers", quantity=3, price="4.00")])
+    ledger = apply_orders(parse_contracts(text, "test.toml").accounts[0])
+    assert [("agents", "pool", "2 seats x 99.00", Decimal("198.00")),
+            ("qm", "addon", "2 seats x 20.00", Decimal("40.00")),
+            ("virtual_agent", "addon", "1 x 500.00", Decimal("500.00")),
+            ("toll_free_numbers", "addon", "3 x 4.00", Decimal("12.00"))] == [
+        (c.target, c.target_kind, c.description.split(" for ")[0], c.amount)
+        for c in ledger.recurring_in(month(2026, 11))]
+
+
 def test_an_annual_account_bills_its_year_in_the_first_period_only() -> None:
     """An annual term's price x quantity is billed in the period holding its first day; the other
     eleven periods have no recurring line."""
