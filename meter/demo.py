@@ -278,18 +278,19 @@ async def bills(paths: DemoPaths) -> list[tuple[Report, list[Path]]]:
     return results
 
 
-def _fresh(db: Path | str) -> None:
-    """Start from nothing: remove the demo's SQLite file, or refuse a PostgreSQL database that
+def _fresh(paths: DemoPaths) -> None:
+    """Start from nothing: remove the demo's own SQLite file, or refuse a `--db` store that
     holds anything (the demo never deletes an operator's rows)."""
-    if not is_postgres(db):
-        db = Path(db)
+    if paths.store is None:
+        db = Path(paths.db)
         for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             stale.unlink(missing_ok=True)
         return
-    events, rejected = _counts(db)
+    events, rejected = _counts(paths.db)
     if events or rejected:
-        raise UsageError(f"--db {redact(db)}: holds {events} events and {rejected} rejected "
-                         "messages; the demo loads the sample month into an empty database")
+        raise UsageError(f"--db {redact(paths.db)}: holds {events} events and {rejected} "
+                         "rejected messages; the demo loads the sample month into an empty "
+                         "database")
 
 
 def main_demo(out: Path, *, use_broker: bool = True, db: Path | str | None = None) -> int:
@@ -298,7 +299,7 @@ def main_demo(out: Path, *, use_broker: bool = True, db: Path | str | None = Non
     started = time.monotonic()
     paths = sample_paths(out, db)
     out.mkdir(parents=True, exist_ok=True)
-    _fresh(paths.db)
+    _fresh(paths)
     shutil.rmtree(out / "report", ignore_errors=True)
     _say(f"meter demo: the sample month {paths.events.name} into a fresh database "
          f"{redact(paths.db)}")

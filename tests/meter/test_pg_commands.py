@@ -322,3 +322,10 @@ def test_demo_on_postgres_bills_as_on_sqlite(
     assert [f"meter demo: --db {pg_url}: holds {counts['events']} events and "
             f"{counts['rejected']} rejected messages; the demo loads the sample month into an "
             "empty database"] == err.splitlines()
+    # A SQLite file given with --db is the operator's too: refused, not made fresh.
+    own = tmp_path / "sqlite" / "meter.db"
+    code, _, err = _cli(capsys, "demo", "--no-broker", "--out", str(tmp_path / "again"),
+                        "--db", str(own))
+    assert 2 == code
+    assert err.startswith(f"meter demo: --db {own}: holds {counts['events']} events")
+    assert counts == _counts(str(own))
