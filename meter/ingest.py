@@ -26,6 +26,7 @@ from meter.config import is_postgres
 from meter.errors import StoreError, UsageError
 from meter.events import REASONS, Event, Limits, Rejection, parse, to_us
 from meter.instants import parse_instant
+from meter.progress import byte_size
 from meter.store import BatchResult, RejectedMessage, Store, open_store
 from rating.contracts import Contracts, parse_contracts
 from rating.durations import parse_duration
@@ -237,22 +238,38 @@ def _lines(name: str, stream: IO[bytes]) -> Iterable[bytes]:
         raise UsageError(f"{name}: cannot read: {_why(exc)}") from None
 
 
-def _progress_bar(stack: ExitStack) -> Callable[[int], object] | None:
-    """A tqdm bar on stderr when it is a terminal; nothing when piped (only the summary)."""
+def _progress_bar(stack: ExitStack, sources: Sequence[tuple[str, IO[bytes]]]
+                  ) -> Callable[[int], object] | None:
+    """A tqdm bar on stderr when it is a terminal; nothing when piped (only the summary).
+
+    Files give a total, so the bar shows bytes read of all of them and an ETA; from a pipe it
+    counts lines."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm  # noqa: PLC0415 - only a terminal pays for importing tqdm
 
-    bar: Any = stack.enter_context(tqdm(unit=" lines", unit_scale=True, file=sys.stderr,
+    sizes = [byte_size(stream) for _, stream in sources]
+    if any(size is None for size in sizes):
+        lines: Any = stack.enter_context(tqdm(unit=" lines", unit_scale=True, file=sys.stderr,
+                                              desc="ingest", mininterval=0.5))
+        return lines.update  # type: ignore[no-any-return]
+    bar: Any = stack.enter_context(tqdm(total=sum(s or 0 for s in sizes), unit="B",
+                                        unit_scale=True, unit_divisor=1024, file=sys.stderr,
                                         desc="ingest", mininterval=0.5))
-    return bar.update  # type: ignore[no-any-return]
+    streams = [stream for _, stream in sources]
+
+    def update(_lines: int) -> None:
+        # Files are read in order; a binary file's tell() is where its reader is.
+        bar.update(sum(stream.tell() for stream in streams) - bar.n)
+
+    return update
 
 
 async def _main(args: argparse.Namespace, contracts: Contracts, received_at: datetime,
                 limits: Limits) -> Summary:
     with ExitStack() as stack:
         sources = _open_sources(stack, args.files)
-        progress = _progress_bar(stack)
+        progress = _progress_bar(stack, sources)
         async with await open_store(args.db) as store:
             return await ingest(_reading(sources), store, contracts, received_at=received_at,
                                 limits=limits, progress=progress)

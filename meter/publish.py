@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from meter.config import BrokerAddress, Settings, load_settings, setting
 from meter.errors import MeterError, UsageError
+from meter.progress import byte_size
 from rating.durations import parse_duration
 
 __all__ = ["PublishResult", "publish", "run", "topic_for"]
@@ -124,7 +125,11 @@ def publish(stream: IO[bytes], broker: BrokerAddress, *, prefix: str = "meter",
         if progress:
             from tqdm import tqdm  # noqa: PLC0415 - only on a terminal
 
-            bar = tqdm(unit="ev", desc="published", file=sys.stderr)
+            size = byte_size(stream)
+            # A file has a total (bytes, so the bar shows an ETA); a pipe counts events.
+            bar = (tqdm(unit="ev", desc="published", file=sys.stderr) if size is None else
+                   tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+                        desc="published", file=sys.stderr))
         started = time.monotonic()
         published = unknown = blank = 0
         for line in _lines(stream):
@@ -142,7 +147,10 @@ def publish(stream: IO[bytes], broker: BrokerAddress, *, prefix: str = "meter",
                 raise MeterError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
             published += 1
             if bar is not None:
-                bar.update(1)
+                if size is None:
+                    bar.update(1)
+                elif published % 256 == 0:
+                    bar.update(stream.tell() - bar.n)
             if rate:
                 delay = started + published / rate - time.monotonic()
                 if delay > 0:
@@ -155,6 +163,8 @@ def publish(stream: IO[bytes], broker: BrokerAddress, *, prefix: str = "meter",
         seconds = time.monotonic() - started
     finally:
         if bar is not None:
+            if size is not None:
+                bar.update(stream.tell() - bar.n)
             bar.close()
         client.disconnect()
         client.loop_stop()

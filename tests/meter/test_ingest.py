@@ -13,6 +13,7 @@ import termios
 from pathlib import Path
 
 import pytest
+from tqdm import tqdm
 
 from meter.cli import main
 from meter.events import REASONS
@@ -262,7 +263,8 @@ def test_help_documents_as_of(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_progress_bar_only_on_a_terminal(tmp_path: Path, db_path: Path) -> None:
-    """With stderr a terminal, tqdm shows lines done and the rate; piped, stderr stays empty."""
+    """With stderr a terminal, tqdm shows bytes of the file read of its size (so an ETA); piped,
+    stderr stays empty."""
     src = tmp_path / "a.jsonl"
     src.write_text("".join(line(n) + "\n" for n in range(50)))
     cmd = [sys.executable, "-m", "meter", "ingest", str(src), "--db", str(db_path),
@@ -291,5 +293,7 @@ def test_a_progress_bar_only_on_a_terminal(tmp_path: Path, db_path: Path) -> Non
             os.close(follower)
     assert expected_summary(1, 50, 0, 50, {}) == summary_of(done.stdout.decode())
     assert b"ingest: " in shown
-    assert b"ingest: 50.0 lines [" in shown
-    assert b" lines/s]" in shown
+    size = tqdm.format_sizeof(src.stat().st_size, "", 1024)
+    assert b"ingest: 100%" in shown
+    assert f"{size}/{size} [".encode() in shown
+    assert b"B/s]" in shown
