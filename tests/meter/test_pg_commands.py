@@ -17,9 +17,11 @@ import pytest
 
 from meter.cli import main
 from meter.config import load_settings, parse_db, redact, share_password
+from meter.report.rate import PARALLEL_MIN
 from meter.serve import hold_database
 from meter.store import open_store
 from tests.conftest import Broker
+from tests.contracts_toml import account, contracts, pool
 from tests.meter.test_one_daemon import Serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,9 +149,9 @@ def test_the_sample_month_reports_byte_identically_on_sqlite_and_postgres(
         on_sqlite = _report(capsys, sqlite, period)
         assert on_sqlite == _report(capsys, pg_url, period)
         assert sorted(ACCOUNTS) == sorted(a["account"] for a in json.loads(on_sqlite)["accounts"])
-        for account in ACCOUNTS:
-            assert (_report(capsys, sqlite, period, "--account", account)
-                    == _report(capsys, pg_url, period, "--account", account))
+        for acc in ACCOUNTS:
+            assert (_report(capsys, sqlite, period, "--account", acc)
+                    == _report(capsys, pg_url, period, "--account", acc))
     for period in PERIODS:
         outs = {}
         for name, db in (("sqlite", sqlite), ("pg", pg_url)):
@@ -329,3 +331,38 @@ def test_demo_on_postgres_bills_as_on_sqlite(
     assert 2 == code
     assert err.startswith(f"meter demo: --db {own}: holds {counts['events']} events")
     assert counts == _counts(str(own))
+
+
+def test_many_accounts_rate_in_worker_processes_on_postgres_as_on_sqlite(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, pg_url: str) -> None:
+    """PARALLEL_MIN accounts and more are rated by worker processes that open the store's
+    location themselves: on PostgreSQL the report is byte-identical to SQLite's."""
+    count = PARALLEL_MIN + 2
+    text = contracts(*(account(f"a{a}", pools=[pool("agents", tier="premium", model="concurrent",
+                                                     quantity=3, price="10.00",
+                                                     overage_price="10.00")])
+                       for a in range(count)))
+    contracts_path, events = tmp_path / "contracts.toml", tmp_path / "events.jsonl"
+    contracts_path.write_text(text)
+    with events.open("w") as f:
+        for a in range(count):
+            for i in range(6):
+                for kind, hour in (("login", 9 + i % 3), ("logout", 12 + i)):
+                    f.write(json.dumps({
+                        "id": f"{kind}{i}", "type": kind, "account": f"a{a}", "user": f"u{i}",
+                        "ts": f"2026-11-{2 + a % 20:02d}T{hour:02d}:00:00Z", "pool": "agents",
+                        "session": f"s{i}"}) + "\n")
+    reports = []
+    for db in (str(tmp_path / "meter.db"), pg_url):
+        code, _, err = _cli(capsys, "ingest", str(events), "--db", db, "--contracts",
+                            str(contracts_path))
+        assert (0, "") == (code, err)
+        code, out, _ = _cli(capsys, "report", "--db", db, "--contracts", str(contracts_path),
+                            "--period", "2026-11")
+        assert 0 == code
+        reports.append(out)
+    assert reports[0] == reports[1]
+    doc = json.loads(reports[1])
+    assert count == len(doc["accounts"])
+    # Six users, three licensed, all signed in at 12:00 (logins 9-11, logouts from 12): 3 over.
+    assert {3} == {a["pools"][0]["peak"] - 3 for a in doc["accounts"]}
