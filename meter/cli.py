@@ -185,12 +185,18 @@ def _add_rejected(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("migrate", help="copy a store into another (SQLite <-> PostgreSQL), "
-                                       "then verify the copy")
+                                       "then verify the copy",
+                       description="Copy every event (with its seq and payload), rejected "
+                                   "message and finalized report into an empty store, then "
+                                   "verify: equal counts and last seq, and every finalized "
+                                   "report's input hash recomputed on the copy. Stop meter "
+                                   "serve first. Exit 0 verified, 1 a mismatch, 2 bad usage or "
+                                   "a target that is not empty.")
     _add_db(p, "--from", "the store to copy", env=False, dest="source")
     # No --force: a merge of two logs cannot keep both arrival orders, and a finalized report's
     # cutoff (a seq) would then name other events. A non-empty target is always refused.
-    _add_db(p, "--to", "the store to copy into: a new SQLite file or an empty PostgreSQL "
-                       "database", env=False, dest="target")
+    _add_db(p, "--to", "the store to copy into, empty (a new SQLite file, or a PostgreSQL "
+                       "database without meter rows)", env=False, dest="target")
     p.add_argument("--contracts", required=True,
                    help="contracts TOML file (to recompute each finalized report's input hash)")
 
