@@ -103,6 +103,7 @@ FORMATS: dict[str, Format] = {
     "json": Format(_write_json),
     "csv": Format(_write_csv),
     "html": Format(_lazy("meter.report.render_html", "write_html"), charts=True, needs_out=True),
+    "pdf": Format(_lazy("meter.report.render_pdf", "write_pdf"), charts=True, needs_out=True),
 }
 
 
