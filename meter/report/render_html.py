@@ -60,7 +60,7 @@ h3 { font-size: 1em; margin: 1em 0 0.3em; }
 table.parties { width: 100%; margin: 0.6em 0 1em; }
 table.parties td { border: none; padding: 0 1.5em 0 0; width: 33%; }
 .label { color: #555; font-size: 0.85em; display: block; } .nowrap { white-space: nowrap; }
-.wide { overflow-x: auto; }
+@media screen { .wide { overflow-x: auto; } }
 table { border-collapse: collapse; margin: 0.4em 0 0.8em; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f1f3f5; } .num { text-align: right; white-space: nowrap; }
@@ -190,6 +190,17 @@ class _Page:
         return f"{name}, " + " ".join(parts)
 
 
+#: "x 23d 14h 0m 0s / 30d 1h": the share of a term a prorated line pays (a credit returns).
+_SHARE = re.compile(r"x (\d+)d (\d+)h (\d+)m (\d+)s / (\d+)d(?: (\d+)h)?(?: (\d+)m)?")
+_TERM = re.compile(r"(\d{4}-\d\d-\d\d) through (\d{4}-\d\d-\d\d)")
+
+
+def _seconds(match: re.Match[str], groups: Sequence[int]) -> int:
+    """The span in days, hours, minutes (and seconds) of `match`'s `groups`, in seconds."""
+    return sum(int(match[g] or 0) * unit for g, unit in zip(groups, (86400, 3600, 60, 1),
+                                                            strict=False))
+
+
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})")
 _HMS = re.compile(r"\b(\d+)h(\d{2})m(\d{2})s\b")
 _MS = re.compile(r"\b(\d+)m(\d{2})s\b")
@@ -229,9 +240,10 @@ def _is_pool(doc: AccountDoc, target: str) -> bool:
     return any(p["pool"] == target for p in doc["pools"])
 
 
-def _group(kind: str) -> str:
+def _group(kind: str, description: str = "") -> str:
     if kind == "recurring":
-        return "recurring"
+        # A switch bills the new term at the switch: it reads with the credit it comes with.
+        return "switch" if "switch" in description else "recurring"
     if kind.startswith("seat"):
         return "seat"
     if kind.startswith("switch"):
@@ -264,31 +276,46 @@ def _line_words(doc: AccountDoc, line: Mapping[str, Any], page: _Page) -> str:
     qty, unit, amount = line.get("quantity"), line.get("unit_price"), Decimal(line["amount"])
     description = _plain(str(line.get("description") or ""), page)
     at = line.get("at")
+    raw = str(line.get("description") or "")
+    share = _SHARE.search(raw)
+    left = "" if share is None else (
+        f" ({_duration(_seconds(share, (1, 2, 3, 4)))} left of "
+        f"{_duration(_seconds(share, (5, 6, 7)))})")
     if kind == "recurring":
         term = "annual" if "annual" in description else "monthly" if "monthly" in description else ""
-        starts = "" if at is None or _instant(at) == page.start else f" from {page.day_of(at)}"
-        return f"{label}, {term + ' ' if term else ''}term{starts}"
+        span = _TERM.search(raw)
+        dates = "" if span is None else (f" {_day(date.fromisoformat(span[1]))} to "
+                                         f"{_day(date.fromisoformat(span[2]))}")
+        if span is not None and date.fromisoformat(span[1]) == page.start.astimezone(page.tz).date() \
+                and date.fromisoformat(span[2]) == page.last_day():
+            dates = ""  # the period itself, named in the group's heading
+        new = ", billed at the switch at its new price" if "switch" in description else ""
+        return f"{label}, {term + ' ' if term else ''}term{dates}{new}"
     if kind == "seat_add":
         full = unit is not None and qty is not None and Decimal(unit) * int(qty) == amount
-        how = "the term's full price" if full else "prorated to the end of the term"
+        how = "at the term's full price" if full else f"prorated to the end of the term{left}"
         return f"{label}: {qty} more from {page.when(at)}, {how}"
+    if kind == "switch_credit":
+        yearly = "year" in raw
+        old, new = ("annual", "monthly") if yearly else ("monthly", "annual")
+        where = ("credited to the account balance" if "balance" in raw
+                 else f"credited toward the {new} price")
+        return (f"{label}: the unused part of the {old} term{left}, {where}; switched to {new} "
+                f"billing on {page.when(at)}")
     if kind == "overage":
         pool = next((p for p in doc["pools"] if p["pool"] == target), None)
         words = _overage_words(pool, page)
         return f"{label}: {qty} seats over the licence" + (f" ({words})" if words else "")
     if kind == "adjustment":
         fp = line.get("for_period")
-        span = ""
+        which = ""
         if fp:
-            span = " " + _Page(page.tz, page.currency, _instant(fp["start"]), _instant(fp["end"])).dates()
+            which = " " + _Page(page.tz, page.currency, _instant(fp["start"]), _instant(fp["end"])).dates()
         change = int(qty or 0)
-        return (f"{label}: events that arrived after the bill for{span} was final "
+        return (f"{label}: events that arrived after the bill for{which} was final "
                 f"{'raised' if change >= 0 else 'lowered'} its overage by {abs(change)} "
                 f"seat{'s' if abs(change) != 1 else ''}")
-    base = description or kind.replace("_", " ")
-    if kind.startswith("switch") and amount < 0 and "balance" not in base and "towards" not in base:
-        base += " (a credit)"
-    return f"{label}: {base}"
+    return f"{label}: {description or kind.replace('_', ' ')}"
 
 
 def _invoice_rows(doc: AccountDoc, page: _Page) -> tuple[list[str], list[tuple[str, Decimal]]]:
@@ -300,7 +327,7 @@ def _invoice_rows(doc: AccountDoc, page: _Page) -> tuple[list[str], list[tuple[s
     ordered = sorted(doc["charges"],
                      key=lambda c: (c.get("at") or "", order.get(c["target"], len(order))))
     for key, heading in _GROUPS:
-        lines = [c for c in ordered if _group(c["kind"]) == key]
+        lines = [c for c in ordered if _group(c["kind"], c["description"]) == key]
         if not lines:
             continue
         title = heading + (f", {page.dates()}" if key == "recurring" else "")

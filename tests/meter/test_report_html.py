@@ -54,8 +54,11 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert 0 == code
     assert 0 == run_cli(*args, "--format", "html", "--out", str(tmp / "a"))[0]
     assert 0 == run_cli(*args, "--format", "html", "--out", str(tmp / "b"))[0]
+    assert 0 == run_cli("report", "--db", str(db), "--contracts", str(CONTRACTS), "--period",
+                        "2026-10", "--account", "initech", "--format", "html", "--out",
+                        str(tmp / "oct"))[0]
     return {"doc": {a["account"]: a for a in json.loads(text)["accounts"]}, "a": tmp / "a",
-            "b": tmp / "b"}
+            "b": tmp / "b", "oct": tmp / "oct"}
 
 
 def _page(pages: dict[str, Any], account: str) -> str:
@@ -125,7 +128,7 @@ def test_acme_invoice_lines_in_plain_words_and_local_time(pages: dict[str, Any])
     text = {cells[0][0]: [c for c, _ in cells[1:]] for kind, cells in rows if kind == "line"}
     assert ["2", "$149.00", "$203.97"] == text[
         "agents (Elite concurrent licences): 2 more from 10 Nov 2026 10:30, prorated to the end "
-        "of the term"]
+        "of the term (20 d 13 h 30 min left of 30 d 1 h)"]
     assert ["3", "$149.00", "$447.00"] == text[
         "agents (Elite concurrent licences): 3 seats over the licence (17 signed in at once "
         "against 14 licensed for longer than the 30 min grace, 12 Nov 2026 10:00 to 12:00)"]
@@ -134,6 +137,28 @@ def test_acme_invoice_lines_in_plain_words_and_local_time(pages: dict[str, Any])
         "against 6 licensed for 30 min or more in total this period)"]
     (total,) = [cells for kind, cells in rows if kind == "total"]
     assert ("Total due", None) == total[0]
+
+
+def test_a_switch_reads_as_credit_and_new_term(pages: dict[str, Any]) -> None:
+    """initech's switch to annual billing on 20 November: per pool and add-on the credit for the
+    unused 10 days and the annual term at its new price, in one group that sums into the total."""
+    page = (pages["oct"] / "report-2026-10-initech.html").read_text(encoding="utf-8")
+    rows = _invoice(page).rows
+    switch = rows[[cells[0][0] for _, cells in rows].index("Billing switch") + 1:]
+    lines = [[c for c, _ in cells] for kind, cells in switch[:4]]
+    assert [
+        ["desk (Essentials concurrent licences): the unused part of the monthly term (10 d left "
+         "of 30 d), credited toward the annual price; switched to annual billing on 20 Nov 2026 "
+         "00:00", "10", "¥4,500", "-¥15,000"],
+        ["desk (Essentials concurrent licences), annual term 20 Nov 2026 to 19 Nov 2027, billed "
+         "at the switch at its new price", "10", "¥45,000", "¥450,000"],
+        ["Cloud storage: the unused part of the monthly term (10 d left of 30 d), credited toward "
+         "the annual price; switched to annual billing on 20 Nov 2026 00:00", "2", "¥1,000", "-¥667"],
+        ["Cloud storage, annual term 20 Nov 2026 to 19 Nov 2027, billed at the switch at its new "
+         "price", "2", "¥10,000", "¥20,000"],
+    ] == lines
+    assert [("Billing switch", "454333"), ("Total due", "499408")] == [
+        (cells[0][0], cells[-1][1]) for kind, cells in rows if kind in ("subtotal", "total")][2:]
 
 
 def test_the_page_names_one_zone_and_no_notation(pages: dict[str, Any]) -> None:
