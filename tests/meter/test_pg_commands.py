@@ -366,3 +366,26 @@ def test_many_accounts_rate_in_worker_processes_on_postgres_as_on_sqlite(
     assert count == len(doc["accounts"])
     # Six users, three licensed, all signed in at 12:00 (logins 9-11, logouts from 12): 3 over.
     assert {3} == {a["pools"][0]["peak"] - 3 for a in doc["accounts"]}
+
+
+def test_migrate_names_each_finalized_report_the_contracts_do_not_match(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, pg_url: str) -> None:
+    """Contracts changed since finalization: the copy is made, but each finalized report of the
+    changed account is a MISMATCH line saying the source does not match either; exit 1."""
+    sqlite = tmp_path / "meter.db"
+    _ingest(capsys, str(sqlite))
+    _report(capsys, str(sqlite), "2026-10", "--finalize", "--force", "--out", str(tmp_path / "f"))
+    text = CONTRACTS.read_text()
+    changed = tmp_path / "contracts.toml"
+    changed.write_text(text.replace('price = "149.00"', 'price = "150.00"', 1))
+    code, out, err = _cli(capsys, "migrate", "--from", str(sqlite), "--to", pg_url,
+                          "--contracts", str(changed))
+    assert (1, "") == (code, err)
+    lines = out.splitlines()
+    assert lines[0].startswith("copied ")
+    assert 1 == sum(1 for line in lines if line.startswith("MISMATCH "))
+    mismatch = next(line for line in lines if line.startswith("MISMATCH "))
+    assert mismatch.startswith("MISMATCH finalized report acme 2026-")
+    assert mismatch.endswith("(the source does not match either: --contracts is not the file "
+                             "it was finalized with)")
+    assert "verification failed: see MISMATCH lines" == lines[-1]
