@@ -133,6 +133,9 @@ def parse(
         value = getattr(wire, name)
         if value is not None and not (0 < len(value) <= _MAX_ID):
             return Rejection("schema", f"field `{name}` must be 1-{_MAX_ID} characters")
+        if value is not None and "\0" in value:
+            # PostgreSQL text cannot hold U+0000; both stores refuse it alike.
+            return Rejection("schema", f"field `{name}` contains a NUL character (U+0000)")
 
     if topic_account is not None and wire.account != topic_account:
         return Rejection(
