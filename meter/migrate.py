@@ -120,6 +120,13 @@ async def migrate(source: Store, target: Store, contracts: Contracts, contracts_
                   problems=tuple(problems))
 
 
+def _same(a: Path | str, b: Path | str) -> bool:
+    """Whether two `--db` values name one store (paths compared resolved; URLs as written)."""
+    if is_postgres(a) or is_postgres(b):
+        return str(a) == str(b)
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def _check_source(db: Path | str) -> None:
     if not is_postgres(db) and not Path(db).is_file():
         raise UsageError(f"--from {db}: no such database")
@@ -170,7 +177,7 @@ async def _main(args: argparse.Namespace, contracts: Contracts, text: str) -> in
 def run(args: argparse.Namespace) -> int:
     """`meter migrate --from STORE --to STORE --contracts FILE`: exit 0 when the copy is
     verified, 2 for bad usage or a target that is not empty, 1 when verification fails."""
-    if str(args.source) == str(args.target):
+    if _same(args.source, args.target):
         raise UsageError("--from and --to name the same store")
     _check_source(args.source)
     _check_target(args.target)

@@ -229,6 +229,11 @@ def test_migrate_refuses_a_missing_source_and_the_same_store(
         capsys, "migrate", "--from", str(missing), "--to", pg_url, "--contracts", str(CONTRACTS))
     assert (2, "", "meter migrate: --from and --to name the same store\n") == _cli(
         capsys, "migrate", "--from", pg_url, "--to", pg_url, "--contracts", str(CONTRACTS))
+    sqlite = tmp_path / "meter.db"
+    _ingest(capsys, str(sqlite))
+    assert (2, "", "meter migrate: --from and --to name the same store\n") == _cli(
+        capsys, "migrate", "--from", str(sqlite), "--to", f"sqlite:{tmp_path}/./meter.db",
+        "--contracts", str(CONTRACTS))
 
 
 @dataclass
