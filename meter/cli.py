@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (shell completion: `eval "$(register-python-argcomplete meter)"`)
 """The `meter` command line: parses flags and forwards to each command's `run(args) -> int`.
 
 Commands are imported lazily so `meter ingest` never pays for MQTT or matplotlib. Exit codes:
@@ -249,7 +250,14 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (tests call this directly)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        # A shell asking for completions (argcomplete): answer and exit; a plain run never
+        # imports it.
+        import argcomplete  # noqa: PLC0415
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         return _handler(args.command)(args)
     except (MeterError, RatingError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,21 @@ def test_each_error_class_carries_its_exit_code_and_main_uses_it(
     assert (code, ["meter quote: what went wrong"]) == _run(
         ["quote", "--contracts", "c.toml", "--account", "a", "--pool", "p", "--quantity", "1"],
         capsys)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("meter rep", {"report"}),
+    ("meter report --fo", {"--format", "--force"}),
+    ("meter ingest --as", {"--as-of"}),
+])
+def test_the_shell_completes_commands_and_flags(tmp_path: Path, line: str,
+                                                expected: set[str]) -> None:
+    """What a shell with `register-python-argcomplete meter` asks for, the CLI answers (argcomplete's
+    protocol: the request in COMP_LINE/COMP_POINT, the words separated by vertical tabs)."""
+    out = tmp_path / "completions"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "meter"], env=env, capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert 0 == proc.returncode, proc.stderr
+    assert expected == {word.strip() for word in out.read_text().split("\v") if word.strip()}
