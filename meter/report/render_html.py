@@ -64,7 +64,9 @@ table.parties td { border: none; padding: 0 1.5em 0 0; width: 33%; }
 table { border-collapse: collapse; margin: 0.4em 0 0.8em; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f1f3f5; } .num { text-align: right; white-space: nowrap; }
-table.invoice { width: 100%; }
+table.invoice { width: 100%; } table.invoice thead th:first-child { width: 62%; }
+table.compact td, table.compact th { padding: 1px 6px; font-size: 0.88em; white-space: nowrap; }
+table.compact td:last-child { white-space: normal; }
 table.invoice tr.group th { background: none; border-bottom: 1px solid #999; padding-top: 0.7em; }
 table.invoice tfoot td { border-bottom: none; } table.invoice tr.subtotal td { color: #444; }
 table.invoice tr.total td { font-size: 1.2em; font-weight: 600; border-top: 2px solid #222; }
@@ -153,6 +155,14 @@ class _Page:
             return ""
         local = _instant(iso).astimezone(self.tz)
         return f"{local.day} {local:%b %Y %H:%M}" + (f":{local:%S}" if seconds else "")
+
+    def short(self, iso: str, *, after: str | None = None) -> str:
+        """A time to the second, the year left to the heading: "Mon 16 Nov 14:51:55", or only
+        "15:01:03" when on the same local day as `after`."""
+        local = _instant(iso).astimezone(self.tz)
+        if after is not None and _instant(after).astimezone(self.tz).date() == local.date():
+            return f"{local:%H:%M:%S}"
+        return f"{local:%a} {local.day} {local:%b %H:%M:%S}"
 
     def day_of(self, iso: str) -> str:
         return _day(_instant(iso).astimezone(self.tz).date())
@@ -734,7 +744,8 @@ def _daily(pools: Sequence[PoolDoc], page: _Page) -> list[str]:
             "first reached, and how long it was held in the day.</p>"]
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = ()) -> str:
+def _table(head: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = (),
+           cls: str = "") -> str:
     cells = "".join(f'<th class="num">{_esc(h)}</th>' if i in numeric else f"<th>{_esc(h)}</th>"
                     for i, h in enumerate(head))
     body = "".join("<tr>" + "".join(f'<td class="num">{_esc(v)}</td>' if i in numeric
@@ -742,7 +753,9 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[object]], numeric: Seque
                    for row in rows)
     if not body:
         return '<p class="note">None.</p>'
-    return f'<div class="wide"><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>'
+    klass = f' class="{cls}"' if cls else ""
+    return (f'<div class="wide"><table{klass}><thead><tr>{cells}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
 
 
 def _named(doc: AccountDoc) -> list[str]:
@@ -801,7 +814,8 @@ def _episode_outcomes(pool: PoolDoc) -> list[str]:
 
 
 def _appendix(doc: AccountDoc, page: _Page, rating_version: str) -> list[str]:
-    out = [f'<h2 id="{APPENDIX_ID}">Appendix</h2>']
+    out = [f'<h2 id="{APPENDIX_ID}">Appendix</h2>',
+           f'<p class="note">{_esc(page.dates())}; times in {_esc(page.zone())}.</p>']
     concurrent = [p for p in doc["pools"] if p["model"] == "concurrent"]
     for p in concurrent:
         episodes = p["episodes"]
@@ -813,10 +827,10 @@ def _appendix(doc: AccountDoc, page: _Page, rating_version: str) -> list[str]:
         out.append(f"<h3>{_esc(p['pool'])}: times above the licensed quantity ({len(episodes)}, "
                    f"{_esc(kind)})</h3>")
         out.append(_table(["From", "To", "Lasted", "Most over", "What it meant"],
-                          [(page.when(e["start"], seconds=True), page.when(e["end"], seconds=True),
+                          [(page.short(e["start"]), page.short(e["end"], after=e["start"]),
                             _duration(e["duration_seconds"]), e["peak_excess"], outcome)
                            for e, outcome in zip(episodes[:_MAX_ROWS], outcomes, strict=False)],
-                          numeric=(3,)))
+                          numeric=(2, 3), cls="compact"))
         if len(episodes) > _MAX_ROWS:
             out.append(f'<p class="note">{len(episodes) - _MAX_ROWS} more are in the JSON report.</p>')
     for p in concurrent:
@@ -826,10 +840,10 @@ def _appendix(doc: AccountDoc, page: _Page, rating_version: str) -> list[str]:
         out.append(f"<details><summary>{_esc(p['pool'])}: who was counted ({len(users)} users)</summary>")
         out.append(_table(["User", "Sessions", "Signed in", "First sign-in", "Last seen",
                            "Closed after silence", "In a billed stretch"],
-                          [(u["user"], u["sessions"], _duration(u["seconds"]), page.when(u["first_login"]),
-                            page.when(u["last_seen"]), u["inferred_closes"],
+                          [(u["user"], u["sessions"], _duration(u["seconds"]), page.short(u["first_login"]),
+                            page.short(u["last_seen"]), u["inferred_closes"],
                             "yes" if u["billed_window"] else "no") for u in users[:_MAX_ROWS]],
-                          numeric=(1, 2, 5)))
+                          numeric=(1, 2, 5), cls="compact"))
         if len(users) > _MAX_ROWS:
             out.append(f'<p class="note">{len(users) - _MAX_ROWS} more are in the JSON report.</p>')
         out.append("</details>")
