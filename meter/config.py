@@ -311,6 +311,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("batch_wait", _seconds, "5ms", "longest wait to fill a batch", "DURATION"),
     Setting("batch_max_bytes", _positive_int, "8388608", "most payload bytes per commit (with "
             "--batch-max, what a batch holds in memory)", "N"),
+    Setting("mqtt_version", _choice("5", "3.1.1"), "5", "MQTT protocol: 5, or 3.1.1 for brokers "
+            "without MQTT 5 (RabbitMQ before 3.13); 3.1.1 keeps the session with clean_session "
+            "off", "5|3.1.1"),
     Setting("receive_maximum", _receive_maximum, "4000",
             "messages the broker may have in flight to the meter (MQTT 5 Receive Maximum)", "N"),
     Setting("max_future", _seconds, "5m", "how far ahead of receipt an event may be", "DURATION"),
@@ -389,6 +392,7 @@ class Settings:
     batch_max: int
     batch_wait: float
     batch_max_bytes: int
+    mqtt_version: str
     receive_maximum: int
     max_future: float
     max_bytes: int

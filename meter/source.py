@@ -12,7 +12,15 @@ Every connection is a new `aiomqtt.Client`: a batch is acknowledged only through
 that delivered it and only while that connection is up, so a message id from an earlier
 connection is never acknowledged (the broker redelivers those; the store drops the copies).
 MQTT 5 with a fixed client id, clean start off and a session expiry keeps the session (and its
-queue) across restarts; Receive Maximum bounds how much the broker has in flight to us.
+queue) across restarts; Receive Maximum bounds how much the broker has in flight to us. MQTT 3.1.1
+(`mqtt_version`, for RabbitMQ 3.x) keeps it with clean_session off; the broker's own limit
+(RabbitMQ's `mqtt.prefetch`) bounds what is in flight. Acknowledging, batching and redelivery are
+the same on both.
+
+RabbitMQ 3.10 sometimes leaves a few messages unacknowledged to a connected consumer, never
+delivered, until it reconnects. On 3.1.1 a connection that received messages and then nothing for
+`STALL_SECONDS` is therefore closed and opened again, once per quiet spell: the broker then
+redelivers whatever it still holds for us.
 
 A client id belongs to one daemon. When a second one connects with it, the broker drops the first
 (a session takeover) and the two would take the session from each other forever, each storing
@@ -30,7 +38,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -38,8 +46,8 @@ from paho.mqtt.properties import Properties
 
 from meter.config import Settings
 
-__all__ = ["SESSION_TAKEN_OVER", "Delivery", "Handler", "MqttSource", "Takeovers", "backoff_delay",
-           "topic_account"]
+__all__ = ["SESSION_TAKEN_OVER", "STALL_SECONDS", "Delivery", "Handler", "MqttSource", "Takeovers",
+           "backoff_delay", "topic_account"]
 
 log = logging.getLogger("meter.source")
 
@@ -112,6 +120,8 @@ SESSION_TAKEN_OVER: Final = 0x8E
 #: What paho reports for a connection the broker closed without a DISCONNECT packet (and for a
 #: DISCONNECT with "Unspecified error").
 _CLOSED_WITHOUT_REASON: Final = 0x80
+#: MQTT 3.1.1 only: reconnect after this long without a message on a connection that had some.
+STALL_SECONDS: Final = 10.0
 #: The first takeover delay; each further takeover in a row doubles it, up to `reconnect_max`.
 TAKEOVER_FIRST_DELAY: Final = 1.0
 
@@ -181,6 +191,10 @@ def _size(message: aiomqtt.Message) -> int:
     return len(payload) if isinstance(payload, bytes | bytearray | str) else 8
 
 
+class _Stall(aiomqtt.MqttError):
+    """Internal: a 3.1.1 connection went quiet after traffic; reconnect at once."""
+
+
 class _Stopped(Exception):
     """Internal: stop was requested while waiting for the first message of a batch."""
 
@@ -206,12 +220,12 @@ class MqttSource:
         self.connected_at: float | None = None
         #: Wall-clock time the last message was received, on any connection; None before one.
         self.received_at: float | None = None
+        #: Quiet spell on a 3.1.1 connection after which it reconnects (see STALL_SECONDS).
+        self.stall_seconds = STALL_SECONDS
+        self.stall_reconnects = 0
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = s.session_expiry
-        props.ReceiveMaximum = s.receive_maximum
         tls = None
         if s.broker.tls:
             tls = aiomqtt.TLSParameters(
@@ -219,17 +233,23 @@ class MqttSource:
                 certfile=str(s.cert_file) if s.cert_file else None,
                 keyfile=str(s.key_file) if s.key_file else None,
             )
-        client = aiomqtt.Client(
-            s.broker.host, s.broker.port,
-            username=s.username, password=s.password,
-            identifier=s.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,  # never: a clean start would drop what the broker queued for us
-            properties=props,
-            keepalive=s.keepalive,
-            timeout=5,
-            tls_params=tls,
-        )
+        common: dict[str, Any] = {
+            "username": s.username, "password": s.password, "identifier": s.client_id,
+            "keepalive": s.keepalive, "timeout": 5, "tls_params": tls}
+        if s.mqtt_version == "3.1.1":
+            # clean_session off: the broker keeps the subscription and its queue while we are away.
+            client = aiomqtt.Client(s.broker.host, s.broker.port,
+                                    protocol=aiomqtt.ProtocolVersion.V311, clean_session=False,
+                                    **common)
+        else:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.session_expiry
+            props.ReceiveMaximum = s.receive_maximum
+            client = aiomqtt.Client(
+                s.broker.host, s.broker.port,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False,  # never: a clean start would drop what the broker queued for us
+                properties=props, **common)
         # Before connecting: the broker may deliver queued messages right after CONNACK.
         client._client.manual_ack_set(True)
         return client
@@ -275,6 +295,8 @@ class MqttSource:
                 self._on_connected(False)
                 if stop.is_set():
                     return
+                if isinstance(exc, _Stall):
+                    continue
                 reason = disconnect_reason(client)
                 taken = self.takeovers.on_disconnect(reason, lived)
                 if taken is not None:
@@ -362,13 +384,24 @@ class MqttSource:
     async def _consume(self, client: aiomqtt.Client, handle: Handler, stop: asyncio.Event) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        # On 3.1.1 (RabbitMQ), wait at most STALL_SECONDS after the last message of this
+        # connection; None: wait for the next one however long (nothing received since connecting).
+        watch_stall = s.mqtt_version == "3.1.1"
+        received = False
         while True:
             try:
-                message = await self._next(client, None, stop)
+                message = await self._next(client, self.stall_seconds if received else None, stop)
             except _Stopped:
                 break
             if message is None:
-                continue
+                # Received some, then nothing for a while: let the broker redeliver what it may
+                # still hold for us (see the module docstring).
+                log.info("no message for %.0fs after %d on connection %d; reconnecting so the "
+                         "broker redelivers anything it still holds unacknowledged",
+                         self.stall_seconds, self.acked, self.generation)
+                self.stall_reconnects += 1
+                raise _Stall("quiet after traffic")
+            received = watch_stall
             batch = [message]
             size = _size(message)
             deadline = loop.time() + s.batch_wait

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,8 @@ import pytest
 
 from tests.missing import missing
 from tests.pgserver import PgServer, find_bin
+from tests.rabbitmq import RabbitNode
+from tests.rabbitmq import installed as rabbitmq_installed
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,6 +163,41 @@ def broker_factory() -> Iterator[type[Broker]]:
         broker.stop(signal.SIGKILL)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _require_rabbitmq() -> None:
+    if not rabbitmq_installed():
+        missing("rabbitmq-server (/usr/lib/rabbitmq/bin/rabbitmq-server)", "rabbitmq-server")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitNode]:
+    """One private RabbitMQ node with the MQTT plugin (tests/rabbitmq.py) for the session: its own
+    ports, epmd port and folders; the machine's own RabbitMQ is never used."""
+    _require_rabbitmq()
+    node = RabbitNode.create()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.destroy()
+
+
+@pytest.fixture
+def rabbit_factory() -> Iterator[Callable[..., RabbitNode]]:
+    """Start RabbitMQ nodes a test may SIGKILL and restart: `rabbit_factory(prefetch=...)`."""
+    _require_rabbitmq()
+    nodes: list[RabbitNode] = []
+
+    def new(**kwargs: object) -> RabbitNode:
+        node = RabbitNode.create(**kwargs)
+        nodes.append(node)
+        node.start()
+        return node
+
+    yield new
+    for node in nodes:
+        node.destroy()
 
 
 @pytest.fixture

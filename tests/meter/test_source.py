@@ -1,4 +1,5 @@
-"""The MQTT source against a real Mosquitto: batches are handed over one at a time in arrival
+"""The MQTT source against real brokers, on both protocols: Mosquitto at MQTT 5 and 3.1.1, and a
+private RabbitMQ node (MQTT plugin, 3.1.1 only). Batches are handed over one at a time in arrival
 order, and only a batch whose commit has returned is acknowledged (the rest come back to the next
 connection of the same client id)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import aiomqtt
 import pytest
@@ -14,8 +16,28 @@ import pytest
 from meter.config import load_settings
 from meter.source import Delivery, MqttSource
 from tests.conftest import Broker
+from tests.rabbitmq import RabbitNode
 
 pytestmark = pytest.mark.broker
+
+
+@dataclass(frozen=True)
+class Target:
+    """A broker and the protocol the source speaks to it."""
+
+    host: str
+    port: int
+    url: str
+    mqtt_version: str
+
+
+@pytest.fixture(params=["mosquitto-5", "mosquitto-3.1.1", "rabbitmq-3.1.1"])
+def target(request: pytest.FixtureRequest) -> Target:
+    """Each broker and protocol the source's contract holds on."""
+    name, version = request.param.split("-")
+    broker: Broker | RabbitNode = request.getfixturevalue(
+        "mosquitto" if name == "mosquitto" else "rabbitmq")
+    return Target(broker.host, broker.port, broker.url, version)
 
 
 class Recording:
@@ -49,19 +71,20 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 
 
 async def test_batches_commit_one_at_a_time_and_only_committed_ones_are_acknowledged(
-        mosquitto: Broker, topic_prefix: str) -> None:
+        target: Target, topic_prefix: str) -> None:
     """15 messages in batches of 5: batch 1 is handed over only after batch 0's commit returned.
     The daemon dies while batch 1 commits: the next connection of the same client id gets
     exactly batches 1 and 2 back, and nothing of batch 0."""
     settings = load_settings({
-        "broker": mosquitto.url, "topic_prefix": topic_prefix, "batch_max": "5",
-        "batch_wait": "2s", "client_id": f"src-{uuid.uuid4().hex[:8]}"}, {})
+        "broker": target.url, "topic_prefix": topic_prefix, "batch_max": "5",
+        "batch_wait": "2s", "client_id": f"src-{uuid.uuid4().hex[:8]}",
+        "mqtt_version": target.mqtt_version}, {})
     connected = asyncio.Event()
     first = Recording(hold=(0, 1))
     task = asyncio.create_task(MqttSource(settings, on_connected=lambda up: up and connected.set())
                                .run(first, asyncio.Event()))
     await asyncio.wait_for(connected.wait(), 10)
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as publisher:
+    async with aiomqtt.Client(target.host, target.port) as publisher:
         for i in range(15):
             await publisher.publish(f"{topic_prefix}/acme/events", f"m{i:02d}", qos=1)
 
