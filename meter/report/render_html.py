@@ -9,6 +9,7 @@ report document and chart series, so a finalized period renders the same bytes e
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -179,25 +180,38 @@ class _Page:
         return f"{_day(first)} to {_day(self.last_day())}"
 
     def zone(self) -> str:
-        """The zone and its offsets in the period: "America/New_York, UTC-05:00 (EST);
-        UTC-04:00 (EDT) before 1 Nov 2026 02:00"."""
-        shifts: list[tuple[datetime, str]] = []
-        t = self.start
-        step = timedelta(hours=1)
-        while t < self.end:
-            local = t.astimezone(self.tz)
-            label = f"{_offset(local)} ({local.tzname()})"
-            if not shifts or shifts[-1][1] != label:
-                shifts.append((t, label))
-            t += step
-        name = str(self.tz.key)
-        parts = [shifts[0][1]]
-        for i in range(1, len(shifts)):
-            # The change in the wall time before it: "until 02:00 on 1 Nov 2026, then ...".
-            before = shifts[i][0].astimezone(self.tz)
-            wall = shifts[i][0] + (shifts[i - 1][0].astimezone(self.tz).utcoffset() or timedelta(0))
-            parts.append(f"until {wall:%H:%M} on {before.day} {before:%b %Y}, then {shifts[i][1]}")
-        return f"{name}, " + " ".join(parts)
+        """The zone and its offsets in the period: "America/New_York, UTC-04:00 (EDT) until
+        02:00 on 1 Nov 2026, then UTC-05:00 (EST)"."""
+        return _zone(self.tz, self.start, self.end)
+
+
+def _label(moment: datetime, tz: ZoneInfo) -> str:
+    local = moment.astimezone(tz)
+    return f"{_offset(local)} ({local.tzname()})"
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(tz: ZoneInfo, start: datetime, end: datetime) -> str:
+    # Offsets change on the hour (or half hour) in every zone in use: sample each day, and
+    # each quarter hour of a day whose end differs from its start.
+    shifts = [(start, _label(start, tz))]
+    day, quarter = timedelta(days=1), timedelta(minutes=15)
+    t = start
+    while t < end:
+        nxt = min(t + day, end - timedelta(microseconds=1))
+        if _label(nxt, tz) != shifts[-1][1]:
+            q = t
+            while q <= nxt:
+                if _label(q, tz) != shifts[-1][1]:
+                    shifts.append((q, _label(q, tz)))
+                q += quarter
+        t += day
+    parts = [shifts[0][1]]
+    for i in range(1, len(shifts)):
+        # The change in the wall time before it: "until 02:00 on 1 Nov 2026, then ...".
+        wall = shifts[i][0] + (shifts[i - 1][0].astimezone(tz).utcoffset() or timedelta(0))
+        parts.append(f"until {wall:%H:%M} on {wall.day} {wall:%b %Y}, then {shifts[i][1]}")
+    return f"{tz.key}, " + " ".join(parts)
 
 
 #: "x 23d 14h 0m 0s / 30d 1h": the share of a term a prorated line pays (a credit returns).
@@ -488,7 +502,8 @@ def _fmt(v: float) -> str:
 def _step_path(cols: _Columns, y: Any) -> str:
     """An SVG path of the columns: horizontal runs, one vertical stroke where a column moves."""
     n = cols.first.shape[0]
-    ys = {k: [float(v) for v in y(getattr(cols, k))] for k in ("first", "high", "low", "last")}
+    ys: dict[str, list[float]] = {k: y(getattr(cols, k)).tolist()
+                                  for k in ("first", "high", "low", "last")}
     x0 = float(_LEFT)
     cur = ys["first"][0]
     out = [f"M{_fmt(x0)} {_fmt(cur)}"]
@@ -890,7 +905,7 @@ def _right_sizing(doc: AccountDoc, page: _Page) -> list[str]:
                [(s["pool"], s["licensed"], s["billable_peak"], s["recommended"],
                  money(s["current_cost"], cur), money(s["recommended_cost"], cur),
                  money(s["saving"], cur), _plain(s["rule"], page)) for s in doc["right_sizing"]],
-               numeric=(1, 2, 3, 4, 5, 6)),
+               numeric=(1, 2, 3, 4, 5, 6), cls="compact"),
         '<p class="note">The licence count that would have cost least for this period\'s use '
         "under the pool's grace rule: licences at the period's price plus overage above them.</p>",
     ]

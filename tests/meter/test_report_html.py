@@ -26,6 +26,7 @@ from meter.report.render_html import (
     _chart,
     _columns,
     _episode_outcomes,
+    _zone,
     money,
 )
 
@@ -311,3 +312,19 @@ def test_a_chart_of_many_steps_stays_a_few_commands_per_pixel_column() -> None:
     assert d.endswith("H996")
     assert 960 < d.count("H") <= 2 * 960 + 1
     assert 2 * 960 < d.count("V") <= 4 * 960
+
+
+@pytest.mark.parametrize(("zone", "start", "end", "said"), [
+    ("Asia/Tokyo", datetime(2026, 11, 29, 15, tzinfo=UTC), datetime(2026, 12, 30, 15, tzinfo=UTC),
+     "Asia/Tokyo, UTC+09:00 (JST)"),
+    ("Europe/Berlin", datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC),
+     "Europe/Berlin, UTC+01:00 (CET) until 02:00 on 29 Mar 2026, then UTC+02:00 (CEST) until "
+     "03:00 on 25 Oct 2026, then UTC+01:00 (CET)"),
+    ("Australia/Lord_Howe", datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC),
+     "Australia/Lord_Howe, UTC+11:00 (+11) until 02:00 on 5 Apr 2026, then UTC+10:30 (+1030)"),
+])
+def test_the_zone_line_names_every_offset_of_the_period(zone: str, start: datetime,
+                                                        end: datetime, said: str) -> None:
+    """Each change of offset in the period, at its wall time before the change (a half-hour
+    shift included)."""
+    assert said == _zone(ZoneInfo(zone), start, end)
