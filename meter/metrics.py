@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from meter import __version__
 from meter.events import REASONS
 from meter.finalization import REASONS as WAIT_REASONS
+from meter.sys_topics import BrokerStats
 from meter.tracker import SHORTFALL_ADDONS, AddonView, PoolView, Tracker
 from rating.contracts import Contracts
 
@@ -68,6 +69,8 @@ class Metrics:
         self.session_takeovers = 0
         self.store_errors = 0
         self.store_healthy = True
+        #: The broker's `$SYS` counters (meter.sys_topics); each absent until the broker says it.
+        self.broker = BrokerStats()
         self.snapshot = Snapshot()
         #: Account -> why its last ended period waits for finalization (absent: not waiting).
         self.finalization_waiting: dict[str, str] = {}
@@ -144,6 +147,17 @@ class Metrics:
                                   "Times another client connected with this meter's client id and "
                                   "the broker dropped this one (session taken over).",
                                   value=self.session_takeovers)
+        if self.broker.dropped is not None:
+            yield CounterMetricFamily(
+                "meter_broker_dropped_messages_total",
+                "Messages the broker dropped (its $SYS publish/messages/dropped: a full queue, "
+                "broker-wide, reset when the broker restarts); absent where $SYS is not readable.",
+                value=self.broker.dropped)
+        if self.broker.queued is not None:
+            yield GaugeMetricFamily(
+                "meter_broker_queued_messages",
+                "Messages the broker holds (its $SYS store/messages/count); absent where $SYS is "
+                "not readable.", value=self.broker.queued)
         yield GaugeMetricFamily("meter_store_healthy",
                                 "0 while the last store write failed and is being retried.",
                                 value=1 if self.store_healthy else 0)

@@ -35,6 +35,7 @@ from meter.metrics import Metrics, Snapshot
 from meter.metrics_http import serve_metrics
 from meter.source import Delivery, MqttSource, backoff_delay, topic_account
 from meter.store import RejectedMessage, Store, StoredEvent, open_store
+from meter.sys_topics import watch as watch_broker
 from meter.tracker import Tracker
 from rating.contracts import Contracts, parse_contracts
 from rating.errors import RatingError
@@ -471,6 +472,7 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
             async with asyncio.TaskGroup() as tg:
                 consumer = tg.create_task(source.run(ingestor.handle, stop), name="mqtt-source")
                 tg.create_task(tick(), name="tracker-tick")
+                tg.create_task(watch_broker(settings, metrics.broker, stop), name="broker-sys")
                 tg.create_task(rerater(stop, store=store, ingestor=ingestor, metrics=metrics),
                                name="rerater")
                 if settings.finalize_after > 0 and settings.contracts is not None:
