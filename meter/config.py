@@ -6,6 +6,7 @@ is never part of a repr or a log line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping, MutableMapping
@@ -27,6 +28,7 @@ __all__ = [
     "BrokerAddress",
     "Setting",
     "Settings",
+    "is_loopback",
     "is_postgres",
     "load_settings",
     "parse_broker_url",
@@ -351,6 +353,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("metrics_username", _text, None, "require basic auth on /metrics with this user"),
     Setting("metrics_password_file", _path, None, "file holding the /metrics basic auth password",
             "FILE"),
+    Setting("http_addr", _host_port, None, "HOST:PORT for HTTP ingest and the usage API (off "
+            "unless given; a bare PORT binds 127.0.0.1)", "HOST:PORT"),
+    Setting("http_tokens", _path, None, "TOML file of [[token]] tables (token_sha256 or token, "
+            "accounts); without it --http-addr binds only a loopback address", "FILE"),
+    Setting("http_max_bytes", _positive_int, "8388608", "largest POST /v1/events body, in bytes "
+            "(a larger one is 413)", "N"),
 )
 
 _BY_NAME: Final[Mapping[str, Setting]] = {s.name: s for s in SETTINGS}
@@ -413,6 +421,9 @@ class Settings:
     metrics_cert_file: Path | None
     metrics_key_file: Path | None
     metrics_username: str | None
+    http_addr: tuple[str, int] | None
+    http_tokens: Path | None
+    http_max_bytes: int
     #: Read from `metrics_password_file`; there is no other way to set it.
     metrics_password: str | None = field(default=None, repr=False)
 
@@ -543,6 +554,27 @@ def _check_metrics(resolved: Mapping[str, Any]) -> None:
         raise ConfigError("--metrics-key-file: a key needs --metrics-cert-file")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or `localhost`) is reachable only from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, it is not known to be loopback
+
+
+def _check_http(resolved: Mapping[str, Any]) -> None:
+    """HTTP ingest without tokens takes any account's events: only from this machine."""
+    addr = resolved.get("http_addr")
+    if "http_tokens" in resolved and addr is None:
+        raise ConfigError("--http-tokens: tokens need --http-addr (HTTP ingest is off)")
+    if addr is not None and "http_tokens" not in resolved and not is_loopback(addr[0]):
+        raise ConfigError(f"--http-addr {addr[0]}:{addr[1]}: without --http-tokens HTTP ingest "
+                          "binds only a loopback address (127.0.0.1, ::1, localhost): give a "
+                          "tokens file to listen on another")
+
+
 def _check_reconnect(resolved: Mapping[str, Any]) -> None:
     low = resolved.get("reconnect_min", _DEFAULTS["reconnect_min"])
     if low > resolved.get("reconnect_max", _DEFAULTS["reconnect_max"]):
@@ -564,6 +596,6 @@ def load_settings(flags: Mapping[str, object] | None = None,
     for layer in layers:
         resolved.update(layer.parse())
     _read_password_files(resolved)
-    for check in (_check_broker, _check_metrics, _check_reconnect):
+    for check in (_check_broker, _check_metrics, _check_reconnect, _check_http):
         check(resolved)
     return Settings(**{**_SETTINGS_DEFAULTS, **resolved})

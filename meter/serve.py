@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry
 
@@ -40,6 +40,9 @@ from meter.tracker import Tracker
 from rating.contracts import Contracts, parse_contracts
 from rating.errors import RatingError
 from rating.periods import monthly_period
+
+if TYPE_CHECKING:
+    from meter.http import HttpServer
 
 __all__ = ["Ingestor", "hold", "hold_database", "rebuild", "run", "run_cli", "watermark"]
 
@@ -139,10 +142,18 @@ class Ingestor:
                                                 outcome.reason, outcome.detail, d.payload))
             else:
                 events.append(outcome)
+        return await self.commit(events, rejected, received_us) is not None
+
+    async def commit(self, events: Sequence[Event], rejected: Sequence[RejectedMessage],
+                     received_us: int) -> list[Event] | None:
+        """Commit validated events and rejected messages as one batch, then apply and count
+        them; returns the events that were new (the rest were duplicates), or None when stop
+        came while the store was failing (nothing is stored then). MQTT batches and HTTP
+        requests both come through here."""
         async with self.lock:
             fresh = await self._write(events, rejected, received_us)
             if fresh is None:
-                return False
+                return None
             self.tracker.apply_all(fresh)
         committed_s = time.time()
         m = self.metrics
@@ -157,7 +168,7 @@ class Ingestor:
             m.saw_event(e.account, ts_us)
             m.ingest_latency.observe(max(0.0, committed_s - ts_us / 1e6))
         self.refresh(force=False)
-        return True
+        return fresh
 
     def refresh(self, *, force: bool) -> None:
         """Advance each account of the tracker to its own `watermark` and publish a new snapshot
@@ -461,6 +472,12 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
 
         source = MqttSource(settings, on_connected=connected, on_reconnect=reconnecting,
                             on_takeover=taken_over)
+        http: HttpServer | None = None
+        if settings.http_addr is not None:
+            from meter.http import start_http  # noqa: PLC0415 - aiohttp loads only when asked for
+
+            # Bound before anything runs: an address in use is one line and exit 2.
+            http = await start_http(settings, ingestor=ingestor, registry=registry)
 
         async def tick() -> None:
             while not stop.is_set():
@@ -469,7 +486,9 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
                     await asyncio.wait_for(stop.wait(), TICK_SECONDS)
 
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with contextlib.AsyncExitStack() as closing, asyncio.TaskGroup() as tg:
+                if http is not None:
+                    closing.push_async_callback(http.close)  # stopped however the group ends
                 consumer = tg.create_task(source.run(ingestor.handle, stop), name="mqtt-source")
                 tg.create_task(tick(), name="tracker-tick")
                 tg.create_task(watch_broker(settings, metrics.broker, stop), name="broker-sys")
@@ -482,6 +501,8 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
                     tg.create_task(checkpointer(settings, stop, store=store, ingestor=ingestor),
                                    name="checkpointer")
                 tg.create_task(rejected_pruner(settings, stop, store=store), name="rejected-pruner")
+                if http is not None:
+                    tg.create_task(http.serve(stop), name="http-api")
                 tg.create_task(_deadline(stop, consumer, settings.shutdown_timeout + 1.0),
                                name="shutdown-deadline")
         except BaseExceptionGroup as group:

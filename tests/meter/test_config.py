@@ -121,6 +121,7 @@ SAMPLE = {
     "metrics_cert_file": "c.pem", "metrics_key_file": "k.pem", "metrics_username": "u",
     "metrics_password_file": "PW",
     "rejected_keep_bytes": "7", "rejected_retention": "7d", "rejected_max_bytes": "7",
+    "http_addr": "127.0.0.1:7", "http_tokens": "tokens.toml", "http_max_bytes": "7",
 }
 
 
@@ -130,7 +131,8 @@ NEEDS = {"ca_file": {"broker": "mqtts://b"}, "cert_file": {"broker": "mqtts://b"
          "password": {"username": "u"}, "password_file": {"username": "u"},
          "metrics_key_file": {"metrics_cert_file": "c.pem"},
          "metrics_username": {"metrics_password_file": "PW"},
-         "metrics_password_file": {"metrics_username": "u"}}
+         "metrics_password_file": {"metrics_username": "u"},
+         "http_tokens": {"http_addr": "127.0.0.1:1"}}
 SHOWN_AS = {"password_file": "password", "metrics_password_file": "metrics_password"}
 
 
