@@ -38,7 +38,7 @@ _COLORS = {"c": "#1f5fa8", "e": "#222222", "grace": "#f2b233", "billed": "#d0312
 _MAX_ROWS = 200
 #: Chart geometry in SVG user units (one unit = one column of the downsampled series).
 _PLOT_W = 960
-_LEFT, _RIGHT, _TOP, _BOTTOM = 36, 14, 8, 20
+_LEFT, _RIGHT, _TOP, _BOTTOM = 40, 22, 14, 24
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _ADDON_NAMES = {
@@ -585,12 +585,12 @@ def _chart(pool: PoolDoc, series: Mapping[str, Any], start: datetime, end: datet
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
              f'role="img" aria-label="{_esc(label)}" font-family="Helvetica, Arial, sans-serif" '
-             'font-size="10">']
+             'font-size="13">']
     for v in _ticks(top):
         yy = _fmt(float(y(v)))
         parts.append(f'<line x1="{_LEFT}" x2="{_LEFT + _PLOT_W}" y1="{yy}" y2="{yy}" '
                      'stroke="#e5e5e5" stroke-width="0.6"/>'
-                     f'<text x="{_LEFT - 4}" y="{yy}" dy="3.5" text-anchor="end" fill="#444">{v}</text>')
+                     f'<text x="{_LEFT - 4}" y="{yy}" dy="4.5" text-anchor="end" fill="#444">{v}</text>')
     for t, text, labelled in _x_ticks(start, end, tz):
         xx = _fmt(px(_us(t)))
         parts.append(f'<line x1="{xx}" x2="{xx}" y1="{_TOP + ph}" y2="{_TOP + ph + 3}" stroke="#888"/>')

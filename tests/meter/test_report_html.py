@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 
 from meter.cli import main
 from meter.report.render_html import (
+    _BOTTOM,
+    _LEFT,
+    _PLOT_W,
     APPENDIX_ID,
     _chart,
     _columns,
@@ -308,8 +311,9 @@ def test_a_chart_of_many_steps_stays_a_few_commands_per_pixel_column() -> None:
     # Every column holds all of 0..6: its high and low are kept (one H and three V), and a
     # column whose first value differs from the last one's end adds one H and one V more.
     d = path.group(1)
-    assert d.startswith("M36 170H36.5V35.4V170V")
-    assert d.endswith("H996")
+    bottom = 190 - _BOTTOM  # the zero line of a 190-unit-high chart
+    assert d.startswith(f"M{_LEFT} {bottom}H{_LEFT + 0.5}V")
+    assert d.endswith(f"H{_LEFT + _PLOT_W}")
     assert 960 < d.count("H") <= 2 * 960 + 1
     assert 2 * 960 < d.count("V") <= 4 * 960
 
