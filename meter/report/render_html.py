@@ -216,6 +216,7 @@ def _zone(tz: ZoneInfo, start: datetime, end: datetime) -> str:
 
 #: "x 23d 14h 0m 0s / 30d 1h": the share of a term a prorated line pays (a credit returns).
 _SHARE = re.compile(r"x (\d+)d (\d+)h (\d+)m (\d+)s / (\d+)d(?: (\d+)h)?(?: (\d+)m)?")
+_SEATS = re.compile(r"overage (\d+) -> (\d+) seats")
 _TERM = re.compile(r"(\d{4}-\d\d-\d\d) through (\d{4}-\d\d-\d\d)")
 
 
@@ -332,13 +333,14 @@ def _line_words(doc: AccountDoc, line: Mapping[str, Any], page: _Page) -> str:
         return f"{label}: {qty} seats over the licence" + (f" ({words})" if words else "")
     if kind == "adjustment":
         fp = line.get("for_period")
-        which = ""
-        if fp:
-            which = " " + _Page(page.tz, page.currency, _instant(fp["start"]), _instant(fp["end"])).dates()
+        which = "" if not fp else " " + _Page(page.tz, page.currency, _instant(fp["start"]),
+                                              _instant(fp["end"])).dates()
+        seats = _SEATS.search(raw)
         change = int(qty or 0)
-        return (f"{label}: events that arrived after the bill for{which} was final "
-                f"{'raised' if change >= 0 else 'lowered'} its overage by {abs(change)} "
-                f"seat{'s' if abs(change) != 1 else ''}")
+        moved = (f"from {seats[1]} to {seats[2]} seats" if seats else
+                 f"by {abs(change)} seat{'s' if abs(change) != 1 else ''}")
+        way = "raised" if amount > 0 or change > 0 else "lowered" if amount < 0 or change < 0 else "changed"
+        return f"{label}: events that arrived after the bill for{which} was final {way} its overage {moved}"
     return f"{label}: {description or kind.replace('_', ' ')}"
 
 

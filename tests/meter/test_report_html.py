@@ -29,6 +29,8 @@ from meter.report.render_html import (
     _chart,
     _columns,
     _episode_outcomes,
+    _line_words,
+    _Page,
     _zone,
     money,
 )
@@ -332,3 +334,37 @@ def test_the_zone_line_names_every_offset_of_the_period(zone: str, start: dateti
     """Each change of offset in the period, at its wall time before the change (a half-hour
     shift included)."""
     assert said == _zone(ZoneInfo(zone), start, end)
+
+
+_POOL: Any = {"pool": "agents", "tier": "elite", "model": "concurrent"}
+_NOV = _Page(ZoneInfo("America/New_York"), "USD", datetime(2026, 11, 1, 4, tzinfo=UTC),
+             datetime(2026, 12, 1, 5, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ({"kind": "adjustment", "target": "agents", "quantity": 1, "amount": "149.00",
+      "unit_price": "149.00", "at": "2026-12-01T05:00:00Z",
+      "for_period": {"start": "2026-10-01T04:00:00Z", "end": "2026-11-01T04:00:00Z"},
+      "description": "late events for finalized period 2026-10 (3 received after finalization): "
+                     "overage 2 -> 3 seats, billed 298.00, now 447.00"},
+     "agents (Elite concurrent licences): events that arrived after the bill for 1 Oct 2026 to "
+     "31 Oct 2026 was final raised its overage from 2 to 3 seats"),
+    ({"kind": "switch_credit", "target": "agents", "quantity": 10, "amount": "-9863.01",
+      "unit_price": "1800.00", "at": "2026-11-10T15:30:00Z",
+      "description": "unused part of the year, credit to the account balance for the monthly "
+                     "plan: 10 seats x 1800.00 x 200d 0h 0m 0s / 365d"},
+     "agents (Elite concurrent licences): the unused part of the annual term (200 d left of "
+     "365 d), credited to the account balance; switched to monthly billing on 10 Nov 2026 10:30"),
+    ({"kind": "recurring", "target": "agents", "quantity": 12, "amount": "1788.00",
+      "unit_price": "149.00", "at": "2026-11-01T04:00:00Z",
+      "description": "12 seats x 149.00 for the monthly term 2026-11-01 through 2026-11-30"},
+     "agents (Elite concurrent licences), monthly term"),
+    ({"kind": "recurring", "target": "wfm", "quantity": 10, "amount": "300.00",
+      "unit_price": "300.00", "at": "2026-11-01T04:00:00Z",
+      "description": "10 seats x 300.00 for the annual term 2026-11-01 through 2027-10-31"},
+     "Workforce Management, annual term 1 Nov 2026 to 31 Oct 2027"),
+])
+def test_lines_in_plain_words(line: dict[str, Any], words: str) -> None:
+    """Each kind of line said from its fields: local times, spans in words, no arrows."""
+    doc: Any = {"pools": [_POOL], "addons": [{"addon": "wfm"}]}
+    assert words == _line_words(doc, line, _NOV)
