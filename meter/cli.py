@@ -1,7 +1,7 @@
 # PYTHON_ARGCOMPLETE_OK  (shell completion: `eval "$(register-python-argcomplete meter)"`)
 """The `meter` command line: parses flags and forwards to each command's `run(args) -> int`.
 
-Commands are imported lazily so `meter ingest` never pays for MQTT or matplotlib. Exit codes:
+Commands are imported lazily so `meter ingest` never pays for MQTT or the PDF writer. Exit codes:
 0 ok, 2 bad usage or bad input, 1 any other failure; errors are one line on stderr.
 """
 
@@ -43,6 +43,7 @@ HANDLERS: dict[str, str] = {
     "demo": "meter.demo:run",
     "rejected": "meter.rejected:run",
     "migrate": "meter.migrate:run",
+    "import": "meter.importers.command:run",
 }
 
 #: The variable every command's `--db` falls back to (as `meter serve`'s setting does).
@@ -129,8 +130,8 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
                            "account's time zone")
     p.add_argument("--account", help="one account (default: all)")
     p.add_argument("--format", default="json", metavar="FORMATS",
-                   help="json, csv or html, or a comma list (json,csv,html): rated once, "
-                        "each written (default json)")
+                   help="json, csv, html or pdf (the `pdf` extra), or a comma list "
+                        "(json,csv,html): rated once, each written (default json)")
     p.add_argument("--out", metavar="DIR", help="output directory (JSON to stdout when absent)")
     p.add_argument("--finalize", action="store_true", help="freeze the period's report")
     p.add_argument("--finalize-after", metavar="DURATION", default="1h",
@@ -202,6 +203,12 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="contracts TOML file (to recompute each finalized report's input hash)")
 
 
+def _add_import(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from meter.importers.args import add_arguments  # noqa: PLC0415 - light, parser only
+
+    add_arguments(sub, _db_value)
+
+
 #: Commands may register extra flags here (command -> function taking its subparser).
 EXTRA_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -212,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_serve, _add_ingest, _add_publish, _add_report, _add_quote, _add_demo,
-                _add_rejected, _add_migrate):
+                _add_rejected, _add_migrate, _add_import):
         add(sub)
     for name, extra in EXTRA_ARGS.items():
         extra(sub.choices[name])
