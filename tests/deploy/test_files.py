@@ -256,11 +256,13 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
 # --- mosquitto.conf ------------------------------------------------------------------------------
 
 def test_mosquitto_conf_keeps_the_meter_queue() -> None:
-    """Persistence on, saved after every change, and no limit on queued messages."""
+    """The single-machine profile: persistence saved every second by time (not per change), no
+    count limit on queued messages, a byte bound of 1 GiB (a day's backlog), $SYS every 10 s."""
     settings = dict(line.split(None, 1) for line in (DEPLOY / "mosquitto.conf").read_text().splitlines()
                     if line.strip() and not line.startswith("#"))
-    assert {"persistence": "true", "autosave_on_changes": "true", "autosave_interval": "1",
-            "max_queued_messages": "0", "max_queued_bytes": "0"} == {
+    assert "10" == settings["sys_interval"]
+    assert {"persistence": "true", "autosave_on_changes": "false", "autosave_interval": "1",
+            "max_queued_messages": "0", "max_queued_bytes": "1073741824"} == {
         k: settings[k] for k in ("persistence", "autosave_on_changes", "autosave_interval",
                                  "max_queued_messages", "max_queued_bytes")}
     assert "persistent_client_expiration" not in settings

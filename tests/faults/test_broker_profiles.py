@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -73,9 +75,10 @@ def test_single_machine_profile_keeps_a_backlog_across_a_broker_restart(
         tmp_path: Path, topic_prefix: str) -> None:
     """deploy/mosquitto.conf: 20,000 events queued with the meter down, the broker stopped
     (SIGTERM: it saves) and started again; the meter then stores all 20,000, once each."""
-    data = tmp_path / "mosq"
-    data.mkdir()
-    os.chmod(data, 0o777)  # noqa: S103 - mosquitto run as root drops to its own user
+    # Not under tmp_path: pytest's folders are private, and Mosquitto run as root drops to its
+    # own user, which then cannot save there.
+    data = Path(tempfile.mkdtemp(prefix="meter-mosq-profile-"))
+    os.chmod(data, 0o777)  # noqa: S103 - throwaway test folder
     broker = Broker(port=free_port(), workdir=data)
     conf = data / "profile.conf"
     conf.write_text(_profile_conf(broker.port, data))
@@ -113,6 +116,7 @@ def test_single_machine_profile_keeps_a_backlog_across_a_broker_restart(
             publisher.close()
         proc.kill()
         proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_durable_profile_loses_nothing_it_acknowledged_when_the_broker_is_killed(
