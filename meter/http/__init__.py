@@ -2,6 +2,7 @@
 
     body    a POST body (JSON, a JSON array, NDJSON) as numbered messages
     tokens  the `--http-tokens` file: bearer tokens and the accounts each may use
+    commit  group commit: requests in flight together share one transaction
     server  the aiohttp application, run in the daemon's event loop
 """
 

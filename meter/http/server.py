@@ -2,7 +2,8 @@
 `/healthz`, `/readyz` and the OpenAPI document, served by aiohttp in the daemon's event loop.
 
 Events go through the daemon's own `Ingestor.commit` (the MQTT path's validation, dedupe and
-store), and the answer is written only after that commit: a 200 or 207 means every line it
+store; requests in flight together share one transaction, `meter.http.commit`), and the answer
+is written only after that commit: a 200 or 207 means every line it
 counts is durable. A line for an account the token may not write is a `tenant_mismatch` row in
 the rejected table, as a payload on another tenant's MQTT topic is. No request is logged.
 """
@@ -13,7 +14,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ from meter.config import Settings
 from meter.errors import ConfigError
 from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.http.body import JSON_TYPES, NDJSON_TYPES, UnsupportedMediaType, split
+from meter.http.commit import Committer, GroupCommit
 from meter.http.tokens import ANYONE, Grant, Tokens, bearer, load_tokens
 from meter.metrics import Metrics
 from meter.metrics_http import readiness
@@ -44,15 +46,12 @@ _MONTH: Final = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 DRAIN_SECONDS: Final = 3.0
 
 
-class Committer(Protocol):
+class Ingestor(Committer, Protocol):
     """What the API needs of the daemon's `meter.serve.Ingestor`."""
 
     contracts: Contracts
     limits: Limits
     metrics: Metrics
-
-    async def commit(self, events: Sequence[Event], rejected: Sequence[RejectedMessage],
-                     received_us: int) -> list[Event] | None: ...
 
 
 def openapi_text() -> str:
@@ -68,10 +67,11 @@ def _error(status: int, error: str, detail: str, **headers: str) -> web.Response
 class HttpApi:
     """The handlers, over one daemon's ingestor, registry and settings."""
 
-    def __init__(self, settings: Settings, ingestor: Committer, registry: CollectorRegistry,
+    def __init__(self, settings: Settings, ingestor: Ingestor, registry: CollectorRegistry,
                  tokens: Tokens | None, contracts_text: str) -> None:
         self.settings = settings
         self.ingestor = ingestor
+        self.group = GroupCommit(ingestor, settings.batch_max)
         self.registry = registry
         self.tokens = tokens
         self.contracts_text = contracts_text
@@ -144,7 +144,7 @@ class HttpApi:
                                 "detail": outcome.detail})
             else:
                 events.append(outcome)
-        fresh = await self.ingestor.commit(events, rejected, received_us)
+        fresh = await self.group.commit(events, rejected, received_us)
         if fresh is None:
             return _error(503, "unavailable", "the store is failing and the daemon is stopping: "
                           "nothing of this request was stored; send it again",
@@ -291,7 +291,7 @@ class HttpServer:
         await self.runner.cleanup()
 
 
-async def start_http(settings: Settings, *, ingestor: Committer, registry: CollectorRegistry
+async def start_http(settings: Settings, *, ingestor: Ingestor, registry: CollectorRegistry
                      ) -> HttpServer | None:
     """Bind `--http-addr` (None when it is not set); a `ConfigError` when it cannot be bound or
     the tokens file is bad."""
