@@ -1,6 +1,9 @@
 """`meter publish`: replay a JSONL file onto `<prefix>/<account>/events` at QoS 1, for demos, load
 and tests. Many messages are in flight at once (or a steady N per second); the command returns
-only when the broker has acknowledged every one, and prints a summary.
+only when the broker has acknowledged every one, and prints a summary. It is the reference
+producer (README "Producers"): when the broker goes away mid-file it reconnects within a few
+seconds and resends every message not PUBACKed yet (paho keeps them), so a broker restart loses
+nothing; the ids make the resent copies harmless.
 
 A line that is not a JSON object with a usable `account` goes to `<prefix>/unknown/events`, so the
 daemon rejects and stores it instead of this tool dropping it. Blank lines are skipped.
@@ -32,6 +35,9 @@ __all__ = ["PublishResult", "publish", "run", "topic_for"]
 UNKNOWN: Final = "unknown"
 #: Unacknowledged messages we allow in flight: enough to keep the broker busy, bounded memory.
 IN_FLIGHT: Final = 1000
+#: Reconnect backoff after the broker went away (seconds, doubling from the first to the second).
+RECONNECT_MIN: Final = 1
+RECONNECT_MAX: Final = 5
 #: The `meter serve` settings publish shares: where the broker is and how to log in to it.
 SETTING_KEYS: Final = ("broker", "username", "password", "password_file", "ca_file", "cert_file",
                        "key_file", "topic_prefix")
@@ -106,6 +112,8 @@ def publish(stream: IO[bytes], broker: BrokerAddress, *, prefix: str = "meter",
     client.on_connect = acks.on_connect
     client.on_publish = acks.on_publish
     client.max_inflight_messages_set(IN_FLIGHT)
+    # paho's loop reconnects by itself; its default backoff grows to 2 minutes.
+    client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
     if username is not None:
         client.username_pw_set(username, password)
     if broker.tls:

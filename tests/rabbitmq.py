@@ -26,6 +26,8 @@ SERVER = next((p for p in ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/r
                if Path(p).exists()), "rabbitmq-server")
 
 
+#: The durable broker profile's config, which the test node runs.
+DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "rabbitmq.conf"
 EPMD = shutil.which("epmd") or "/usr/bin/epmd"
 
 
@@ -70,18 +72,21 @@ class RabbitNode:
         return f"mqtt://{self.host}:{self.port}"
 
     def config(self) -> str:
-        """rabbitmq.conf: the durable profile's MQTT settings (deploy/rabbitmq.conf) on our ports."""
+        """The durable profile's own deploy/rabbitmq.conf, moved onto our ports (and the
+        prefetch / queue type a test asks for)."""
+        lines = []
+        for line in DEPLOY_CONF.read_text().splitlines():
+            key = line.split("=", 1)[0].strip()
+            if key in ("mqtt.listeners.tcp.default", "listeners.tcp.default", "mqtt.prefetch",
+                       "mqtt.durable_queue_type"):
+                continue
+            lines.append(line)
         return "\n".join([
+            *lines,
             f"listeners.tcp.default = {self.host}:{self.amqp_port}",
             f"mqtt.listeners.tcp.default = {self.host}:{self.port}",
-            "mqtt.allow_anonymous = true",
             f"mqtt.prefetch = {self.prefetch}",
-            "mqtt.subscription_ttl = infinity",
             f"mqtt.durable_queue_type = {self.queue_type}",
-            "loopback_users = none",
-            "log.console = true",
-            "log.console.level = warning",
-            "log.file = false",
             "",
         ])
 

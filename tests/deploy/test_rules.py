@@ -16,7 +16,7 @@ from tests.deploy.tools import ALERTMANAGER_PACKAGE, DEPLOY, ROOT, promtool, rea
 
 ALERTS = ("MeterGraceAboutToExpire", "MeterOverageBilled", "MeterDown", "MeterBrokerDisconnected",
           "MeterSessionTakenOver", "MeterStoreFailing", "MeterRejectsRising", "MeterAccountSilent",
-          "MeterAddonShortfall")
+          "MeterAddonShortfall", "MeterBrokerDroppingMessages")
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -25,10 +25,10 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def test_promtool_accepts_the_alert_rules() -> None:
-    """`promtool check rules` finds all nine rules and no problem."""
+    """`promtool check rules` finds all ten rules and no problem."""
     result = promtool("check", "rules", "alerts.yml")
     assert 0 == result.returncode, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
@@ -78,6 +78,7 @@ ROUTING = {
     "MeterRejectsRising": ("warning", "integrations"),
     "MeterAccountSilent": ("warning", "integrations"),
     "MeterAddonShortfall": ("info", "billing"),
+    "MeterBrokerDroppingMessages": ("critical", "operations"),
 }
 
 
@@ -133,7 +134,7 @@ def test_alertmanager_routes_each_alert_by_severity_and_team() -> None:
         "MeterDown": "operations-page", "MeterBrokerDisconnected": "operations-page",
         "MeterSessionTakenOver": "operations-page", "MeterStoreFailing": "operations-page",
         "MeterRejectsRising": "integrations", "MeterAccountSilent": "integrations",
-        "MeterAddonShortfall": "billing",
+        "MeterAddonShortfall": "billing", "MeterBrokerDroppingMessages": "operations-page",
     } == routed
 
 
