@@ -25,6 +25,7 @@ from tests.missing import missing
 _SERVICE_KEYS = frozenset({
     "image", "build", "restart", "ports", "volumes", "environment", "command", "depends_on",
     "read_only", "tmpfs", "cap_drop", "security_opt", "stop_grace_period", "healthcheck", "user",
+    "profiles", "hostname",
 })
 
 
@@ -53,10 +54,13 @@ def _unit() -> dict[str, dict[str, list[str]]]:
 # --- compose.yaml -------------------------------------------------------------------------------
 
 def test_compose_runs_the_five_services() -> None:
-    """mosquitto, meter, prometheus, alertmanager and grafana; each has an image and only known
-    keys."""
+    """mosquitto, meter, prometheus, alertmanager and grafana, and rabbitmq only in the durable
+    profile; each has an image and only known keys."""
     services = _compose()["services"]
-    assert ["mosquitto", "meter", "prometheus", "alertmanager", "grafana"] == list(services)
+    assert ["mosquitto", "rabbitmq", "meter", "prometheus", "alertmanager", "grafana"] == list(
+        services)
+    assert {"rabbitmq": ["durable"]} == {
+        name: s["profiles"] for name, s in services.items() if "profiles" in s}
     for name, service in services.items():
         assert "image" in service, name
         assert set() == set(service) - _SERVICE_KEYS, name
@@ -90,7 +94,8 @@ def test_compose_volumes_are_declared_or_files_in_the_repository() -> None:
 def test_compose_publishes_ports_on_loopback_only() -> None:
     """Nothing in the stack listens on the host's public interfaces."""
     ports = {name: s.get("ports", []) for name, s in _compose()["services"].items()}
-    assert {"mosquitto": ["127.0.0.1:1883:1883"], "meter": [], "prometheus": ["127.0.0.1:9090:9090"],
+    assert {"mosquitto": ["127.0.0.1:1883:1883"], "rabbitmq": ["127.0.0.1:1884:1883"],
+            "meter": [], "prometheus": ["127.0.0.1:9090:9090"],
             "alertmanager": ["127.0.0.1:9093:9093"], "grafana": ["127.0.0.1:3000:3000"]} == ports
 
 
@@ -105,6 +110,18 @@ def test_compose_meter_environment_is_valid_for_the_daemon() -> None:
     assert "meter-data:/var/lib/meter" in meter["volumes"]
     contracts = next(m for m in meter["volumes"] if m.endswith(f":{settings.contracts}:ro"))
     assert (DEPLOY / contracts.split(":")[0]).is_file()
+
+
+def test_compose_durable_override_points_the_meter_at_rabbitmq_with_mqtt_3_1_1() -> None:
+    """compose.durable.yaml: the meter's environment merged with it loads as settings for the
+    rabbitmq service at MQTT 3.1.1, and the meter waits for that broker."""
+    meter = _compose()["services"]["meter"]
+    durable = yaml.safe_load((DEPLOY / "compose.durable.yaml").read_text())["services"]["meter"]
+    assert ["rabbitmq"] == durable["depends_on"]
+    settings = load_settings({}, environ={**meter["environment"], **durable["environment"]})
+    assert ("rabbitmq", 1883, "3.1.1") == (settings.broker.host, settings.broker.port,
+                                            settings.mqtt_version)
+    assert "mqtt.listeners.tcp.default = 1883" in (DEPLOY / "rabbitmq.conf").read_text()
 
 
 def test_compose_meter_is_built_from_the_containerfile_and_locked_down() -> None:
