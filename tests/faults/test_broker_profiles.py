@@ -185,3 +185,28 @@ def test_meter_publish_survives_a_broker_restart_mid_file(
         if proc.poll() is None:
             proc.kill()
         daemon.stop()
+
+
+def test_the_readme_producer_example_gets_every_event_stored(
+        mosquitto: Broker, tmp_path: Path, topic_prefix: str) -> None:
+    """The paho example in README "Producers", run as written (broker address and topic prefix
+    moved to the test's), publishes 500 events that the meter then stores, every one."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Producers"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    assert 'client.connect("broker", 1883)' in code
+    code = code.replace('client.connect("broker", 1883)',
+                        f'client.connect("{mosquitto.host}", {mosquitto.port})')
+    code = code.replace('f"meter/{', f'f"{topic_prefix}/{{')
+    daemon = Daemon(mosquitto, tmp_path / "meter", topic_prefix)
+    daemon.start()
+    try:
+        scope: dict[str, object] = {"events": list(iter_events(500, prefix="readme"))}
+        exec(compile(code, "README.md#producers", "exec"), scope)  # noqa: S102 - our own README
+        scope["client"].disconnect()  # type: ignore[attr-defined]
+        scope["client"].loop_stop()  # type: ignore[attr-defined]
+        wait_stored(daemon.db, 500)
+        assert 500 == table_count(daemon.db, "events")
+    finally:
+        daemon.stop()
