@@ -35,3 +35,6 @@ def add_arguments(sub: argparse._SubParsersAction[Any], db_type: Callable[[str],
         q.add_argument("--contracts", metavar="FILE",
                        help="contracts TOML file (with --db; also checks the account's "
                             "session_timeout against the logs)")
+        q.add_argument("--as-of", metavar="TS",
+                       help="with --db: the receive time recorded (RFC 3339; default now), as "
+                            "meter ingest --as-of")

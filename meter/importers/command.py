@@ -14,7 +14,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,7 +23,7 @@ from meter.errors import UsageError
 from meter.importers.asterisk import AsteriskImport
 from meter.importers.common import Imported, Quiet, longest_quiet, render_duration, rfc3339
 from meter.importers.flexlm import FlexlmImport
-from meter.ingest import ingest, load_contracts
+from meter.ingest import ingest, load_contracts, parse_as_of
 from meter.progress import byte_size
 from meter.store import open_store
 from rating.contracts import Contracts
@@ -64,7 +64,9 @@ def timeout_note(source: str, account: str, quiet: Quiet, timeout: timedelta | N
             f"{quiet.session} in pool {quiet.pool or '(none given)'} from {since}); "
             f"give account {account} a longer one, e.g. session_timeout = \"{days}d\".")
     if quiet.open_at_end:
-        lines.append(f"note: {quiet.open_at_end} sessions are still open at the end of the logs.")
+        lines.append(f"note: {quiet.open_at_end} sessions are still open at the end of the logs: "
+                     "once session_timeout has passed since their last event, the meter ends "
+                     "them there.")
     if timeout is not None:
         verdict = ("is longer: nothing here is closed early" if timeout > quiet.longest else
                    f"is NOT longer than {render_duration(quiet.longest)}: those sessions will "
@@ -150,12 +152,12 @@ def _write(events: Sequence[Imported], out: str) -> None:
         raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
 
 
-async def _ingest(args: argparse.Namespace, events: Sequence[Imported], contracts: Contracts
-                  ) -> str:
+async def _ingest(args: argparse.Namespace, events: Sequence[Imported], contracts: Contracts,
+                  received_at: datetime) -> str:
     lines: Iterable[bytes] = (event.to_json() for event in events)
     async with await open_store(args.db) as store:
         summary = await ingest([(f"{args.source} import", lines)], store, contracts,
-                               received_at=datetime.now(UTC))
+                               received_at=received_at)
     return summary.render()
 
 
@@ -174,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     account = contracts.get(args.account) if contracts is not None else None
     if contracts is not None and account is None:
         raise UsageError(f"--account {args.account}: no such account in {args.contracts}")
+    received_at = parse_as_of(args.as_of)
     importer = _importer(args)
     with ExitStack() as stack:
         sources = _open(stack, args.logs)
@@ -189,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                     ("  heartbeat", sum(e.type == "heartbeat" for e in events))])
     if args.db is not None:
         assert contracts is not None
-        report += asyncio.run(_ingest(args, events, contracts))
+        report += asyncio.run(_ingest(args, events, contracts, received_at))
     else:
         _write(events, args.out)
     timeout = account.session_timeout if account is not None else None
