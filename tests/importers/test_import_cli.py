@@ -4,20 +4,31 @@ is one stderr line with exit 2."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
+import struct
+import subprocess
+import sys
+import termios
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tqdm import tqdm
 
 from meter.cli import main
+from meter.importers.command import timeout_note
+from meter.importers.common import Quiet
 from tests.contracts_toml import account, contracts, pool
 from tests.importers.sweep import peaks
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
 FLEXLM = DATA / "flexlm"
 QUEUE_LOG = DATA / "asterisk" / "queue_log"
 AS_OF = "2026-12-02T00:00:00Z"
@@ -187,3 +198,52 @@ def test_bad_input_is_one_stderr_line_and_exit_2(  # noqa: PLR0917 - pytest pass
     log.write_text(content)
     code, out, err = _main(["import", kind, log, "--account", "a", *extra], capsys)
     assert (2, "", [f"meter import: {message.format(log=log)}"]) == (code, out, err.splitlines())
+
+
+def test_a_progress_bar_with_the_files_total_only_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr a terminal, tqdm shows bytes read of the log's size (so an ETA); piped,
+    stderr holds only the summary."""
+    log = FLEXLM / "adskflex_2016.log"
+    cmd = [sys.executable, "-m", "meter", "import", "flexlm", str(log), "--account", "lic",
+           "--timezone", "Europe/Madrid", "--out", str(tmp_path / "ev.jsonl")]
+    piped = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "" == piped.stderr
+    leader, follower = pty.openpty()
+    # A fresh pty is 0 columns wide, and tqdm draws nothing in 0 columns.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        subprocess.run(cmd, stdout=subprocess.PIPE, stderr=follower, cwd=ROOT, check=True)
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    size = tqdm.format_sizeof(log.stat().st_size, "", 1024)
+    assert b"import: 100%" in shown
+    assert f"{size}/{size} [".encode() in shown
+
+
+def test_the_note_says_whether_the_accounts_timeout_covers_the_logs() -> None:
+    """The longest quiet stretch, a timeout that covers it, and the account's verdict."""
+    since = datetime.fromisoformat("2016-03-30T10:19:13+00:00")
+    quiet = Quiet(timedelta(days=6, seconds=17023), "acad", "u@h", since, 2)
+    assert [
+        "note: longest quiet stretch here: 6d4h43m43s (session u@h in pool acad from "
+        "2016-03-30T10:19:13Z); give account acme a longer one, e.g. session_timeout = \"8d\".",
+        "note: 2 sessions are still open at the end of the logs: once session_timeout has "
+        "passed since their last event, the meter ends them there.",
+        "note: account acme's session_timeout 12h is NOT longer than 6d4h43m43s: those "
+        "sessions will be closed early.",
+    ] == timeout_note("flexlm", "acme", quiet, timedelta(hours=12))[1:]
+    assert "session_timeout 8d is longer: nothing here is closed early" in \
+        timeout_note("flexlm", "acme", quiet, timedelta(days=8))[-1]
