@@ -311,10 +311,19 @@ class MqttSource:
                 delay = backoff_delay(attempt, self.settings.reconnect_min,
                                       self.settings.reconnect_max, self._rng)
                 attempt += 1
-                log.warning("broker %s: %s; retrying in %.1fs", self.settings.broker.url,
-                            exc, delay)
+                log.warning("broker %s: %s; retrying in %.1fs%s", self.settings.broker.url,
+                            exc, delay, self._hint(exc, connected=client is not None
+                                                   and client._connected.done()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+
+    def _hint(self, exc: aiomqtt.MqttError, *, connected: bool) -> str:
+        """What to try when a CONNECT got no CONNACK: a broker without MQTT 5 (RabbitMQ before
+        3.13) closes a v5 CONNECT without one, which paho reports only as a timeout."""
+        if connected or self.settings.mqtt_version != "5" or "timed out" not in str(exc):
+            return ""
+        return (" (no CONNACK to an MQTT 5 CONNECT: if this broker has no MQTT 5, such as "
+                "RabbitMQ before 3.13, use --mqtt-version 3.1.1)")
 
     def _took_over(self, how: str, delay: float) -> None:
         self._on_takeover()

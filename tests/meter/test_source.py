@@ -108,3 +108,22 @@ async def test_batches_commit_one_at_a_time_and_only_committed_ones_are_acknowle
     stop.set()
     await asyncio.wait_for(task, 10)
     assert {f"m{i:02d}" for i in range(5, 15)} == second.payloads
+
+
+async def test_mqtt_5_to_a_broker_without_it_says_to_use_3_1_1(
+        rabbitmq: RabbitNode, topic_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """RabbitMQ 3.10 closes an MQTT 5 CONNECT without a CONNACK; the source's retry line says
+    what to do instead of only "Operation timed out"."""
+    settings = load_settings({"broker": rabbitmq.url, "topic_prefix": topic_prefix,
+                              "client_id": f"src-{uuid.uuid4().hex[:8]}"}, {})
+    stop = asyncio.Event()
+    with caplog.at_level("WARNING", logger="meter.source"):
+        task = asyncio.create_task(MqttSource(settings).run(Recording(), stop))
+        await until(lambda: any("retrying" in r.getMessage() for r in caplog.records),
+                    "the retry line")
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    line = next(r.getMessage() for r in caplog.records if "retrying" in r.getMessage())
+    assert line.startswith(f"broker {rabbitmq.url}: Operation timed out; retrying in ")
+    assert line.endswith(" (no CONNACK to an MQTT 5 CONNECT: if this broker has no MQTT 5, such "
+                         "as RabbitMQ before 3.13, use --mqtt-version 3.1.1)")
