@@ -3,7 +3,8 @@ and nothing is counted twice.
 
 Kills land at random moments, so over a dozen of them some hit before a commit, some between a
 commit and its acknowledgements, some mid-batch; the broker redelivers whatever was not
-acknowledged and the store absorbs the copies.
+acknowledged and the store absorbs the copies. It runs on both protocols the meter speaks: MQTT 5
+and 3.1.1 (clean_session off).
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ KILLS = 12
 
 @pytest.mark.broker
 @pytest.mark.slow
+@pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
 def test_repeated_sigkill_loses_nothing_and_counts_nothing_twice(
         broker_factory: type[Broker], tmp_path: Path, topic_prefix: str,
-        record_property: pytest.RecordProperty) -> None:
+        record_property: pytest.RecordProperty, mqtt_version: str) -> None:
     """>= 10 SIGKILLs during 50,000 events: lost = 0, unexpected = 0, every id stored once."""
     broker = broker_factory.new()  # type: ignore[attr-defined]
-    daemon = Daemon(broker, tmp_path / "meter", topic_prefix)
+    daemon = Daemon(broker, tmp_path / "meter", topic_prefix,
+                    settings={"METER_MQTT_VERSION": mqtt_version})
     daemon.start()
     publisher = Publisher(broker, topic_prefix)
     rng = random.Random(7)
