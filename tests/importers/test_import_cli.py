@@ -247,3 +247,21 @@ def test_the_note_says_whether_the_accounts_timeout_covers_the_logs() -> None:
     ] == timeout_note("flexlm", "acme", quiet, timedelta(hours=12))[1:]
     assert "session_timeout 8d is longer: nothing here is closed early" in \
         timeout_note("flexlm", "acme", quiet, timedelta(days=8))[-1]
+
+
+def test_a_bad_pool_map_or_an_unknown_account_is_one_line_and_exit_2(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pool map value that is not a pool name, and an account the contracts do not have,
+    are refused before any log is read."""
+    bad_map = tmp_path / "bad.toml"
+    bad_map.write_text('"MATLAB" = 3\n')
+    log = FLEXLM / "adskflex_2016.log"
+    code, out, err = _main(["import", "flexlm", log, "--account", "lic", "--timezone", "UTC",
+                            "--pool-map", bad_map, "--out", "-"], capsys)
+    assert (2, "", [f"meter import: --pool-map {bad_map}: feature 'MATLAB': the pool must be a "
+                    "non-empty string, got 3"]) == (code, out, err.splitlines())
+    code, out, err = _main(["import", "flexlm", log, "--account", "nobody", "--timezone", "UTC",
+                            "--db", files["db"], "--contracts", files["contracts"]], capsys)
+    assert (2, "", [f"meter import: --account nobody: no such account in {files['contracts']}"]
+            ) == (code, out, err.splitlines())
+    assert not files["db"].exists()
