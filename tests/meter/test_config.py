@@ -113,7 +113,7 @@ SAMPLE = {
     "username": "u", "password": "p", "password_file": "PW", "ca_file": "ca.pem",
     "cert_file": "c.pem", "key_file": "k.pem", "client_id": "c", "topic_prefix": "t",
     "synchronous": "OFF", "batch_max": "7", "batch_wait": "7ms", "batch_max_bytes": "7",
-    "receive_maximum": "7",
+    "receive_maximum": "7", "mqtt_version": "3.1.1",
     "max_future": "7m", "max_bytes": "7", "keepalive": "7s", "session_expiry": "7h",
     "reconnect_min": "7ms", "reconnect_max": "7s", "tracker_clock": "events",
     "reorder_window": "7s", "shutdown_timeout": "7s", "finalize_after": "7h",
