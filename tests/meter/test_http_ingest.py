@@ -6,6 +6,7 @@ stores nothing; the usage API equals the gauges, which equal the report."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -240,3 +241,32 @@ def test_unknown_account_and_bad_period(daemon: HttpDaemon) -> None:
     assert (404, {"error": "not_found", "detail": "no account 'initech' in the contracts"}) == unknown
     assert (400, {"error": "bad_period", "detail": "period '2026-13': expected YYYY-MM"}) == bad
     assert (200, {"status": "ok"}) == health
+
+
+def test_while_the_store_cannot_be_written_the_answer_waits_for_the_commit(
+        daemon: HttpDaemon) -> None:
+    """Another process holds the database's write lock: a posted request is retried by the
+    daemon (meter_store_errors_total rises) and stays unanswered with nothing stored; once the
+    lock is gone it is committed, then answered 200. SIGTERM then exits 0."""
+    daemon.start()
+    blocker = sqlite3.connect(daemon.db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    body = daemon.workdir / "events.ndjson"
+    body.write_bytes(ndjson([doc(i) for i in range(10)]))
+    client = subprocess.Popen(
+        ["curl", "-sS", "--max-time", "120", "-H", "Content-Type: application/x-ndjson",
+         "--data-binary", f"@{body}", "-w", "\n%{http_code}", daemon.api("/v1/events")],
+        stdout=subprocess.PIPE)
+    try:
+        wait_for(lambda: (daemon.value("meter_store_errors_total") or 0) >= 2, 60,
+                 "the daemon to retry the locked store")
+        unanswered = client.poll()
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    out, _ = client.communicate(timeout=120)
+    assert None is unanswered
+    text, _, status = out.decode().rpartition("\n")
+    assert ("200", {"accepted": 10, "duplicates": 0, "rejected": []}) == (status, json.loads(text))
+    assert 10 == len(stored_ids(daemon.db))
+    assert 0 == daemon.terminate(timeout=10)
