@@ -9,10 +9,10 @@ first date are dated back from it.
 
 `OUT: "FEATURE" user@host` opens a checkout and `IN:` closes it: the user counts in the
 feature's pool (or `pool_map[feature]`) while at least one of their checkouts from that host is
-out, so the event's session is `user@host`. A server start (lmgrd starting, or lmgrd starting a
-vendor daemon again) closes every checkout the old process held at the last time the log showed
-before it. DENIED, QUEUED and UNSUPPORTED lines are counted and reported, never events.
-Pure: lines in, events and counts out.
+out, so the event's session is `user@host`; an `IN ... (SHUTDOWN)` returns all of them. A server
+start (lmgrd starting, or lmgrd starting a vendor daemon again) closes every checkout the old
+process held at the last time the log showed before it. DENIED, QUEUED and UNSUPPORTED lines
+are counted and reported, never events. Pure: lines in, events and counts out.
 """
 
 from __future__ import annotations
@@ -271,7 +271,9 @@ class FlexlmImport:
             self._checkout(key, raw.daemon, licenses, utc, origin)
         else:
             self.counts.checkins += 1
-            self._checkin(key, raw.daemon, licenses, utc, origin)
+            # At shutdown the daemon writes one IN per user@host for all it held there.
+            everything = "(SHUTDOWN)" in rest
+            self._checkin(key, raw.daemon, None if everything else licenses, utc, origin)
 
     def _event(self, kind: str, key: tuple[str, str, str], ts: datetime, origin: str) -> Imported:
         pool, user, session = key
@@ -287,13 +289,15 @@ class FlexlmImport:
             held = self._open[key] = _Out(Counter(), ts, len(self._events) - 1)
         held.by_vendor[vendor] += licenses
 
-    def _checkin(self, key: tuple[str, str, str], vendor: str, licenses: int, ts: datetime,
-                 origin: str) -> None:
+    def _checkin(self, key: tuple[str, str, str], vendor: str, licenses: int | None,
+                 ts: datetime, origin: str) -> None:
+        """`licenses` None: all of them (a shutdown's IN)."""
         held = self._open.get(key)
         if held is None or not held.by_vendor[vendor]:
             self.counts.checkins_unknown += 1
             return
-        held.by_vendor[vendor] = max(0, held.by_vendor[vendor] - licenses)
+        left = held.by_vendor[vendor] - (held.by_vendor[vendor] if licenses is None else licenses)
+        held.by_vendor[vendor] = max(0, left)
         if not +held.by_vendor:
             self._close(key, ts, origin)
 

@@ -149,6 +149,17 @@ START = "(lmgrd) FlexNet Licensing (v11.18.1.0 build 279785 x64_n6) started on S
 10:06:00 (MLM) IN: "MATLAB" a@h1
 """, [("login", "2022-06-09 09:00:00", "MATLAB", "a@h1"),
       ("logout", "2022-06-09 18:00:00", "MATLAB", "a@h1")], 1),
+    # A shutdown: the daemon's one IN per user@host returns all it held there.
+    ("""
+ 8:00:00 (lmgrd) TIMESTAMP 6/9/2022
+ 9:00:00 (MLM) OUT: "MATLAB" a@h1
+ 9:00:01 (MLM) OUT: "MATLAB" a@h1
+ 9:00:02 (MLM) OUT: "MATLAB" a@h1  (3 licenses)
+ 9:30:00 (MLM) IN: "MATLAB" a@h1
+10:00:00 (lmgrd) EXITING DUE TO SIGNAL 15
+10:00:00 (MLM) IN: "MATLAB" a@h1  (SHUTDOWN)
+""", [("login", "2022-06-09 09:00:00", "MATLAB", "a@h1"),
+      ("logout", "2022-06-09 10:00:00", "MATLAB", "a@h1")], 0),
     # Nothing out: a start closes nothing.
     (f"""
  8:00:00 {START}
@@ -161,7 +172,8 @@ def test_a_server_restart_closes_every_open_checkout(
         log: str, expected: list[tuple[str, ...]], closed: int) -> None:
     """A new lmgrd (or a vendor daemon lmgrd starts again) holds none of the old checkouts;
     their IN lines never come, so the import ends them at the last time seen before the start.
-    An IN after the restart is of nothing out and is counted, not an event."""
+    An IN after the restart is of nothing out and is counted, not an event. A shutdown that
+    writes its IN lines ends every license of a user@host with one line."""
     events, counts = run(*log.split(NEXT_FILE))
     assert expected == brief(events)
     assert closed == counts.closed_by_restart
