@@ -47,12 +47,12 @@ class HttpDaemon(Daemon):
 
 
 def http_daemon(broker: Broker, workdir: Path, prefix: str,
-                settings: Mapping[str, str] | None = None) -> HttpDaemon:
+                settings: Mapping[str, str] | None = None, url: str | None = None) -> HttpDaemon:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "contracts.toml").write_text(CONTRACTS)
     port = free_port()
     d = HttpDaemon(broker, workdir, prefix,
-                   settings={"METER_HTTP_ADDR": f"127.0.0.1:{port}", **(settings or {})})
+                   settings={"METER_HTTP_ADDR": f"127.0.0.1:{port}", **(settings or {})}, url=url)
     d.http_port = port
     return d
 
@@ -270,3 +270,25 @@ def test_while_the_store_cannot_be_written_the_answer_waits_for_the_commit(
     assert ("200", {"accepted": 10, "duplicates": 0, "rejected": []}) == (status, json.loads(text))
     assert 10 == len(stored_ids(daemon.db))
     assert 0 == daemon.terminate(timeout=10)
+
+
+def test_on_postgresql_a_sigkill_after_the_answer_loses_nothing(
+        mosquitto: Broker, tmp_path: Path, topic_prefix: str, pg_url: str) -> None:
+    """The same contract on the PostgreSQL store: 100 events answered 200, SIGKILL at once, all
+    100 stored; posted again after the restart, all duplicates; the report API reads it."""
+    d = http_daemon(mosquitto, tmp_path / "meter", topic_prefix, url=pg_url)
+    d.start()
+    body = ndjson([doc(i) for i in range(100)])
+    try:
+        first = curl(d.api("/v1/events"), body)
+        d.kill()
+        stored = dict(stored_ids(d.store))
+        d.start()
+        again = curl(d.api("/v1/events"), body)
+        report = get(d.api(f"/v1/accounts/acme/reports/{datetime.now(UTC):%Y-%m}"))
+    finally:
+        d.kill()
+    assert (200, {"accepted": 100, "duplicates": 0, "rejected": []}) == first
+    assert {("acme", f"h{i}"): 1 for i in range(100)} == stored
+    assert (200, {"accepted": 0, "duplicates": 100, "rejected": []}) == again
+    assert (200, ["acme"]) == (report[0], [a["account"] for a in report[1]["accounts"]])
