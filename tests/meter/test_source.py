@@ -127,3 +127,33 @@ async def test_mqtt_5_to_a_broker_without_it_says_to_use_3_1_1(
     assert line.startswith(f"broker {rabbitmq.url}: Operation timed out; retrying in ")
     assert line.endswith(" (no CONNACK to an MQTT 5 CONNECT: if this broker has no MQTT 5, such "
                          "as RabbitMQ before 3.13, use --mqtt-version 3.1.1)")
+
+
+async def test_a_3_1_1_connection_quiet_after_traffic_reconnects_once(
+        mosquitto: Broker, topic_prefix: str) -> None:
+    """On 3.1.1 (RabbitMQ 3.10 may hold a few messages unacknowledged to a connected consumer
+    until it reconnects) a connection that received messages and then nothing for
+    `stall_seconds` reconnects, once per quiet spell; idle from the start, it never does."""
+    settings = load_settings({
+        "broker": mosquitto.url, "topic_prefix": topic_prefix, "mqtt_version": "3.1.1",
+        "client_id": f"src-{uuid.uuid4().hex[:8]}"}, {})
+    reconnects: list[int] = []
+    connected = asyncio.Event()
+    recording = Recording()
+    source = MqttSource(settings, on_connected=lambda up: up and connected.set(),
+                        on_reconnect=lambda: reconnects.append(1))
+    source.stall_seconds = 0.5
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(recording, stop))
+    await asyncio.wait_for(connected.wait(), 10)
+    await asyncio.sleep(1.5)  # idle from the start: no reconnect
+    assert ([], 0) == (reconnects, source.stall_reconnects)
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as publisher:
+        for i in range(3):
+            await publisher.publish(f"{topic_prefix}/acme/events", f"m{i}", qos=1)
+    await until(lambda: source.stall_reconnects == 1, "the reconnect after the quiet spell")
+    await asyncio.sleep(1.5)  # the new connection has had no message: it stays
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert ([1], 1) == (reconnects, source.stall_reconnects)
+    assert {"m0", "m1", "m2"} == recording.payloads
