@@ -13,7 +13,9 @@ from datetime import datetime
 from decimal import Decimal
 
 import numpy as np
+from numpy.typing import NDArray
 
+from rating.columns import Row, StoredColumns, first_appearance, held_pools, resolve_pools
 from rating.contracts import Account, Pool
 from rating.coverage import Coverage, cover
 from rating.grace import format_hms
@@ -25,7 +27,7 @@ from rating.pool import Episode, PoolJob, PoolRating, rate_pools
 from rating.rightsizing import RightSizing, right_size_pools
 from rating.seatchanges import QuantitySteps, SeatLedger, apply_orders, format_seats
 from rating.timeline import Timeline
-from rating.usage import KINDS, EventColumns, UsageEvent, from_us, iso, to_us
+from rating.usage import ASSIGN, UNASSIGN, EventColumns, UsageEvent, from_us, iso, to_us
 
 __all__ = [
     "RATING_VERSION",
@@ -35,6 +37,7 @@ __all__ = [
     "RefusedOrder",
     "Row",
     "rate_account",
+    "rate_columns",
     "rate_rows",
 ]
 
@@ -152,11 +155,6 @@ def _overage_line(account: Account, use: PoolUse, period: Period) -> Line:
     )
 
 
-#: One stored event as the report reads it: (id, type, user, pool, session, ts_us).
-Row = tuple[str, str, str, str | None, str | None, int]
-_SEAT = ("assign", "unassign")
-
-
 def _rows(events: Iterable[UsageEvent], account: str) -> list[Row]:
     return [(e.id, e.type, e.user, e.pool, e.session, to_us(e.ts))
             for e in events if e.account == account]
@@ -167,68 +165,74 @@ def _event(account: str, row: Row, pool: str | None) -> UsageEvent:
                       user=row[2], ts=from_us(row[5]), pool=pool, session=row[4])
 
 
-def _resolve_rows(account: Account, rows: Sequence[Row],
-                  steps: Mapping[str, QuantitySteps]) -> tuple[list[Row], list[UsageEvent], int]:
-    """Session rows with their pools resolved (`Account.pool_for`, with the seat the user holds
-    at the row's time), the events named seats need (seat events, and use of named pools), and
-    how many session rows stayed without a pool."""
+def _resolve(account: Account, cols: StoredColumns, steps: Mapping[str, QuantitySteps]
+             ) -> tuple[NDArray[np.int64], NDArray[np.int32], tuple[str, ...], list[UsageEvent],
+                        int]:
+    """The session rows that have a pool, each with its pool (`Account.pool_for`, with the seat
+    the user holds at the row's time, where the row names none): their indexes, pool codes and
+    the pool ids the codes index; the events named seats need (seat events, and use of named
+    pools); and how many session rows stayed without a pool."""
     named = account.named_pools
-    seat_events = [_event(account.id, r, r[3]) for r in rows if r[1] in _SEAT] if named else []
-    rosters = build_rosters(account, seat_events, steps) if named else None
-    out: list[Row] = []
-    named_use: list[UsageEvent] = []
-    unresolved = 0
-    named_set = set(named)
-    for row in rows:
-        kind, pool = row[1], row[3]
-        if kind in _SEAT:
-            continue
-        if pool is None:
-            held = None if rosters is None else rosters.assigned_pool(row[2], from_us(row[5]))
-            pool = account.pool_for(kind, held)
-            if pool is None:
-                unresolved += 1
-                continue
-            row = (row[0], kind, row[2], pool, row[4], row[5])  # noqa: PLW2901 - the resolved copy
-        out.append(row)
-        if pool in named_set:
-            named_use.append(_event(account.id, row, pool))
-    return out, seat_events + named_use, unresolved
+    seat = (cols.kind == ASSIGN) | (cols.kind == UNASSIGN)
+    seat_rows = [cols.row(i) for i in np.flatnonzero(seat).tolist()] if named else []
+    seat_events = [_event(account.id, r, r[3]) for r in seat_rows]
+    session = np.flatnonzero(~seat)
+    pool = cols.pool[session]
+    missing = np.flatnonzero(pool < 0)
+    held = np.full(missing.shape[0], -1, np.int32)
+    if named and missing.shape[0]:
+        rosters = build_rosters(account, seat_events, steps)
+        rows = session[missing]
+        held = held_pools(account, rosters, cols.user[rows], cols.users, cols.ts[rows])
+    found, names = resolve_pools(account, cols.kind[session[missing]], held)
+    # One vocabulary for stored and resolved pools (each id once): the stored ones, then the
+    # account's that were not stored.
+    vocab = (*cols.pools, *(n for n in names if n not in cols.pools))
+    at = np.array([vocab.index(n) for n in names] + [-1], np.int32)  # found -1 reads the last
+    codes = pool.astype(np.int32)
+    codes[missing] = at[found]
+    keep = codes >= 0
+    unresolved = int(np.count_nonzero(~keep))
+    index, codes = session[keep], codes[keep]
+    use = np.isin(codes, [i for i, p in enumerate(vocab) if p in named])
+    named_use = [_event(account.id, cols.row(i), vocab[c]) for i, c in
+                 zip(index[use].tolist(), codes[use].tolist(), strict=True)]
+    return index, codes, vocab, seat_events + named_use, unresolved
 
 
-def _columns(account: str, rows: Sequence[Row]) -> EventColumns:
-    """One account's session rows (every one with a pool) as `EventColumns`.
+def _columns(account: str, cols: StoredColumns, index: NDArray[np.int64],
+             pool_codes: NDArray[np.int32], pool_vocab: Sequence[str]) -> EventColumns:
+    """One account's session rows `index` of `cols` (every one with a pool, `pool_codes` into
+    `pool_vocab`) as `EventColumns`.
 
-    The same coding as `EventColumns.from_rows` (users, pools, members, sessions per member)
-    built with one dict lookup per row and column and numpy for the pairs, since the report
-    codes millions of rows; members and sessions are numbered in sorted order of their codes.
+    The same coding as `EventColumns.from_rows` (users, pools, members, sessions per member, in
+    order of first appearance among these rows), built with numpy, since the report codes
+    millions of rows; members and sessions are numbered in sorted order of their codes.
     """
-    n = len(rows)
-    users: dict[str, int] = {}
-    pools: dict[str | None, int] = {}
-    texts: dict[str, int] = {}
-    user = np.fromiter((users.setdefault(r[2], len(users)) for r in rows), np.int64, n)
-    pool = np.fromiter((pools.setdefault(r[3], len(pools)) for r in rows), np.int64, n)
-    text = np.fromiter((-1 if r[4] is None else texts.setdefault(r[4], len(texts)) for r in rows),
-                       np.int64, n)
-    kind = np.fromiter((KINDS[r[1]] for r in rows), np.int8, n)
-    ts = np.fromiter((r[5] for r in rows), np.int64, n)
-    width = max(len(users), 1)
-    pairs, member = np.unique(pool * width + user, return_inverse=True)
-    member = member.reshape(-1)
-    spread = max(len(texts), 1)
+    n = index.shape[0]
+    user, user_old = first_appearance(cols.user[index])
+    pool, pool_old = first_appearance(pool_codes)
+    text = cols.session[index].astype(np.int64)
     named = text >= 0
+    text_new, text_old = first_appearance(text[named])
+    text[named] = text_new
+    width = max(user_old.shape[0], 1)
+    pairs, member = np.unique(pool.astype(np.int64) * width + user, return_inverse=True)
+    member = member.reshape(-1)
+    spread = max(text_old.shape[0], 1)
     keys, code = np.unique(member[named] * spread + text[named], return_inverse=True)
     session = np.full(n, -1, np.int32)
     session[named] = code.reshape(-1)
-    by_code = list(texts)
+    by_code = [cols.sessions[k] for k in text_old.tolist()]
+    ids = np.array(cols.ids, dtype=object)[index].tolist() if n else []
     return EventColumns(
-        ts=ts, kind=kind, pool=pool.astype(np.int32), user=user.astype(np.int32),
+        ts=cols.ts[index], kind=cols.kind[index], pool=pool, user=user,
         member=member.astype(np.int32), session=session,
-        pools=tuple((account, str(p)) for p in pools), users=tuple((account, u) for u in users),
+        pools=tuple((account, str(pool_vocab[p])) for p in pool_old.tolist()),
+        users=tuple((account, cols.users[u]) for u in user_old.tolist()),
         member_pool=(pairs // width).astype(np.int32), member_user=(pairs % width).astype(np.int32),
         sessions=tuple(by_code[k % spread] for k in keys.tolist()),
-        ids=tuple(r[0] for r in rows),
+        ids=tuple(ids),
     )
 
 
@@ -249,7 +253,16 @@ def rate_account(account: Account, events: Sequence[UsageEvent], period: Period,
 def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
               ledger: SeatLedger | None = None, adjustment_lines: Iterable[Line] = (),
               until: datetime | None = None) -> AccountBill:
-    """`rate_account` from the account's stored rows (id, type, user, pool, session, ts_us).
+    """`rate_account` from the account's stored rows (id, type, user, pool, session, ts_us):
+    `rate_columns` of their columns."""
+    return rate_columns(account, StoredColumns.from_rows(rows), period, ledger=ledger,
+                        adjustment_lines=adjustment_lines, until=until)
+
+
+def rate_columns(account: Account, stored: StoredColumns, period: Period, *,
+                 ledger: SeatLedger | None = None, adjustment_lines: Iterable[Line] = (),
+                 until: datetime | None = None) -> AccountBill:
+    """`rate_account` from the account's stored events as column arrays.
 
     `until` is the horizon of what is known (default `period.end + session_timeout`): a period
     still running is rated as of now, so a session open then counts as open up to it, as the
@@ -261,8 +274,8 @@ def rate_rows(account: Account, rows: Sequence[Row], period: Period, *,
     """
     ledger = ledger or apply_orders(account)
     steps = {p.id: ledger.licensed_steps(p.id) for p in account.pools}
-    resolved, named_events, unresolved = _resolve_rows(account, rows, steps)
-    cols = _columns(account.id, resolved)
+    index, pool_codes, pool_vocab, named_events, unresolved = _resolve(account, stored, steps)
+    cols = _columns(account.id, stored, index, pool_codes, pool_vocab)
     jobs = [PoolJob(account.id, pool, period, steps[pool.id], account.session_timeout, until)
             for pool in account.pools]
     pools = tuple(_pool_use(account, rating) for rating in rate_pools(cols, jobs))
