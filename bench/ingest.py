@@ -11,6 +11,13 @@ peak RSS. Each subscriber is its own process, as the daemon is.
 
     python bench/ingest.py                         # 200,000 events, 2 rounds
     python bench/ingest.py --events 2000 --latency-events 500 --rounds 1   # the smoke size
+    python bench/ingest.py --broker-profile memory,single,durable --events 50000
+
+`--broker-profile` measures `meter serve` end to end on each broker profile instead: `memory`
+(Mosquitto without persistence), `single` (deploy/mosquitto.conf itself), `durable` (a private
+RabbitMQ node running deploy/rabbitmq.conf, the meter at MQTT 3.1.1). For each: the rate with the
+meter live (empty queue), and the rate at which it takes a backlog of --events queued while it was
+down, with ratios to the memory-only broker.
 """
 
 from __future__ import annotations
@@ -315,7 +322,8 @@ def contracts_text() -> str:
 class Daemon:
     """`meter serve` on the bench broker, with its own database and metrics port."""
 
-    def __init__(self, workdir: Path, broker_port: int, extra: list[str]) -> None:
+    def __init__(self, workdir: Path, broker_port: int, extra: list[str],
+                 client_id: str | None = None) -> None:
         self.db = workdir / "meter.db"
         for f in workdir.glob("meter.db*"):
             f.unlink()
@@ -325,7 +333,7 @@ class Daemon:
         self.log = (workdir / "daemon.log").open("ab")
         # A client id of its own per daemon: its persistent session is removed in stop(), so no
         # round inherits a backlog queued for an earlier daemon.
-        self.client_id = f"bench-meter-{os.getpid()}-{time.monotonic_ns()}"
+        self.client_id = client_id or f"bench-meter-{os.getpid()}-{time.monotonic_ns()}"
         self.broker_port = broker_port
         env = {**os.environ, "METER_TOPIC_PREFIX": PREFIX, "METER_CLIENT_ID": self.client_id}
         self.proc = subprocess.Popen(
@@ -359,7 +367,7 @@ class Daemon:
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
-    def stop(self) -> int:
+    def stop(self, *, keep_session: bool = False) -> int:
         rss = peak_rss_kb(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -368,7 +376,8 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-        mqtt_connect(self.broker_port, self.client_id, clean=True).close()  # drop its session
+        if not keep_session:
+            mqtt_connect(self.broker_port, self.client_id, clean=True).close()  # drop its session
         return rss
 
 
@@ -407,6 +416,132 @@ def meter_round(workdir: Path, port: int, n: int, round_: str, *, extra: list[st
             spy.wait(30)
     return {"received": got, "seconds": last - start, "per_s": got / max(last - start, 1e-9),
             "duplicates": duplicates, "peak_rss_mb": rss / 1024}
+
+
+class ProfileBroker:
+    """The broker of one `--broker-profile`, on free loopback ports in `workdir`."""
+
+    def __init__(self, name: str, workdir: Path, inflight: int) -> None:
+        self.name = name
+        self.node = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
+        if name == "durable":
+            sys.path.insert(0, str(ROOT))
+            from tests.rabbitmq import RabbitNode
+
+            self.node = RabbitNode(workdir / "rabbit")
+            self.node.workdir.mkdir()
+            self.node.start()
+            self.port = self.node.port
+            self.extra = ["--mqtt-version", "3.1.1"]
+            return
+        self.port = free_port()
+        conf = workdir / f"mosquitto-{name}.conf"
+        if name == "single":
+            data = workdir / "mosq-data"
+            data.mkdir(exist_ok=True)
+            os.chmod(data, 0o777)  # noqa: S103 - mosquitto may drop to its own user
+            text = (ROOT / "deploy" / "mosquitto.conf").read_text()
+            text = text.replace("listener 1883", f"listener {self.port} 127.0.0.1")
+            text = text.replace("/mosquitto/data/", f"{data}/")
+            conf.write_text(text + f"\nmax_inflight_messages {inflight}\n")
+        else:
+            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                            f"max_queued_messages 0\nmax_inflight_messages {inflight}\n")
+        log = (workdir / f"mosquitto-{name}.log").open("ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.node is not None:
+            self.node.destroy()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def backlog_round(workdir: Path, port: int, n: int, round_: str, *,
+                  extra: list[str]) -> dict[str, float]:
+    """n events published while the meter is down (its session exists), then the meter starts:
+    rate = events committed after it was connected / (last commit - connected); the daemon's
+    start (imports, rebuild) is not the backlog's cost."""
+    first = Daemon(workdir, port, extra)
+    client_id = first.client_id
+    first.stop(keep_session=True)
+    publish(port, n, round_)
+    daemon = Daemon(workdir, port, extra, client_id=client_id)
+    started = time.time()
+    at_connect = daemon.committed()
+    deadline = time.monotonic() + 900
+    last = 0.0
+    try:
+        while time.monotonic() < deadline:
+            if daemon.committed() >= n:
+                last = time.time()
+                break
+            time.sleep(0.05)
+        got = daemon.committed()
+    finally:
+        daemon.stop()
+    return {"received": got, "seconds": last - started, "at_connect": at_connect,
+            "per_s": (got - at_connect) / max(last - started, 1e-9)}
+
+
+def profiles_main(args: argparse.Namespace) -> int:
+    """`--broker-profile`: live and backlog rates of `meter serve` on each broker profile."""
+    names = args.broker_profile.split(",")
+    unknown = set(names) - {"memory", "single", "durable"}
+    if unknown:
+        print(f"--broker-profile: unknown {', '.join(sorted(unknown))} "
+              "(memory, single, durable)", file=sys.stderr)
+        return 2
+    run = Run("ingest_profiles", {k: v for k, v in vars(args).items() if k not in ("out", "keep")})
+    load = os.getloadavg()
+    results: dict[str, dict[str, object]] = {}
+    for name in names:
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-ingest-{name}-"))
+        os.chmod(workdir, 0o777)  # noqa: S103 - mosquitto may drop to its own user
+        broker = ProfileBroker(name, workdir, args.inflight)
+        try:
+            tag = f"{name[0]}{int(time.time()) % 100000}"
+            extra = [*broker.extra, *args.serve_arg]
+            live = meter_round(workdir, broker.port, args.events, tag + "l", extra=extra)
+            backlog = backlog_round(workdir, broker.port, args.backlog_events or args.events,
+                                    tag + "b", extra=extra)
+            results[name] = {"live": live, "backlog": backlog}
+            print(f"  {name}: live {live['per_s']:,.0f}/s, backlog {backlog['per_s']:,.0f}/s",
+                  flush=True)
+        finally:
+            broker.stop()
+            if args.keep:
+                print(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    memory = results.get("memory", {}).get("live", {}).get("per_s")  # type: ignore[attr-defined]
+    rows = []
+    for name, r in results.items():
+        live_s: float = r["live"]["per_s"]  # type: ignore[index]
+        back_s: float = r["backlog"]["per_s"]  # type: ignore[index]
+        rows.append((name, f"{live_s:,.0f}", f"{live_s / memory:.0%}" if memory else "-",
+                     f"{back_s:,.0f}", f"{back_s / live_s:.0%}"))
+    print(f"\nmeter serve end to end, {args.events:,} events of {EVENT_BYTES} bytes at QoS 1 "
+          f"(backlog {args.backlog_events or args.events:,}); load average before "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(table(["profile", "live events/s", "of memory", "backlog events/s", "backlog of live"],
+                rows))
+    run.save({"profiles": results, "load_before": load,
+              "targets": {"single_of_memory": 0.9, "backlog_of_live": 0.8,
+                          "durable_of_memory": 0.5}},
+             results_arg(args.out, "ingest_profiles"))
+    return 0
 
 
 def latency_round(workdir: Path, port: int, n: int, *, rate: float, round_: str,
@@ -497,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="FILE",
                     help="py-spy the daemon during the meter round (collapsed stacks to FILE; "
                          "needs py-spy on PATH) and print where its time goes")
+    ap.add_argument("--broker-profile", metavar="LIST",
+                    help="comma list of memory,single,durable: measure meter serve live and on "
+                         "a backlog on each broker profile (instead of the other rounds)")
+    ap.add_argument("--backlog-events", type=int, default=0,
+                    help="backlog size for --broker-profile (default: --events)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
     ap.add_argument("--out", help="results JSON (default bench/results/ingest.json)")
     args = ap.parse_args(argv)
@@ -504,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     global ACCOUNTS  # noqa: PLW0603 - the roles and the contracts read it; subprocesses via env
     ACCOUNTS = args.accounts
     os.environ["BENCH_INGEST_ACCOUNTS"] = str(args.accounts)
+    if args.broker_profile:
+        return profiles_main(args)
     run = Run("ingest", {k: v for k, v in vars(args).items() if k not in ("out", "keep")})
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     os.chmod(workdir, 0o777)  # noqa: S103 - mosquitto may drop to its own user
