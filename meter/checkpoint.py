@@ -11,7 +11,6 @@ only one that does.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import itertools
 
 import msgspec
@@ -23,7 +22,9 @@ from rating.contracts import Contracts
 __all__ = ["VERSION", "Stale", "dump", "fingerprint", "load"]
 
 #: Bump whenever the tracker's state or its meaning changes: older checkpoints are then ignored.
-VERSION = 2
+#: 3: sessions as one (user, key, last event) list in expiry order, no timer list (version 2 kept
+#: a dict of sessions per user and its timers; the meter rebuilds from the log when it finds one).
+VERSION = 3
 
 
 class Stale(ValueError):
@@ -54,8 +55,9 @@ class _Pool(msgspec.Struct, array_like=True, frozen=True):
     account: str
     pool: str
     clock: int
-    sessions: dict[str, dict[str, int]]
-    scheduled: list[tuple[str, str, int]]  # (user, key, due) of every live timer
+    # (user, session key, last event us) of every open session, oldest last event first: the
+    # pool's expiry order (a session times out at its last event + timeout + 1 us).
+    sessions: list[tuple[str, bytes, int]]
     assigned: list[str]
     licensed: int
     since: list[int]
@@ -102,14 +104,13 @@ def fingerprint(contracts: Contracts) -> str:
 def _pool(state: _PoolState) -> _Pool:
     return _Pool(
         account=state.account.id, pool=state.pool.id, clock=state.clock,
-        sessions={user: dict(keys) for user, keys in state.sessions.items()},
-        scheduled=[(user, key, due) for (user, key), due in state.scheduled.items()],
+        sessions=state.sessions(),
         assigned=sorted(state.assigned), licensed=state.licensed, since=list(state.since),
         cumulative=list(state.cumulative), unknown_logouts=state.unknown_logouts,
         refused_assigns=state.refused_assigns, last_event_us=state.last_event_us,
         period_start=state.period_start, period_end=state.period_end, peak=state.peak,
         peak_at=state.peak_at, shown_peak=state.shown_peak, shown_peak_at=state.shown_peak_at,
-        billable=state.billable, seen=sorted(state.seen), dirty=state.dirty)
+        billable=state.billable, seen=state.seen_users(), dirty=state.dirty)
 
 
 def capture(tracker: Tracker, seq: int) -> _Checkpoint:
@@ -139,12 +140,8 @@ def dump(tracker: Tracker, seq: int) -> bytes:
 
 def _restore_pool(state: _PoolState, p: _Pool) -> None:
     state.clock = p.clock
-    state.sessions = {user: dict(keys) for user, keys in p.sessions.items()}
-    state.scheduled = {(user, key): due for user, key, due in p.scheduled}
-    # Only live timers are kept; stale heap entries are skipped by the tracker anyway, and
-    # (due, user, key) tuples pop in the same order from any heap of the same entries.
-    state.expiries = [(due, user, key) for user, key, due in p.scheduled]
-    heapq.heapify(state.expiries)
+    # In the order dumped, so a second dump is byte for byte the first.
+    state.restore_sessions(p.sessions, p.seen)
     state.assigned = set(p.assigned)
     state.licensed = p.licensed
     state.since = list(p.since)
@@ -156,7 +153,6 @@ def _restore_pool(state: _PoolState, p: _Pool) -> None:
     state.peak, state.peak_at = p.peak, p.peak_at
     state.shown_peak, state.shown_peak_at = p.shown_peak, p.shown_peak_at
     state.billable = p.billable
-    state.seen = set(p.seen)
     state.dirty = p.dirty
 
 

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -145,8 +147,39 @@ class AddonView:
     shortfall: int
 
 
+#: One int object per slot number, shared by every pool's user table (a dict holds its values by
+#: reference, so pools reusing the same small slot numbers share them instead of each keeping a
+#: 28-byte int per user). Only ever grown, under the lock: replays run in other threads.
+_SLOT_INTS: list[int] = []
+_SLOT_LOCK = threading.Lock()
+_NIL: Final = -1  # "no slot" in the slot arrays
+
+
+def _slot_int(i: int) -> int:
+    if i < len(_SLOT_INTS):
+        return _SLOT_INTS[i]
+    with _SLOT_LOCK:
+        _SLOT_INTS.extend(range(len(_SLOT_INTS), i + 1))
+    return _SLOT_INTS[i]
+
+
+def _key(session: str | None) -> bytes:
+    """A session id as kept (bytes are 16 bytes smaller than str; `surrogatepass` keeps every
+    str, even a lone surrogate from JSON, distinct and reversible). No id is the key b""."""
+    return b"" if session is None else session.encode("utf-8", "surrogatepass")
+
+
 class _PoolState:
-    """Mutable state of one pool; only `Tracker` touches it."""
+    """Mutable state of one pool; only `Tracker` (and `meter.checkpoint`) touch it.
+
+    Open sessions live in flat slot arrays, not a dict per user, so one costs a few dozen bytes
+    beside its ids: users are interned per pool (`uid`: user -> user slot, kept while the user
+    has a session open or was seen this period); each session slot holds its key, last event
+    time, owner and the next session of the same owner; and all open sessions sit in one list
+    ordered by last event time (`older`/`newer`), the pool's only expiry structure: its oldest
+    session is the next to time out, at last + `expiry`. Events come in time order, so a
+    refreshed session moves to the newest end in O(1); a late one walks back to its place.
+    """
 
     def __init__(self, account: Account, pool: Pool, now_us: int,
                  schedule: tuple[tuple[int, int], ...]) -> None:
@@ -159,12 +192,25 @@ class _PoolState:
         self.grace = span_us(pool.grace)
         self.schedule = schedule
         self.clock = now_us
-        self.sessions: dict[str, dict[str, int]] = {}  # user -> session key -> last event us
-        # One live timer per session: (due, user, key) in the heap and due in `scheduled`; a heap
-        # entry whose due differs from `scheduled` is stale. A refreshed session keeps its timer,
-        # which is moved when it fires, so heartbeats never grow the heap.
-        self.expiries: list[tuple[int, str, str]] = []
-        self.scheduled: dict[tuple[str, str], int] = {}
+        # Users: slot -> name (None: free), first open session (-1: none; a free slot: the next
+        # free user slot), seen this period (0/1).
+        self.uid: dict[str, int] = {}
+        self.names: list[str | None] = []
+        self.first = array("i")
+        self.seen_flags = bytearray()
+        self.free_user = _NIL
+        self.count = 0  # users with at least one session open: c at the clock
+        self.users_seen = 0
+        # Sessions: slot -> key, last event us, owner (user slot), the owner's next session (a
+        # free slot: the next free session slot), neighbours in the expiry order.
+        self.key: list[bytes] = []
+        self.last = array("q")
+        self.owner = array("i")
+        self.sibling = array("i")
+        self.older = array("i")
+        self.newer = array("i")
+        self.oldest = self.newest = _NIL
+        self.free_session = _NIL
         self.assigned: set[str] = set()
         self.licensed = quantity_at(self.schedule, now_us)
         self.since: list[int] = []  # since[k-1]: start of the current stretch with x >= k
@@ -178,17 +224,17 @@ class _PoolState:
         self.dirty = False
         #: (user, session key, last event) of each session closed by its timeout, in order; kept
         #: only while `records_timeouts` (a replay's first pass), so a live pool holds none.
-        self.timed_out: list[tuple[str, str, int]] = []
+        self.timed_out: list[tuple[str, bytes, int]] = []
         self.records_timeouts = False
         #: Sessions known to time out after the event at that time (a replay's second pass):
         #: they close at it, as the bill closes them, instead of `session_timeout` later.
-        self.closes_at_last: frozenset[tuple[str, str, int]] = frozenset()
+        self.closes_at_last: frozenset[tuple[str, bytes, int]] = frozenset()
         self._start_period(now_us)
 
     def _start_period(self, at_us: int) -> None:
         period = monthly_period(self.account, from_us(at_us))
         self.period_start, self.period_end = to_us(period.start), to_us(period.end)
-        self.peak = len(self.sessions)
+        self.peak = self.count
         self.peak_at = at_us
         # The high-water mark shown so far this period: a late login shown at the clock and taken
         # back by a late logout at the same instant must not make the gauge fall.
@@ -196,27 +242,172 @@ class _PoolState:
         self.billable = 0
         self.cumulative = [0] * len(self.since)
         self.since = [max(s, self.period_start) for s in self.since]
-        self.seen = set(self.sessions)
-
-    @property
-    def count(self) -> int:
-        return len(self.sessions)
+        # The users seen restart as the users signed in at the boundary; the others are let go.
+        first, flags = self.first, self.seen_flags
+        for u, name in enumerate(self.names):
+            if name is not None:
+                flags[u] = first[u] >= 0
+                if not flags[u]:
+                    self._release_user(u)
+        self.users_seen = self.count
 
     @property
     def excess(self) -> int:
         return max(0, self.count - self.licensed)
+
+    def sessions(self) -> list[tuple[str, bytes, int]]:
+        """(user, key, last event us) of every open session, oldest last event first."""
+        out = []
+        names, owner, key, last, newer = self.names, self.owner, self.key, self.last, self.newer
+        s = self.oldest
+        while s >= 0:
+            out.append((names[owner[s]] or "", key[s], last[s]))
+            s = newer[s]
+        return out
+
+    def seen_users(self) -> list[str]:
+        return sorted(name for u, name in enumerate(self.names)
+                      if name is not None and self.seen_flags[u])
+
+    # --- users and sessions ---------------------------------------------------------------------
+
+    def _user(self, user: str) -> int:
+        """The user's slot, interned now if the user has none."""
+        u = self.uid.get(user)
+        if u is not None:
+            return u
+        u = self.free_user
+        if u >= 0:
+            self.free_user = self.first[u]
+            self.first[u] = _NIL
+            self.names[u] = user
+        else:
+            u = len(self.names)
+            self.names.append(user)
+            self.first.append(_NIL)
+            self.seen_flags.append(0)
+        self.uid[user] = _slot_int(u)
+        return u
+
+    def _release_user(self, u: int) -> None:
+        """Let a user go who has no session open and was not seen this period."""
+        del self.uid[self.names[u]]  # type: ignore[arg-type]  # a used slot has a name
+        self.names[u] = None
+        self.first[u] = self.free_user
+        self.free_user = u
+
+    def _see(self, u: int, ts: int) -> None:
+        if ts >= self.period_start and not self.seen_flags[u]:
+            self.seen_flags[u] = 1
+            self.users_seen += 1
+
+    def _find(self, u: int, key: bytes) -> int:
+        s = self.first[u]
+        while s >= 0 and self.key[s] != key:
+            s = self.sibling[s]
+        return s
+
+    def _add_session(self, u: int, key: bytes, ts: int) -> None:
+        s = self.free_session
+        if s >= 0:
+            self.free_session = self.sibling[s]
+            self.key[s], self.last[s], self.owner[s] = key, ts, u
+        else:
+            s = len(self.key)
+            self.key.append(key)
+            self.last.append(ts)
+            self.owner.append(u)
+            self.sibling.append(_NIL)
+            self.older.append(_NIL)
+            self.newer.append(_NIL)
+        if self.first[u] < 0:
+            self.count += 1
+        self.sibling[s] = self.first[u]
+        self.first[u] = s
+        self._file(s)
+
+    def _file(self, s: int) -> None:
+        """Put session `s` in the expiry order after every session not newer than it (events
+        in order: at the newest end at once)."""
+        t, last, older, newer = self.last[s], self.last, self.older, self.newer
+        after = self.newest
+        while after >= 0 and last[after] > t:
+            after = older[after]
+        nxt = newer[after] if after >= 0 else self.oldest
+        older[s], newer[s] = after, nxt
+        if after >= 0:
+            newer[after] = s
+        else:
+            self.oldest = s
+        if nxt >= 0:
+            older[nxt] = s
+        else:
+            self.newest = s
+
+    def _unfile(self, s: int) -> None:
+        o, n = self.older[s], self.newer[s]
+        if o >= 0:
+            self.newer[o] = n
+        else:
+            self.oldest = n
+        if n >= 0:
+            self.older[n] = o
+        else:
+            self.newest = o
+
+    def _refresh(self, s: int, ts: int) -> None:
+        if ts > self.last[s]:
+            self.last[s] = ts
+            if s != self.newest:
+                self._unfile(s)
+                self._file(s)
+
+    def _close(self, s: int) -> None:
+        """Close session `s`; its user counts no more if it was their last."""
+        u, sibling = self.owner[s], self.sibling
+        if self.first[u] == s:
+            self.first[u] = sibling[s]
+        else:
+            p = self.first[u]
+            while sibling[p] != s:
+                p = sibling[p]
+            sibling[p] = sibling[s]
+        self._unfile(s)
+        self.key[s] = b""
+        sibling[s] = self.free_session
+        self.free_session = s
+        if self.first[u] < 0:
+            self.count -= 1
+            if not self.seen_flags[u]:
+                self._release_user(u)
+
+    def _open(self, user: str, key: bytes, ts: int) -> None:
+        u = self._user(user)
+        s = self._find(u, key)
+        if s < 0:
+            self._add_session(u, key, ts)
+        else:
+            self._refresh(s, ts)
+        self._see(u, ts)
+
+    def restore_sessions(self, sessions: Iterable[tuple[str, bytes, int]],
+                         seen: Iterable[str]) -> None:
+        """Open `sessions` (oldest last event first, as `sessions()` lists them) and mark `seen`
+        (a checkpoint's); the pool must have no user yet."""
+        for user in seen:
+            u = self._user(user)
+            self.seen_flags[u] = 1
+            self.users_seen += 1
+        for user, key, last in sessions:
+            self._add_session(self._user(user), key, last)
 
     # --- time ----------------------------------------------------------------------------------
 
     def _next_boundary(self) -> int | None:
         """The next time after the clock where the state changes without an event."""
         candidates = [self.period_end]
-        while self.expiries:
-            when, user, key = self.expiries[0]
-            if self.scheduled.get((user, key)) == when:
-                candidates.append(when)  # may be early if refreshed; _settle moves it then
-                break
-            heapq.heappop(self.expiries)
+        if self.oldest >= 0:
+            candidates.append(self.last[self.oldest] + self.expiry)
         i = bisect_right(self.schedule, (self.clock, 1 << 62))
         if i < len(self.schedule):
             candidates.append(self.schedule[i][0])
@@ -250,23 +441,14 @@ class _PoolState:
         """Apply what happens at the clock without an event: rollover, timeouts, licence changes."""
         while self.clock >= self.period_end:
             self._start_period(self.period_end)
-        while self.expiries and self.expiries[0][0] <= self.clock:
-            when, user, key = heapq.heappop(self.expiries)
-            if self.scheduled.get((user, key)) != when:
-                continue  # stale entry
-            sessions = self.sessions.get(user, {})
-            last = sessions.get(key)
-            if last is not None and last + self.expiry > when:
-                self._schedule(user, key, last + self.expiry)  # refreshed since: move the timer
-                continue
-            del self.scheduled[user, key]
-            if last is not None:
-                del sessions[key]
-                if not sessions:
-                    del self.sessions[user]
-                if self.records_timeouts:
-                    self.timed_out.append((user, key, last))
-                self.dirty = True
+        due = self.clock - self.expiry  # sessions whose last event is not newer have timed out
+        while self.oldest >= 0 and self.last[self.oldest] <= due:
+            s = self.oldest
+            if self.records_timeouts:
+                self.timed_out.append((self.names[self.owner[s]] or "", self.key[s],
+                                       self.last[s]))
+            self._close(s)
+            self.dirty = True
         self.licensed = quantity_at(self.schedule, self.clock)
 
     def _levels(self) -> None:
@@ -290,21 +472,6 @@ class _PoolState:
 
     # --- events ---------------------------------------------------------------------------------
 
-    def _schedule(self, user: str, key: str, due: int) -> None:
-        self.scheduled[user, key] = due
-        heapq.heappush(self.expiries, (due, user, key))
-
-    def _open(self, user: str, key: str, ts: int) -> None:
-        sessions = self.sessions.setdefault(user, {})
-        last = max(sessions.get(key, ts), ts)
-        sessions[key] = last
-        due = last + self.expiry
-        planned = self.scheduled.get((user, key))
-        if planned is None or planned > due:
-            self._schedule(user, key, due)
-        if ts >= self.period_start:
-            self.seen.add(user)
-
     def apply(self, kind: str, user: str, session: str | None, ts: int) -> None:
         if ts > self.clock:
             self.advance(ts)
@@ -315,24 +482,35 @@ class _PoolState:
         if kind in ("login", "heartbeat"):
             if self.clock - ts > self.timeout:
                 return  # late enough that its session has timed out already
-            open_keys = self.sessions.get(user)
-            if kind == "heartbeat" and session is None and open_keys:
-                for key in list(open_keys):
-                    self._open(user, key, ts)
+            u = self.uid.get(user) if kind == "heartbeat" and session is None else None
+            if u is not None and self.first[u] >= 0:
+                s = self.first[u]
+                while s >= 0:  # refreshing keeps the owner's chain as it is
+                    self._refresh(s, ts)
+                    s = self.sibling[s]
+                self._see(u, ts)
             else:
-                self._open(user, session or "", ts)
+                self._open(user, _key(session), ts)
             if self.closes_at_last:
                 self._close_known(user, ts)
         elif kind == "logout":
-            sessions = self.sessions.get(user, {})
-            keys = list(sessions) if session is None else [session] if session in sessions else []
-            keys = [k for k in keys if sessions[k] <= ts]
-            if not keys:
+            u = self.uid.get(user)
+            closing = []
+            if u is not None:
+                if session is None:
+                    s = self.first[u]
+                    while s >= 0:
+                        if self.last[s] <= ts:
+                            closing.append(s)
+                        s = self.sibling[s]
+                else:
+                    s = self._find(u, _key(session))
+                    if s >= 0 and self.last[s] <= ts:
+                        closing.append(s)
+            if not closing:
                 self.unknown_logouts += 1
-            for key in keys:
-                del sessions[key]
-            if user in self.sessions and not sessions:
-                del self.sessions[user]
+            for s in closing:
+                self._close(s)
         elif kind == "assign":
             if user not in self.assigned:
                 if len(self.assigned) >= self.licensed:
@@ -344,12 +522,17 @@ class _PoolState:
 
     def _close_known(self, user: str, ts: int) -> None:
         """Close the user's sessions refreshed at `ts` that the replay knows to time out there."""
-        sessions = self.sessions.get(user, {})
-        for key in [k for k, last in sessions.items()
-                    if last == ts and (user, k, ts) in self.closes_at_last]:
-            del sessions[key]
-        if user in self.sessions and not sessions:
-            del self.sessions[user]
+        u = self.uid.get(user)
+        if u is None:
+            return
+        closing = []
+        s = self.first[u]
+        while s >= 0:
+            if self.last[s] == ts and (user, self.key[s], ts) in self.closes_at_last:
+                closing.append(s)
+            s = self.sibling[s]
+        for s in closing:
+            self._close(s)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -387,7 +570,7 @@ class _PoolState:
             peak_at_us=self.shown_peak_at,
             grace_remaining_s=self.grace_remaining(),
             billable_overage=self.billable if concurrent else None,
-            users_seen=len(self.seen),
+            users_seen=self.users_seen,
             unknown_logouts=self.unknown_logouts,
             last_event_us=self.last_event_us,
             assigned=len(self.assigned),
@@ -446,7 +629,7 @@ class Replay:
 
 def _replayed(account: Account, start_us: int, watermark_us: int, *,
               seats: Iterable[TrackedEvent], events: Iterable[TrackedEvent],
-              closes: dict[str, frozenset[tuple[str, str, int]]]) -> Tracker:
+              closes: dict[str, frozenset[tuple[str, bytes, int]]]) -> Tracker:
     """A tracker of `account` alone, fed in order from `start_us` up to `watermark_us`."""
     tracker = Tracker(Contracts(accounts=(account,)), start_us)
     for (_, pool_id), state in tracker._pools.items():
@@ -663,7 +846,7 @@ class Tracker:
             purchased = {a: quantity_at(steps, watermark) for a, steps in schedules.items()}
             coverage = {c.addon: c for c in cover(
                 account,
-                {st.pool.id: len(st.seen) for st in states},
+                {st.pool.id: st.users_seen for st in states},
                 licensed={st.pool.id: st.licensed for st in states},
                 purchased=purchased,
             )}

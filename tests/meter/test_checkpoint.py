@@ -4,6 +4,7 @@ is refused."""
 
 from __future__ import annotations
 
+import base64
 import random
 import signal
 import sqlite3
@@ -46,6 +47,22 @@ T0 = datetime(2026, 11, 3, 14, 0, tzinfo=UTC)
 T0_US = int(T0.timestamp()) * 1_000_000
 MIN = 60_000_000
 POOLS = {"acme": ["agents", "leads", "seats", None], "globex": ["desk"]}
+
+
+#: A real version-2 checkpoint (dict of sessions per user and a timer list), written by the meter
+#: before version 3, with these CONTRACTS: ann on two devices, bob and x signed in, a logout buffered.
+V2_BLOB = base64.b64decode(
+    "hqd2ZXJzaW9uAqljb250cmFjdHPZQDcxZTY3MzY2YTVmN2Q0ODM5ZGQyODQ4YTljYzAwNWFhNzFhNTM1N2IyZWMzMDg1"
+    "ZDk4ZWMzNWIwMDVjZTVjNjejc2VxB6p1bnJlc29sdmVkAKhhY2NvdW50c5KUpGFjbWXPAAZfX7+FmwDPAAZfYBjtygCR"
+    "mc8ABl9gGO3KAAMEpGFjbWWgpmxvZ291dKNib2KmYWdlbnRzwJSmZ2xvYmV4zwAGX1+/hZsAzwAGX1+to/gAkKVwb29s"
+    "c5TcABWkYWNtZaZhZ2VudHPPAAZfX7+FmwCCo2FuboKlcGhvbmXPAAZfX62j+ACkZGVza88ABl9fsTd/AKNib2KBoM8A"
+    "Bl9fsTd/AJOTo2FubqVwaG9uZc8ABl9hWstAAZOjYW5upGRlc2vPAAZfYV5exwGTo2JvYqDPAAZfYV5exwGQApCQAADP"
+    "AAZfX7E3fwDPAAZfLxAw0ADPAAZhi2YBtAACzwAGX1+xN38AAM8ABl9eAHywAACSo2FubqNib2LC3AAVpGFjbWWlbGVh"
+    "ZHPPAAZfX7+FmwCAkJABkJAAAMDPAAZfLxAw0ADPAAZhi2YBtAAAzwAGX14AfLAAAM8ABl9eAHywAACQwtwAFaRhY21l"
+    "pXNlYXRzzwAGX1+/hZsAgJCQApCQAADAzwAGXy8QMNAAzwAGYYtmAbQAAM8ABl9eAHywAADPAAZfXgB8sAAAkMLcABWm"
+    "Z2xvYmV4pGRlc2vPAAZfX7+FmwCBoXiBoM8ABl9fraP4AJGToXigzwAGX2m8j6gBkAGQkAAAzwAGX1+to/gAzwAGXdQN"
+    "bZgAzwAGYESBFdwAAc8ABl9fraP4AADPAAZfXgB8sAAAkaF4wg=="
+)
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,18 @@ def test_other_contracts_or_version_are_refused() -> None:
         checkpoint.load(CONTRACTS, msgspec.msgpack.encode(doc))
 
 
+def test_a_checkpoint_of_the_previous_format_is_refused() -> None:
+    """A version-2 checkpoint, written by the meter before this format, is refused as `Stale`
+    naming both versions (the daemon then rebuilds from the log), never read as version 3."""
+    assert 2 == msgspec.msgpack.decode(V2_BLOB)["version"]
+    with pytest.raises(checkpoint.Stale, match=r"^checkpoint version 2, this meter writes 3$"):
+        checkpoint.load(CONTRACTS, V2_BLOB)
+    doc = msgspec.msgpack.decode(V2_BLOB)
+    doc["version"] = checkpoint.VERSION  # its fields under this version's number: malformed
+    with pytest.raises(checkpoint.Stale, match="malformed"):
+        checkpoint.load(CONTRACTS, msgspec.msgpack.encode(doc))
+
+
 def test_the_checkpoint_is_small() -> None:
     """A thousand open sessions take tens of kilobytes, not a month of events."""
     t = Tracker(CONTRACTS, T0_US)
@@ -302,3 +331,38 @@ def test_a_checkpoint_of_other_contracts_is_ignored(
     assert f"rebuilt live state from {n} stored events" in d.log()
     assert 3 == d.value("meter_licensed_seats", account="acme", pool="agents")
     assert 4 == d.value("meter_active_users", account="acme", pool="agents")
+
+
+def as_version_2(blob: bytes) -> bytes:
+    """The checkpoint `blob` as the meter wrote it before version 3: sessions as a dict per user
+    and a (user, key, due) timer per session."""
+    doc = msgspec.msgpack.decode(blob)
+    doc["version"] = 2
+    for pool_doc in doc["pools"]:
+        sessions: dict[str, dict[str, int]] = {}
+        timers = []
+        for user, key, last in pool_doc[3]:
+            sessions.setdefault(user, {})[key.decode()] = last
+            timers.append([user, key.decode(), last + 2 * 3600 * 1_000_000 + 1])
+        pool_doc[3:4] = [sessions, timers]
+    return msgspec.msgpack.encode(doc)
+
+
+@pytest.mark.broker
+def test_a_checkpoint_of_the_previous_format_is_ignored_and_rebuilt(
+        mosquitto: Broker, daemon_factory: Callable[[Broker], Daemon], topic_prefix: str) -> None:
+    """A version-2 checkpoint in the store (the meter upgraded between stop and start): the
+    restart says it ignored it and rebuilds every gauge from the stored events."""
+    d = daemon_factory(mosquitto)
+    d.start()
+    n = publish_logins(mosquitto, topic_prefix, "a", range(1, 6))
+    before = settled(d, n, 4)
+    assert 0 == d.signal(signal.SIGTERM)
+    with sqlite3.connect(d.db) as conn:
+        (blob,) = conn.execute("SELECT blob FROM checkpoint").fetchone()
+        conn.execute("UPDATE checkpoint SET blob = ?", (as_version_2(blob),))
+    d.start()
+    assert "checkpoint ignored, rebuilding from the stored events: checkpoint version 2, this " \
+           "meter writes 3" in d.log()
+    assert f"rebuilt live state from {n} stored events" in d.log()
+    assert before == gauges(d)
