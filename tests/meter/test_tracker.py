@@ -570,3 +570,83 @@ def test_a_timed_out_session_is_closed_at_its_last_event_by_the_replay(
     # c = 3 over [20, 30) only: 10 minutes over the licence, within the 30-minute grace.
     assert (3, at(20), 0, 0, []) == (v.peak_users, v.peak_at_us, v.billable_overage,
                                      v.active_users, t.dirty_accounts())
+
+
+# --- the slot arrays against a dict of sessions -------------------------------------------------
+
+SLOT_CONTRACTS = _contracts(session_timeout="1h")
+HOUR = 60 * MIN
+#: Two hours before acme's month end (America/New_York), so streams cross a period rollover.
+SLOT_START = us(datetime(2026, 12, 1, 3, 0, tzinfo=UTC))
+
+
+class _DictPool:
+    """The session rules kept the obvious way: {(user, key): last event}, timeouts applied by
+    scanning every session, the rollover before the timeouts due at the same instant."""
+
+    def __init__(self, clock: int, period_end: int) -> None:
+        self.open: dict[tuple[str, str], int] = {}
+        self.seen: set[str] = set()
+        self.clock, self.period_start, self.period_end = clock, 0, period_end
+        self.unknown = 0
+
+    def _to(self, until: int) -> None:
+        while True:
+            due = min((last + HOUR + 1 for last in self.open.values()), default=None)
+            if self.period_end <= until and (due is None or self.period_end <= due):
+                self.period_start, self.period_end = self.period_end, self.period_end + 31 * 24 * HOUR
+                self.seen = {u for u, _ in self.open}
+            elif due is not None and due <= until:
+                self.open = {k: v for k, v in self.open.items() if v + HOUR + 1 > due}
+            else:
+                break
+        self.clock = max(self.clock, until)
+
+    def apply(self, kind: str, user: str, session: str | None, ts: int) -> None:
+        self._to(ts)
+        if kind == "logout":
+            keys = [k for k, last in self.open.items() if k[0] == user and last <= ts
+                    and (session is None or k[1] == session)]
+            self.unknown += not keys
+            for k in keys:
+                del self.open[k]
+            return
+        if self.clock - ts > HOUR:
+            return
+        keys = [k for k in self.open if k[0] == user] if kind == "heartbeat" and session is None \
+            else []
+        for k in keys or [(user, session or "")]:
+            self.open[k] = max(self.open.get(k, ts), ts)
+        if ts >= self.period_start:
+            self.seen.add(user)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-90, 50), st.sampled_from(["login", "logout", "heartbeat"]),
+                          st.sampled_from("abcd"), st.sampled_from([None, "", "s1", "s2", "\ud800"])),
+                max_size=60))
+def test_slot_arrays_keep_the_sessions_a_dict_would(
+        steps: list[tuple[int, str, str, str | None]]) -> None:
+    """Events mostly in order, some up to 90 minutes late (behind the clock: filed back into
+    the expiry order), across a month end: after every event the pool's open sessions, users
+    counted and seen, and unknown logouts equal a dict of sessions, its sessions are listed
+    oldest last event first, and a released user or session slot holds nothing."""
+    contracts = parse_contracts(SLOT_CONTRACTS)
+    state = Tracker(contracts, SLOT_START)._pools["acme", "agents"]
+    oracle = _DictPool(SLOT_START, state.period_end)
+    at_ = SLOT_START
+    for minutes, kind, user, session in steps:
+        at_ += max(minutes, 0) * MIN
+        ts = at_ + min(minutes, 0) * MIN
+        state.apply(kind, user, session, ts)
+        oracle.apply(kind, user, session, ts)
+        listed = state.sessions()
+        assert sorted((u, k.decode("utf-8", "surrogatepass"), t) for u, k, t in listed) == \
+            sorted((u, k, t) for (u, k), t in oracle.open.items())
+        assert [t for _, _, t in listed] == sorted(t for _, _, t in listed)
+        assert (len({u for u, _ in oracle.open}), len(oracle.seen), oracle.unknown) == (
+            state.count, state.users_seen, state.unknown_logouts)
+        assert sorted(oracle.seen) == state.seen_users()
+        assert set(state.uid) == {u for u, _ in oracle.open} | oracle.seen
+        assert len(state.key) - len(listed) == sum(1 for k in state.key if k == b"") - sum(
+            1 for _, k, _ in listed if k == b"")  # freed session slots drop their key
