@@ -261,6 +261,9 @@ async def verify(store: Store, contracts: Contracts, contracts_text: str,
         period = Period(datetime.fromisoformat(part["period"]["start"]),
                         datetime.fromisoformat(part["period"]["end"]))
         through = int(part.get("inputs", {}).get("through_seq", 0))
-        inputs = await load_inputs(store, account, canonical_contracts[account_id], period, through)
+        # Under the layout the report was hashed with (reports from before layouts: 1).
+        version = int(part.get("inputs", {}).get("hash_version", 1))
+        inputs = await load_inputs(store, account, canonical_contracts[account_id], period, through,
+                                   hash_version=version)
         results.append((account_id, inputs.digest == reported, reported, inputs.digest))
     return results

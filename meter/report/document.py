@@ -168,10 +168,12 @@ class RightSizingDoc(TypedDict):
 
 
 class InputsDoc(TypedDict):
-    """How many events were rated, and the newest arrival among them."""
+    """How many events were rated, the newest arrival among them, and the layout of the input
+    hash (`meter.report.inputs.HASH_VERSION`; reports from before it have none: layout 1)."""
 
     events: int
     through_seq: int
+    hash_version: NotRequired[int]
 
 
 class LocalPeriodDoc(TypedDict):

@@ -14,7 +14,7 @@ from decimal import Decimal
 from meter.report.document import AccountDoc
 from meter.report.inputs import load_inputs, window
 from meter.store import FinalizedReport, Store
-from rating.bill import Line, rate_rows
+from rating.bill import Line, rate_columns
 from rating.contracts import Account
 from rating.late import BilledLine, Overage, adjustments, billed_overage
 from rating.periods import Period, monthly_period
@@ -83,7 +83,7 @@ async def late_adjustments(store: Store, account: Account, contract: str, period
         billed = billed_overage(q, _own_overage(docs[index]), since)
         inputs = await load_inputs(store, account, contract, q, cutoff)
         ledger = ledger or apply_orders(account)
-        again = rate_rows(account, inputs.rows, q, ledger=ledger)
+        again = rate_columns(account, inputs.columns, q, ledger=ledger)
         lines += adjustments(account, q, billed, again, late_events=late,
                              label=period_label(account, q))
     return lines

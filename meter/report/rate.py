@@ -26,7 +26,7 @@ from meter.report.document import AccountDoc, Charts
 from meter.report.inputs import account_contracts, load_inputs
 from meter.report.late import late_adjustments
 from meter.store import Store, open_store
-from rating.bill import rate_rows
+from rating.bill import rate_columns
 from rating.contracts import Account, parse_contracts
 from rating.periods import Period, period_of_month
 
@@ -47,7 +47,7 @@ async def rate_one(store: Store, account: Account, period: Period, contract: str
     inputs = await load_inputs(store, account, contract, period, cutoff)
     late = await late_adjustments(store, account, contract, period, cutoff)
     until = as_of if as_of is not None and as_of < period.end + account.session_timeout else None
-    bill = rate_rows(account, inputs.rows, period, adjustment_lines=late, until=until)
+    bill = rate_columns(account, inputs.columns, period, adjustment_lines=late, until=until)
     return bill_doc(bill, inputs, as_of=until), (bill_charts(bill) if charts else {})
 
 

@@ -12,12 +12,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meter.store.base import BatchResult, FinalizedReport, RatingRows, RejectedMessage, Store, StoredEvent
+from meter.store.base import (
+    BatchResult,
+    FinalizedReport,
+    RatingColumns,
+    RatingRows,
+    RejectedMessage,
+    Store,
+    StoredEvent,
+)
 from meter.store.sqlite import SqliteStore
 
 # The interface's values (meter.store.base), and the one way to open a store.
-__all__ = ["BatchResult", "FinalizedReport", "RatingRows", "RejectedMessage", "Store",
-           "StoredEvent", "is_postgres_url", "open_store"]
+__all__ = ["BatchResult", "FinalizedReport", "RatingColumns", "RatingRows", "RejectedMessage",
+           "Store", "StoredEvent", "is_postgres_url", "open_store"]
 
 
 def is_postgres_url(db: object) -> bool:

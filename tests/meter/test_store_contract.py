@@ -134,6 +134,28 @@ async def test_rating_rows_put_earlier_seat_events_first(store: Store) -> None:
     assert (["w1"], 4) == ([r[0] for r in without.rows], without.last_seq)
 
 
+async def test_rating_columns_are_the_rating_rows_as_arrays(store: Store) -> None:
+    """`rating_columns` gives the same rows in the same order as arrays (kind codes, texts coded
+    in order of first appearance, -1 for no pool or session) with the same newest arrival."""
+    await store.add([event("s1", type="assign", minutes=-600, pool="named", user="u2"),
+                     event("z", minutes=5), event("B", minutes=5, session="s", user="u2"),
+                     event("h", type="heartbeat", minutes=7, pool=None),
+                     event("x", account="globex", minutes=5), event("late", minutes=20)],
+                    received_us=T0_US)
+    got = await store.rating_columns("acme", T0_US, T0_US + 20 * MIN_US, through_seq=6,
+                                     seats_before=True)
+    cols = got.columns
+    assert (4, ("s1", "B", "z", "h"), [3, 2, 2, 0], ("u2", "u1"), [0, 0, 1, 1],
+            ("named", "agents"), [0, 1, 1, -1], ("s",), [-1, 0, -1, -1]) == (
+        got.last_seq, cols.ids, cols.kind.tolist(), cols.users, cols.user.tolist(), cols.pools,
+        cols.pool.tolist(), cols.sessions, cols.session.tolist())
+    rows = await store.rating_rows("acme", T0_US, T0_US + 20 * MIN_US, through_seq=6,
+                                   seats_before=True)
+    assert (list(rows.rows), rows.last_seq) == (cols.rows(), got.last_seq)
+    empty = await store.rating_columns("nobody", T0_US, T0_US + MIN_US, through_seq=6)
+    assert (0, 0) == (len(empty.columns), empty.last_seq)
+
+
 async def test_seat_events_before_and_latest_times(store: Store) -> None:
     """The rebuild's reads: every account's seat events before a time, and each account's newest
     event time."""
