@@ -4,12 +4,14 @@ a cost that grows with the number of open sessions shows.
 
     python bench/tracker.py                                  # 1M sessions, 1,000 accounts
     python bench/tracker.py --sessions 10000 --accounts 10   # the smoke size
+    python bench/tracker.py --before old.json                # also print an earlier run beside
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import time
 import tracemalloc
@@ -118,6 +120,15 @@ def phase(tracker: Tracker, kind: str, n: int, *, accounts: int, t0: int, step: 
     return us, slices, open_now
 
 
+#: Figures printed beside an earlier run's (`--before`); lists are averaged.
+_COMPARED = ("bytes_per_session", "bytes_per_session_after_heartbeats", "peak_traced_bytes",
+             "login_us_per_event", "heartbeat_us_per_event", "logout_us_per_event")
+
+
+def _mean(v: float | list[float]) -> float:
+    return sum(v) / len(v) if isinstance(v, list) else float(v)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=1_000_000)
@@ -126,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat-rounds", type=int, default=3,
                     help="heartbeats per session after the logins (each refreshes the session)")
     ap.add_argument("--out", help="results JSON (default bench/results/tracker.json)")
+    ap.add_argument("--before", type=Path,
+                    help="an earlier results JSON (another commit): its figures are printed "
+                         "beside these and kept in the results as `before`")
     args = ap.parse_args(argv)
-    run = Run("tracker", {k: v for k, v in vars(args).items() if k != "out"})
+    run = Run("tracker", {k: v for k, v in vars(args).items() if k not in ("out", "before")})
     n, accounts = args.sessions, args.accounts
     per_account = -(-n // accounts)
     c = contracts(accounts, per_account)
@@ -206,7 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         "open_sessions_at_end": open_end,
         "target_bytes_per_session": 200,
     }
-    run.save(results, results_arg(args.out, "tracker"))
+    extra = {}
+    if args.before:
+        before = json.loads(args.before.read_text())
+        extra["before"] = {"machine": before["machine"], "params": before["params"],
+                           "results": {k: before["results"][k] for k in _COMPARED}}
+        print("\nbefore (" + before["machine"]["git_commit"] + ", load "
+              + f"{before['machine']['loadavg'][0]:.2f}) and now ("
+              + f"{run.machine['git_commit']}, load {run.machine['loadavg'][0]:.2f})")
+        print(table(["figure", "before", "now", "now/before"], [
+            (k, _mean(before["results"][k]), _mean(results[k]),
+             _mean(results[k]) / _mean(before["results"][k])) for k in _COMPARED]))
+    run.save(results, results_arg(args.out, "tracker"), **extra)
     return 0
 
 
