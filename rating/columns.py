@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 from numpy.typing import NDArray
@@ -81,15 +82,16 @@ class StoredColumns:
             empty32 = np.zeros(0, np.int32)
             return cls((), np.zeros(0, np.int8), empty32, (), empty32, (), empty32, (),
                        np.zeros(0, np.int64))
-        ids, types, users, pools, sessions, ts = zip(*rows, strict=True)
+        # One C-level pass per column (`zip(*rows)` costs an iterator per row).
+        ids, types, users, pools, sessions = (list(map(itemgetter(i), rows)) for i in range(5))
         type_codes, type_names = code(types)
         table = np.array([KINDS[t] for t in type_names], np.int8)
         user, user_vocab = code(users)
         pool, pool_vocab = code(pools)
         session, session_vocab = code(sessions)
-        return cls(ids=ids, kind=table[type_codes], user=user, users=user_vocab, pool=pool,
+        return cls(ids=tuple(ids), kind=table[type_codes], user=user, users=user_vocab, pool=pool,
                    pools=pool_vocab, session=session, sessions=session_vocab,
-                   ts=np.array(ts, np.int64))
+                   ts=np.fromiter(map(itemgetter(5), rows), np.int64, len(rows)))
 
     def row(self, i: int) -> Row:
         """Row `i` as the store gave it."""
