@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rating.bill import _resolve
 from rating.columns import StoredColumns, held_pools, resolve_pools
 from rating.named import build_rosters
+from rating.seatchanges import apply_orders
 from rating.usage import KINDS, UsageEvent, from_us, to_us
 from tests.rating.test_pool_rule import ACCOUNTS, POOL_FOR
 
@@ -84,3 +86,47 @@ def test_held_pools_equals_assigned_pool_row_by_row(
     codes, names = resolve_pools(acct, stored.kind, held)
     assert [acct.pool_for(kind, h) for (kind, _, _), h in zip(rows, expected, strict=True)] == [
         None if c < 0 else names[c] for c in codes.tolist()]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(sorted(ACCOUNTS)),
+       st.lists(seat_event, max_size=10),
+       st.lists(st.tuples(st.sampled_from(["login", "logout", "heartbeat"]),
+                          st.sampled_from([*USERS, "u9"]), st.integers(0, 120),
+                          st.sampled_from([None, "c", "n", "n1", "c2", "other"])), max_size=40))
+def test_bill_resolution_equals_the_per_row_rule(
+        account: str, seats: list[tuple[str, str, int, bool]],
+        uses: list[tuple[str, str, int, str | None]]) -> None:
+    """What the bill rates from stored rows (seat rows, and session rows naming a pool or not,
+    in (ts, id) order): each session row's pool is the one it names, else `pool_for` of the
+    seat its user holds then; rows left without one are counted; named-pool use is kept."""
+    acct = ACCOUNTS[account]
+    named = acct.named_pools
+    rows = sorted(
+        [(f"s{i}", kind, user, (named[i % len(named)] if named and with_pool else None), None,
+          to_us(T0) + minute * MIN_US) for i, (kind, user, minute, with_pool) in enumerate(seats)]
+        + [(f"e{i}", kind, user, pool, None, to_us(T0) + minute * MIN_US)
+           for i, (kind, user, minute, pool) in enumerate(uses)],
+        key=lambda r: (r[5], r[0]))
+    steps = {p.id: apply_orders(acct).licensed_steps(p.id) for p in acct.pools}
+    seat_events = [UsageEvent(id=r[0], type=r[1], account=acct.id, user=r[2],  # type: ignore[arg-type]
+                              ts=from_us(r[5]), pool=r[3]) for r in rows
+                   if r[1] in ("assign", "unassign")] if named else []
+    rosters = build_rosters(acct, seat_events, steps)
+    expected: list[tuple[str, str]] = []
+    unresolved = 0
+    for r in rows:
+        if r[1] in ("assign", "unassign"):
+            continue
+        pool = r[3] if r[3] is not None else acct.pool_for(
+            r[1], rosters.assigned_pool(r[2], from_us(r[5])) if named else None)
+        if pool is None:
+            unresolved += 1
+        else:
+            expected.append((r[0], pool))
+    index, codes, vocab, events, left = _resolve(acct, StoredColumns.from_rows(rows), steps)
+    got = [(rows[i][0], vocab[c]) for i, c in zip(index.tolist(), codes.tolist(), strict=True)]
+    assert (expected, unresolved) == (got, left)
+    use = [(e.id, e.pool) for e in events if e.type not in ("assign", "unassign")]
+    assert [(i, p) for i, p in expected if p in named] == use
+    assert len(vocab) == len(set(vocab))
