@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import CollectorRegistry
 
 from meter import checkpoint
-from meter.config import FLAG_KEYS, Settings, is_postgres, load_settings, share_password
+from meter.config import FLAG_KEYS, Settings, is_postgres, load_settings, redact, share_password
 from meter.errors import ConfigError, DatabaseInUse, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.metrics import Metrics, Snapshot
@@ -421,28 +421,43 @@ def hold_database(db: Path) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def hold(db: Path | str) -> AsyncIterator[None]:
+async def hold(db: Path | str) -> AsyncIterator[asyncio.Event]:
     """One daemon per database, for as long as the daemon runs: `DatabaseInUse` (exit 2, naming
     the holder) when another `meter serve` has it. A SQLite file by `hold_database`'s lock file;
     a PostgreSQL database by the store's own lock in the server (`hold_daemon_lock`), which the
-    server releases when the holder's connection ends however it ends."""
+    server releases when the holder's connection ends however it ends, and which is taken again
+    after a server restart. The yielded event is set if the lock was lost to another daemon."""
     if is_postgres(db):
         from meter.store.postgres import hold_daemon_lock  # noqa: PLC0415 - psycopg loads only for a URL
 
-        async with hold_daemon_lock(str(db)):
-            yield
+        async with hold_daemon_lock(str(db)) as lost:
+            yield lost
     else:
         with hold_database(Path(db)):
-            yield
+            yield asyncio.Event()  # a flock is never lost while its holder lives
 
 
 async def run(settings: Settings, stop: asyncio.Event, *,
               registry: CollectorRegistry | None = None) -> None:
     """Run the daemon until `stop` is set; return after a clean drain and disconnect."""
     share_password(settings.db)  # for the finalizer's rating workers (see `share_password`)
-    async with hold(settings.db):  # first: a second daemon says one line and nothing else
+    async with hold(settings.db) as lost:  # first: a second daemon says one line and nothing else
         log.info("meter serve: %s", settings.describe())
-        await _run(settings, stop, registry=registry)
+
+        async def stop_when_lost() -> None:
+            await lost.wait()
+            stop.set()
+
+        watch = asyncio.create_task(stop_when_lost(), name="lock-watch")
+        try:
+            await _run(settings, stop, registry=registry)
+        finally:
+            watch.cancel()
+        if lost.is_set():
+            # Exit 1 after the drain: the supervisor's restart then says who holds it (exit 2).
+            raise StoreError(f"--db {redact(str(settings.db))}: the daemon lock was lost to another "
+                             "meter serve while the database server was away; stopped",
+                             retriable=False)
 
 
 async def _run(settings: Settings, stop: asyncio.Event, *,

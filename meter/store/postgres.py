@@ -10,8 +10,10 @@ so they sort by code point as in SQLite. `hold_daemon_lock` keeps one `meter ser
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -37,6 +39,8 @@ from meter.store.base import (
 )
 
 __all__ = ["MIGRATIONS", "PostgresStore", "hold_daemon_lock", "retriable", "without_password"]
+
+log = logging.getLogger("meter.store")
 
 #: Schema migrations, applied in order, each in one transaction that also records it in
 #: `meter_schema`. Append new steps; never edit a step that has shipped.
@@ -702,8 +706,43 @@ def _where(*conditions: tuple[LiteralString, object]) -> tuple[sql.Composable, l
     return sql.SQL("WHERE ") + sql.SQL(" AND ").join(sql.SQL(t) for t, _ in used), params
 
 
+#: How often the daemon lock's connection is checked (a lost connection loses the lock).
+LOCK_CHECK_S: Final = 5.0
+
+
+async def _take_daemon_lock(url: str) -> psycopg.AsyncConnection[Any]:
+    """A new connection holding the daemon lock; `DatabaseInUse` naming the holder when another
+    session has it, `StoreError` when the server cannot be reached."""
+    location = without_password(url)
+    me = f"meter serve pid {os.getpid()} on host {socket.gethostname()}"
+    conn = await _connect(url, autocommit=True, application_name=me[:63])
+    try:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_DAEMON_LOCK,))
+        row = await cur.fetchone()
+        if row and row[0]:
+            return conn
+        cur = await conn.execute(
+            "SELECT a.application_name, a.client_addr::text FROM pg_locks AS l "
+            "JOIN pg_stat_activity AS a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database()) "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (_DAEMON_LOCK,))
+        found = await cur.fetchone()
+    except psycopg.Error as exc:
+        await conn.close()
+        raise StoreError(f"{location}: cannot take the daemon lock: {_one_line(exc)}",
+                         retriable=retriable(exc)) from None
+    await conn.close()
+    holder = str(found[0]) if found else ""
+    prefix = "meter serve "
+    who = holder[len(prefix):] if holder.startswith(prefix) else holder or "pid ? on host ?"
+    raise DatabaseInUse(f"--db {location}: in use by another meter serve ({who}, "
+                        f"advisory lock {_DAEMON_LOCK}); one daemon per database")
+
+
 @contextlib.asynccontextmanager
-async def hold_daemon_lock(url: str) -> AsyncIterator[None]:
+async def hold_daemon_lock(url: str, *, check_every: float = LOCK_CHECK_S
+                           ) -> AsyncIterator[asyncio.Event]:
     """Hold the database's daemon lock for as long as the block runs; `DatabaseInUse` (exit 2,
     naming the holder's pid and host) when another `meter serve` holds it.
 
@@ -711,36 +750,49 @@ async def hold_daemon_lock(url: str) -> AsyncIterator[None]:
     holder's pid and host as its `application_name` so a second daemon can name them. The
     server releases the lock when that connection ends however it ends (a SIGKILLed daemon never
     blocks its own restart). Advisory locks are per database, so one key serves every database
-    of a cluster. If the server drops the connection (a restart), the lock goes with it; the
-    daemon's store calls fail meanwhile, and its supervisor's restart takes the lock again.
+    of a cluster.
+
+    A server restart (or a terminated backend) ends the connection and the lock with it, so the
+    connection is checked every `check_every` seconds and, once lost, the lock is taken again on
+    a new connection as soon as the server answers. The yielded event is set when that fails
+    because another daemon took the lock meanwhile: the caller must stop (its writes are no
+    longer the only ones).
     """
     location = without_password(url)
-    me = f"meter serve pid {os.getpid()} on host {socket.gethostname()}"
-    conn = await _connect(url, autocommit=True, application_name=me[:63])
+    lost = asyncio.Event()
+    conn = await _take_daemon_lock(url)
+
+    async def keep() -> None:
+        nonlocal conn
+        while True:
+            await asyncio.sleep(check_every)
+            try:
+                await conn.execute("SELECT 1")
+                continue
+            except psycopg.Error:
+                log.warning("%s: the daemon lock's connection was lost; taking the lock again",
+                            location)
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            while True:
+                try:
+                    conn = await _take_daemon_lock(url)
+                except DatabaseInUse as exc:
+                    log.error("%s", exc)
+                    lost.set()
+                    return
+                except StoreError:
+                    await asyncio.sleep(check_every)  # the server is not back yet
+                    continue
+                log.warning("%s: the daemon lock is held again", location)
+                break
+
+    keeper = asyncio.create_task(keep(), name="daemon-lock")
     try:
-        try:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_DAEMON_LOCK,))
-            row = await cur.fetchone()
-            held = bool(row and row[0])
-            holder = ""
-            if not held:
-                cur = await conn.execute(
-                    "SELECT a.application_name, a.client_addr::text FROM pg_locks AS l "
-                    "JOIN pg_stat_activity AS a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                    "AND l.granted AND l.database = (SELECT oid FROM pg_database "
-                    "WHERE datname = current_database()) "
-                    "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (_DAEMON_LOCK,))
-                found = await cur.fetchone()
-                holder = str(found[0]) if found else ""
-        except psycopg.Error as exc:
-            raise StoreError(f"{location}: cannot take the daemon lock: {_one_line(exc)}",
-                             retriable=retriable(exc)) from None
-        if not held:
-            prefix = "meter serve "
-            who = (holder[len(prefix):] if holder.startswith(prefix)
-                   else holder or "pid ? on host ?")
-            raise DatabaseInUse(f"--db {location}: in use by another meter serve ({who}, "
-                                f"advisory lock {_DAEMON_LOCK}); one daemon per database")
-        yield
+        yield lost
     finally:
-        await conn.close()  # ends the session: releases the lock
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        with contextlib.suppress(psycopg.Error):
+            await conn.close()  # ends the session: releases the lock

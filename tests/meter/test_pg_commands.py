@@ -277,6 +277,32 @@ def test_a_second_daemon_on_the_same_postgres_database_exits_2_naming_the_first(
         second.stop()
 
 
+@pytest.mark.broker
+def test_a_daemon_that_loses_its_lock_to_another_stops_with_exit_1(
+        broker_factory: type[Broker], tmp_path: Path, topic_prefix: str, pg_url: str) -> None:
+    """The lock's connection ends (as in a server restart) and another session takes the lock
+    before the daemon can take it again: the daemon drains, stops and exits 1 with a line saying
+    so (its writes would no longer be the only ones)."""
+    import psycopg
+
+    broker = broker_factory.new()  # type: ignore[attr-defined]
+    daemon = PgServe(broker, tmp_path, topic_prefix, url=pg_url)
+    daemon.start()
+    assert daemon.proc is not None
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'meter serve pid %%' "
+                "AND datname = current_database()").fetchone()
+            assert (1,) == ended
+            conn.execute("SELECT pg_advisory_lock(120282511929858)")  # the other daemon
+            assert 1 == daemon.proc.wait(timeout=60)
+        assert "the daemon lock was lost to another meter serve" in daemon.log()
+    finally:
+        daemon.stop()
+
+
 def test_every_command_falls_back_to_meter_db(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, pg_url: str) -> None:
     """Without --db, ingest, report and rejected use METER_DB (a URL need not be in argv)."""

@@ -353,6 +353,55 @@ async def test_a_killed_holder_releases_the_daemon_lock(pg_url: str) -> None:
         pytest.fail("the lock stayed held after its holder was killed")
 
 
+async def _terminate_lock_session(url: str) -> int:
+    """End the daemon lock's backend (what a server restart does to it); how many ended."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'meter serve pid %%' AND datname = current_database()")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def test_the_daemon_lock_is_taken_again_after_its_connection_is_lost(pg_url: str) -> None:
+    """A lost lock connection (a server restart, a terminated backend) loses the lock; the
+    holder takes it again on a new connection, so a second daemon is refused again and the
+    holder goes on (its `lost` event stays clear)."""
+    async with hold_daemon_lock(pg_url, check_every=0.1) as lost:
+        assert 1 == await _terminate_lock_session(pg_url)
+        for _ in range(200):
+            if await _lock_holders(pg_url) == 1:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the lock was never taken again")
+        with pytest.raises(DatabaseInUse):
+            async with hold_daemon_lock(pg_url):
+                pass
+        assert not lost.is_set()
+
+
+async def _lock_holders(url: str) -> int:
+    """How many sessions hold the daemon lock now (read from pg_locks, without taking it)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((classid::bigint << 32) | objid::bigint) = 120282511929858")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def test_a_lock_lost_to_another_daemon_sets_lost(pg_url: str) -> None:
+    """If another session takes the lock while the holder's connection was gone, the holder
+    cannot take it again and says so: `lost` is set (serve then stops)."""
+    async with hold_daemon_lock(pg_url, check_every=0.2) as lost:
+        assert 1 == await _terminate_lock_session(pg_url)
+        async with hold_daemon_lock(pg_url, check_every=60):  # the other daemon, at once
+            await asyncio.wait_for(lost.wait(), timeout=10)
+        assert lost.is_set()
+
+
 def test_sqlite_users_never_import_psycopg(tmp_path: object) -> None:
     """Opening a SQLite store loads no PostgreSQL driver (it is imported on a URL only)."""
     script = ("import asyncio, sys\n"
