@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from meter.errors import ConfigError
+from meter.urls import hide_password
 from rating.durations import parse_duration
 
 __all__ = [
@@ -135,24 +136,7 @@ def redact(db: object) -> str:
     """`db` fit to print: a PostgreSQL URL's password (in the authority or as a `password=`
     query parameter) replaced by `***`; a path as it is."""
     text = str(db)
-    if not is_postgres(text):
-        return text
-    parts = urlsplit(text)
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k == "password" for k, _ in pairs):
-            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs],
-                              safe="*/:")
-    if (netloc, query) == (parts.netloc, parts.query):
-        return text
-    # Not urlunsplit: it folds `postgresql:///db` (no host: the local socket) into `postgresql:/db`.
-    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-            + (f"#{parts.fragment}" if parts.fragment else ""))
+    return hide_password(text, "***") if is_postgres(text) else text
 
 
 def url_password(db: object) -> str | None:

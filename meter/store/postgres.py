@@ -18,7 +18,6 @@ import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, LiteralString
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 import psycopg_pool
@@ -37,6 +36,7 @@ from meter.store.base import (
     StoredEvent,
     StoredRejected,
 )
+from meter.urls import hide_password
 
 __all__ = ["MIGRATIONS", "PostgresStore", "hold_daemon_lock", "retriable", "without_password"]
 
@@ -213,18 +213,7 @@ CONNECT_TIMEOUT_S: Final = 10
 def without_password(url: str) -> str:
     """`url` with any password left out (of the authority, or a `password=` parameter): what
     messages, logs and `Store.location` show."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, v) for k, v in pairs if k != "password"], safe="/:")
-    # Not urlunsplit: it folds `postgresql:///db` (the local socket) into `postgresql:/db`.
-    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-            + (f"#{parts.fragment}" if parts.fragment else ""))
+    return hide_password(url, None)
 
 
 def _server(url: str) -> str:
