@@ -106,6 +106,56 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
         blob        bytea NOT NULL
     );
     """,
+    # 4: many daemons on one database (`meter.cluster`). `xid` is the transaction that stored
+    # the row: a live tracker fed from the store reads the rows of transactions below the
+    # snapshot's xmin horizon, which are all final, so a row committed after a later one is
+    # never skipped (a seq cursor alone would: seqs are drawn before commit). Rows stored before
+    # this step have none; a reader counts them as older than any horizon. Nullable, with the
+    # default set after, so the step does not rewrite a table that already holds a month.
+    """
+    ALTER TABLE events ADD COLUMN xid xid8;
+    ALTER TABLE events ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
+    CREATE INDEX events_by_xid ON events (xid);
+    -- The cluster's fixed shape, set by its first member; every member must agree.
+    CREATE TABLE cluster (
+        id          integer PRIMARY KEY CHECK (id = 1),
+        slots       integer NOT NULL CHECK (slots > 0),
+        partitions  integer NOT NULL CHECK (partitions > 0),
+        changed_us  bigint NOT NULL
+    );
+    -- Each tracker partition's checkpoint: its tracker with every row below `horizon` applied.
+    CREATE TABLE partition_checkpoint (
+        part        integer PRIMARY KEY,
+        partitions  integer NOT NULL,       -- of the cluster when saved (another count: ignored)
+        horizon     xid8 NOT NULL,
+        blob        bytea NOT NULL
+    );
+    -- What each ingest slot's holder last said about its broker connection, for finalization's
+    -- "connected and drained" rule across the cluster.
+    CREATE TABLE slot_link (
+        slot               integer PRIMARY KEY,
+        holder             text NOT NULL,
+        connected_since_us bigint,          -- NULL while not connected
+        last_received_us   bigint,
+        updated_us         bigint NOT NULL
+    );
+    -- Finalization jobs: one row per (account, period); a worker takes one with
+    -- FOR UPDATE SKIP LOCKED and holds the row lock while it rates, so a killed worker's job is
+    -- free again the moment its connection ends. `finalized`'s primary key keeps it to once.
+    CREATE TABLE finalize_job (
+        account         text COLLATE "C" NOT NULL,
+        period_start_us bigint NOT NULL,
+        period_end_us   bigint NOT NULL,
+        label           text NOT NULL,      -- the period as `meter report --month` names it
+        state           text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'done')),
+        attempts        integer NOT NULL DEFAULT 0,
+        worker          text,               -- who finished it
+        queued_us       bigint NOT NULL,
+        done_us         bigint,
+        PRIMARY KEY (account, period_start_us)
+    );
+    CREATE INDEX finalize_job_queued ON finalize_job (period_start_us) WHERE state = 'queued';
+    """,
 )
 
 _SCHEMA_TABLE: Final = """

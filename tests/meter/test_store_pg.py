@@ -61,16 +61,19 @@ async def test_a_new_database_records_each_migration_once(pg_url: str) -> None:
     async with await open_store(pg_url) as store:
         assert len(MIGRATIONS) == await store.schema_version()
     async with await open_store(pg_url) as store:
-        assert 3 == await store.schema_version()
-    assert [(1,), (2,), (3,)] == query(pg_url, "SELECT version FROM meter_schema ORDER BY version")
-    assert [("checkpoint",), ("events",), ("finalized",), ("meter_schema",), ("rejected",)] == (
+        assert 4 == await store.schema_version()
+    assert [(1,), (2,), (3,), (4,)] == query(pg_url,
+                                             "SELECT version FROM meter_schema ORDER BY version")
+    assert [("checkpoint",), ("cluster",), ("events",), ("finalize_job",), ("finalized",),
+            ("meter_schema",), ("partition_checkpoint",), ("rejected",), ("slot_link",)] == (
         query(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
                       "ORDER BY tablename"))
 
 
 async def test_an_older_schema_is_migrated_forward_with_its_rows(pg_url: str) -> None:
-    """A database at version 1 (events and rejected only) gets steps 2 and 3 and keeps its
-    events; the next arrival continues their seq."""
+    """A database at version 1 (events and rejected only) gets steps 2 to 4 and keeps its
+    events; the next arrival continues their seq. Step 4's transaction id is left empty on the
+    old row (no rewrite of a full table) and set on the new one."""
     with psycopg.connect(pg_url) as conn:
         conn.execute("CREATE TABLE meter_schema (version integer PRIMARY KEY, "
                      "applied_at timestamptz NOT NULL DEFAULT now())")
@@ -79,10 +82,12 @@ async def test_an_older_schema_is_migrated_forward_with_its_rows(pg_url: str) ->
         conn.execute('INSERT INTO events (account, id, type, "user", ts_us, received_us, raw) '
                      "VALUES ('acme', 'old', 'login', 'u1', 5, 6, '\\x7b7d')")
     async with await open_store(pg_url) as store:
-        assert 3 == await store.schema_version()
+        assert 4 == await store.schema_version()
         assert ["old"] == [e.id for e in await store.events()]
         assert (0,) == (await store.add([event("new")], received_us=T0_US)).fresh
         assert 2 == await store.last_seq()
+    assert [("old", True), ("new", False)] == query(
+        pg_url, "SELECT id, xid IS NULL FROM events ORDER BY seq")
 
 
 async def test_a_newer_schema_is_refused_with_upgrade_advice(pg_url: str) -> None:
@@ -112,11 +117,11 @@ async def test_a_foreign_database_is_refused_and_left_untouched(pg_url: str) -> 
 
 
 async def test_a_schema_version_without_its_tables_is_refused(pg_url: str) -> None:
-    """`meter_schema` claiming version 3 with the events table gone is damage, not a store."""
+    """`meter_schema` claiming version 4 with the events table gone is damage, not a store."""
     async with await open_store(pg_url):
         pass
     query(pg_url, "DROP TABLE events")
-    with pytest.raises(NotMeterDatabase, match="schema version 3 without its tables events"):
+    with pytest.raises(NotMeterDatabase, match="schema version 4 without its tables events"):
         await open_store(pg_url)
 
 
@@ -125,9 +130,10 @@ async def test_stores_opening_a_new_database_at_once_migrate_it_once(pg_url: str
     step once between them (the migration takes an advisory lock)."""
     stores = await asyncio.gather(*(open_store(pg_url) for _ in range(4)))
     for store in stores:
-        assert 3 == await store.schema_version()
+        assert 4 == await store.schema_version()
         await store.close()
-    assert [(1,), (2,), (3,)] == query(pg_url, "SELECT version FROM meter_schema ORDER BY version")
+    assert [(1,), (2,), (3,), (4,)] == query(pg_url,
+                                             "SELECT version FROM meter_schema ORDER BY version")
 
 
 # --- batches by COPY ------------------------------------------------------------------------------
