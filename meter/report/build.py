@@ -29,7 +29,8 @@ from rating.contracts import Account, Contracts, parse_contracts
 from rating.periods import Period, local_midnight, monthly_period, period_of_month
 from rating.usage import from_us, iso, to_us
 
-__all__ = ["Watch", "chosen_period", "finalize_due", "make_report", "parse_month", "verify"]
+__all__ = ["Due", "Watch", "chosen_period", "due_periods", "finalize_due", "make_report", "parse_month",
+           "read_contracts", "verify"]
 
 
 def parse_month(text: str) -> tuple[int, int]:
@@ -194,55 +195,86 @@ class Watch:
     waiting: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-async def finalize_due(db: str | Path, contracts: str | Path, now: datetime,
-                       lateness: timedelta = timedelta(hours=1), *,
-                       quiet: timedelta = timedelta(0),
-                       watch: Watch | None = None) -> list[tuple[str, str]]:
-    """Finalize each account's last ended period once `meter.finalization.wait_reason` says so.
+@dataclass(frozen=True, slots=True)
+class Due:
+    """An account's ended period that may be finalized now: `[start, end)` and its label (the
+    "YYYY-MM" it starts in, as `meter report --period` names it)."""
 
-    For `meter serve`: call it periodically with the current time and the same `watch` (without
-    one, only the lateness counts: there is no broker to drain). Returns the (account,
-    "YYYY-MM") pairs finalized by this call. An account with no events before the period's end
-    is left alone (nothing was used; a fresh install does not freeze empty months).
+    account: str
+    period: Period
+    label: str
+
+
+async def due_periods(store: Store, contracts: Contracts, now: datetime, lateness: timedelta, *,
+                      quiet: timedelta = timedelta(0), watch: Watch | None = None) -> list[Due]:
+    """Each account's last ended period that `meter.finalization.wait_reason` lets go at `now`
+    and that is not finalized yet; with `watch`, updates it (see `Watch`) as one check.
+
+    An account with no events before the period's end is left out (nothing was used; a fresh
+    install does not freeze empty months). The one rule of which periods are due, for the
+    daemon's own finalizer (`finalize_due`) and for a cluster's job table
+    (`meter.cluster.jobs.finalize_due_jobs`).
     """
-    text = await asyncio.to_thread(Path(contracts).read_text, encoding="utf-8")
-    parsed = parse_contracts(text, source=str(contracts))
-    done: list[tuple[str, str]] = []
+    due: list[Due] = []
     waiting: dict[str, tuple[str, str]] = {}
-    async with await open_store(db, mmap=True) as store:
-        seq = await store.last_seq()
-        for account in parsed.accounts:
-            due = previous_period(account, monthly_period(account, now))
-            start_us, end_us = to_us(due.start), to_us(due.end)
-            if await store.finalized(account.id, start_us) is not None:
-                continue
-            if not await store.has_events_before(account.id, end_us):
-                continue
-            label = period_label(account, due)
-            arrival = None
-            if watch is not None:
-                key = (account.id, start_us)
-                if watch.seq is None:
-                    watch.arrivals.setdefault(key, watch.started)
-                elif await store.count_arrived(account.id, start_us, end_us,
-                                               after_seq=watch.seq, through_seq=seq):
-                    watch.arrivals[key] = now
-                arrival = watch.arrivals.get(key)
-            reason = wait_reason(due.end, now, finalize_after=lateness, quiet=quiet,
-                                 link=watch.link if watch is not None else None,
-                                 last_arrival=arrival)
-            if reason is not None:
-                waiting[account.id] = (label, reason)
-                continue
-            report = await make_report(store, parsed, text, label, accounts=[account.id],
-                                       finalize=True, now=now)
-            done += [(a, label) for a in report.finalized_now]
+    seq = await store.last_seq()
+    for account in contracts.accounts:
+        period = previous_period(account, monthly_period(account, now))
+        start_us, end_us = to_us(period.start), to_us(period.end)
+        if await store.finalized(account.id, start_us) is not None:
+            continue
+        if not await store.has_events_before(account.id, end_us):
+            continue
+        label = period_label(account, period)
+        arrival = None
+        if watch is not None:
+            key = (account.id, start_us)
+            if watch.seq is None:
+                watch.arrivals.setdefault(key, watch.started)
+            elif await store.count_arrived(account.id, start_us, end_us,
+                                           after_seq=watch.seq, through_seq=seq):
+                watch.arrivals[key] = now
+            arrival = watch.arrivals.get(key)
+        reason = wait_reason(period.end, now, finalize_after=lateness, quiet=quiet,
+                             link=watch.link if watch is not None else None,
+                             last_arrival=arrival)
+        if reason is None:
+            due.append(Due(account.id, period, label))
+        else:
+            waiting[account.id] = (label, reason)
     if watch is not None:
         watch.seq = seq
         watch.waiting = waiting
         live = {(a.id, to_us(previous_period(a, monthly_period(a, now)).start))
-                for a in parsed.accounts}
+                for a in contracts.accounts}
         watch.arrivals = {k: v for k, v in watch.arrivals.items() if k in live}
+    return due
+
+
+async def read_contracts(path: str | Path) -> tuple[Contracts, str]:
+    """The contracts file at `path`, parsed, and its text (read in a thread)."""
+    text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+    return parse_contracts(text, source=str(path)), text
+
+
+async def finalize_due(db: str | Path, contracts: str | Path, now: datetime,
+                       lateness: timedelta = timedelta(hours=1), *,
+                       quiet: timedelta = timedelta(0),
+                       watch: Watch | None = None) -> list[tuple[str, str]]:
+    """Finalize each account's last ended period once `meter.finalization.wait_reason` says so
+    (`due_periods`).
+
+    For `meter serve`: call it periodically with the current time and the same `watch` (without
+    one, only the lateness counts: there is no broker to drain). Returns the (account,
+    "YYYY-MM") pairs finalized by this call.
+    """
+    parsed, text = await read_contracts(contracts)
+    done: list[tuple[str, str]] = []
+    async with await open_store(db, mmap=True) as store:
+        for due in await due_periods(store, parsed, now, lateness, quiet=quiet, watch=watch):
+            report = await make_report(store, parsed, text, due.label, accounts=[due.account],
+                                       finalize=True, now=now)
+            done += [(a, due.label) for a in report.finalized_now]
     return done
 
 
