@@ -343,6 +343,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "accounts); without it --http-addr binds only a loopback address", "FILE"),
     Setting("http_max_bytes", _positive_int, "8388608", "largest POST /v1/events body, in bytes "
             "(a larger one is 413)", "N"),
+    Setting("slots", _positive_int, None, "run as one member of a cluster on a PostgreSQL --db "
+            "with this many ingest slots (the same N on every member; see the README's "
+            "deployment section)", "N"),
+    Setting("partitions", _positive_int, "16", "live-tracking partitions of a cluster (with "
+            "--slots; the same on every member)", "N"),
 )
 
 _BY_NAME: Final[Mapping[str, Setting]] = {s.name: s for s in SETTINGS}
@@ -408,13 +413,19 @@ class Settings:
     http_addr: tuple[str, int] | None
     http_tokens: Path | None
     http_max_bytes: int
+    slots: int | None
+    partitions: int
     #: Read from `metrics_password_file`; there is no other way to set it.
     metrics_password: str | None = field(default=None, repr=False)
+    #: The shared subscription's group of a cluster member's ingest slot (`meter.cluster`).
+    share_group: str | None = None
 
     @property
     def subscription(self) -> str:
-        """The topic filter the meter subscribes to."""
-        return f"{self.topic_prefix}/+/events"
+        """The topic filter the meter subscribes to: in a cluster, a shared subscription, so the
+        broker gives each message to one of the slots."""
+        plain = f"{self.topic_prefix}/+/events"
+        return plain if self.share_group is None else f"$share/{self.share_group}/{plain}"
 
     def describe(self) -> str:
         """One log line of the settings that matter, never the password."""
@@ -559,6 +570,24 @@ def _check_http(resolved: Mapping[str, Any]) -> None:
                           "tokens file to listen on another")
 
 
+def _check_cluster(resolved: Mapping[str, Any]) -> None:
+    """A cluster shares one PostgreSQL database and keeps each slot's broker session forever (an
+    expiring session drops what it holds for a dead member)."""
+    if "slots" not in resolved:
+        if "partitions" in resolved:
+            raise ConfigError("--partitions: tracking partitions need --slots (a cluster)")
+        return
+    if not is_postgres(resolved.get("db", _DEFAULTS["db"])):
+        raise ConfigError("--slots: a cluster needs a PostgreSQL --db postgresql://... (members "
+                          "on several hosts share one database)")
+    if resolved.get("session_expiry", SESSION_NEVER) != SESSION_NEVER:
+        raise ConfigError("--session-expiry: a cluster's slots keep their broker sessions "
+                          "forever (an expiring one loses what the broker queued for a dead "
+                          "member); leave it at never")
+    if resolved.get("mqtt_version", "5") != "5":
+        raise ConfigError("--mqtt-version: a cluster needs MQTT 5 (shared subscriptions)")
+
+
 def _check_reconnect(resolved: Mapping[str, Any]) -> None:
     low = resolved.get("reconnect_min", _DEFAULTS["reconnect_min"])
     if low > resolved.get("reconnect_max", _DEFAULTS["reconnect_max"]):
@@ -580,6 +609,6 @@ def load_settings(flags: Mapping[str, object] | None = None,
     for layer in layers:
         resolved.update(layer.parse())
     _read_password_files(resolved)
-    for check in (_check_broker, _check_metrics, _check_reconnect, _check_http):
+    for check in (_check_broker, _check_metrics, _check_reconnect, _check_http, _check_cluster):
         check(resolved)
     return Settings(**{**_SETTINGS_DEFAULTS, **resolved})

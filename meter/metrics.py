@@ -74,6 +74,11 @@ class Metrics:
         self.snapshot = Snapshot()
         #: Account -> why its last ended period waits for finalization (absent: not waiting).
         self.finalization_waiting: dict[str, str] = {}
+        #: On a cluster member (`meter.cluster`): the accounts of the tracking partitions it
+        #: holds, the only ones whose live gauges it exports; None: every account (one daemon).
+        self.tracked: frozenset[str] | None = None
+        #: On a cluster member: the ingest slot it holds, -1 while it waits as a standby.
+        self.slot: int | None = None
         self._addon_keys = [
             (a.id, addon) for a in contracts.accounts
             if any(p.tier == "elite" and p.model == "concurrent" for p in a.pools)
@@ -118,10 +123,18 @@ class Metrics:
                 total += os.stat(f"{self.db_path}{suffix}").st_size
         return total
 
-    def _pool_views(self) -> Iterator[PoolView]:
-        """The snapshot's views, with zeros for pools the tracker has not reported yet."""
+    def tracks(self, account: str) -> bool:
+        """Whether this process shows `account`'s live state (on a cluster member: whether it
+        holds the account's tracking partition)."""
+        return self.tracked is None or account in self.tracked
+
+    def pool_views(self) -> Iterator[PoolView]:
+        """The snapshot's views of the accounts this process tracks, with zeros for pools the
+        tracker has not reported yet."""
         seen = {(v.account, v.pool): v for v in self.snapshot.pools}
         for account in self.contracts.accounts:
+            if not self.tracks(account.id):
+                continue
             for pool in account.pools:
                 view = seen.get((account.id, pool.id))
                 if view is None:
@@ -215,8 +228,19 @@ class Metrics:
             labels=["account", "addon"])
         known = {(a.account, a.addon): a.shortfall for a in self.snapshot.addons}
         for key in self._addon_keys:
-            shortfall.add_metric(list(key), known.get(key, 0))
+            if self.tracks(key[0]):
+                shortfall.add_metric(list(key), known.get(key, 0))
         yield shortfall
+        if self.slot is not None:
+            yield GaugeMetricFamily(
+                "meter_cluster_slot",
+                "Cluster members: the ingest slot this member holds (its broker client id is "
+                "CLIENT_ID-N), -1 while it waits as a standby.", value=self.slot)
+        if self.tracked is not None:
+            yield GaugeMetricFamily(
+                "meter_cluster_tracked_accounts",
+                "Cluster members: accounts whose live gauges this member exports (those of the "
+                "tracking partitions it holds).", value=len(self.tracked))
 
     def _pool_families(self) -> Iterator[Metric]:
         labels = ["account", "pool"]
@@ -247,7 +271,7 @@ class Metrics:
                 "Concurrent pools: overage seats the grace rule has made billable so far this "
                 "period.", labels=labels),
         }
-        for v in self._pool_views():
+        for v in self.pool_views():
             key = [v.account, v.pool]
             fams["active"].add_metric(key, v.active_users)
             fams["licensed"].add_metric(key, v.licensed)

@@ -78,10 +78,12 @@ class Ingestor:
     update counters and the tracker. Returns True once the batch is durable."""
 
     def __init__(self, settings: Settings, *, contracts: Contracts, store: Store,
-                 tracker: Tracker, metrics: Metrics, stop: asyncio.Event) -> None:
+                 tracker: Tracker | None, metrics: Metrics, stop: asyncio.Event) -> None:
         self.settings = settings
         self.contracts = contracts
         self.store = store
+        #: None on a cluster member: its tracker partitions read the committed rows from the
+        #: store (`meter.cluster.tracking`), since a shared subscription splits each account.
         self.tracker = tracker
         self.metrics = metrics
         self.stop = stop
@@ -154,7 +156,8 @@ class Ingestor:
             fresh = await self._write(events, rejected, received_us)
             if fresh is None:
                 return None
-            self.tracker.apply_all(fresh)
+            if self.tracker is not None:
+                self.tracker.apply_all(fresh)
         committed_s = time.time()
         m = self.metrics
         for r in rejected:
@@ -173,6 +176,8 @@ class Ingestor:
     def refresh(self, *, force: bool) -> None:
         """Advance each account of the tracker to its own `watermark` and publish a new snapshot
         for scrapes."""
+        if self.tracker is None:
+            return
         now = time.monotonic()
         # At most once a tick under load: with 1,000 pools a snapshot costs ~30 ms, and five a
         # second took 16% of the daemon (bench/ingest.py --profile); scrapes come every 15 s.
@@ -191,6 +196,7 @@ async def rerater(stop: asyncio.Event, *, store: Store, ingestor: Ingestor,
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), RERATE_EVERY_SECONDS)
+        assert ingestor.tracker is not None  # a cluster member re-rates in meter.cluster
         dirty = ingestor.tracker.dirty_accounts()
         for account in dirty:
             if stop.is_set():
@@ -213,6 +219,7 @@ async def _rerate(account: str, *, store: Store, ingestor: Ingestor) -> tuple[in
     committed meanwhile is either in the read or among those after it, and ids tell which.
     """
     tracker = ingestor.tracker
+    assert tracker is not None
     after = await store.last_seq()
     start = tracker.replay_start(account)
     events = await store.events(account=account, start_us=start)
@@ -284,11 +291,12 @@ async def restore(store: Store, contracts: Contracts) -> Tracker | None:
     return tracker
 
 
-async def replay_periods(store: Store, contracts: Contracts, settings: Settings,
-                         latest: dict[str, int], wall_us: int) -> Tracker:
-    """A new tracker with the current periods' events replayed (from each period start minus
-    the session timeout, so sessions open at the start are seen). An account's current period
-    is the one at its own `watermark`; `latest` is its newest stored event time."""
+def window_start(contracts: Contracts, settings: Settings, latest: dict[str, int],
+                 wall_us: int) -> int:
+    """Where a replay of the current periods starts: the earliest of the accounts' current
+    period starts minus their session timeout (so sessions open at the start are seen). An
+    account's current period is the one at its own `watermark`; `latest` is its newest stored
+    event time."""
     # An account with no stored event: the wall clock, or in events mode the newest of any (it
     # only decides where replay starts; that account's watermark stays put until its events).
     default_us = max(latest.values(), default=wall_us)
@@ -297,17 +305,31 @@ async def replay_periods(store: Store, contracts: Contracts, settings: Settings,
         at_us = watermark(settings, latest.get(a.id, default_us), wall_us)
         at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
         starts.append(to_us(monthly_period(a, at).start - a.session_timeout))
-    start_us = min(starts, default=wall_us)
+    return min(starts, default=wall_us)
+
+
+def replayed(contracts: Contracts, start_us: int, seats: Sequence[StoredEvent],
+             events: Sequence[StoredEvent]) -> Tracker:
+    """A new tracker from `start_us` with `events` (from `start_us` on) applied; `seats` are
+    the seat events before it, which still decide which pool a session event is in."""
     tracker = Tracker(contracts, start_us)
-    # Seat assignments from before the window still decide which pool a session event is in.
-    seats = await store.seat_events_before(start_us)
     for e in seats:
         e_at_start = StoredEvent(e.seq, e.account, e.id, e.type, e.user, e.pool, e.session,
                                  start_us, e.received_us)
         tracker.apply(e_at_start)
-    replayed = tracker.apply_all(await store.events(start_us=start_us))
+    tracker.apply_all(events)
+    return tracker
+
+
+async def replay_periods(store: Store, contracts: Contracts, settings: Settings,
+                         latest: dict[str, int], wall_us: int) -> Tracker:
+    """A new tracker with the current periods' events replayed (`window_start`)."""
+    start_us = window_start(contracts, settings, latest, wall_us)
+    seats = await store.seat_events_before(start_us)
+    events = await store.events(start_us=start_us)
+    tracker = replayed(contracts, start_us, seats, events)
     log.info("rebuilt live state from %d stored events (%d seat events before the window)",
-             replayed, len(seats))
+             len(events), len(seats))
     return tracker
 
 
@@ -323,6 +345,7 @@ async def save_checkpoint(store: Store, ingestor: Ingestor, *,
         seq = await store.last_seq()
         if seq == unless_seq:
             return None
+        assert ingestor.tracker is not None
         state = checkpoint.capture(ingestor.tracker, seq)
     blob = await asyncio.to_thread(checkpoint.encode, state)
     await store.save_checkpoint(seq, blob)
@@ -441,6 +464,11 @@ async def run(settings: Settings, stop: asyncio.Event, *,
               registry: CollectorRegistry | None = None) -> None:
     """Run the daemon until `stop` is set; return after a clean drain and disconnect."""
     share_password(settings.db)  # for the finalizer's rating workers (see `share_password`)
+    if settings.slots is not None:
+        from meter.cluster.node import run_cluster  # noqa: PLC0415 - psycopg loads only for a cluster
+
+        await run_cluster(settings, stop, registry=registry)
+        return
     async with hold(settings.db) as lost:  # first: a second daemon says one line and nothing else
         log.info("meter serve: %s", settings.describe())
 

@@ -184,8 +184,11 @@ class HttpApi:
         account = self._account(request)
         if isinstance(account, web.Response):
             return account
-        views = [v for v in self.ingestor.metrics._pool_views()  # the gauges. own rows
-                 if v.account == account]
+        metrics = self.ingestor.metrics
+        if not metrics.tracks(account):
+            return _error(503, "tracked_elsewhere", f"account {account!r} is tracked by another "
+                          "member of the cluster: ask that one (its /metrics has the gauges)")
+        views = [v for v in metrics.pool_views() if v.account == account]
         first = views[0] if views else None
         period = (None if first is None or not first.period_end_us else
                   {"start": iso(from_us(first.period_start_us)),

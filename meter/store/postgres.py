@@ -38,7 +38,8 @@ from meter.store.base import (
 )
 from meter.urls import hide_password
 
-__all__ = ["MIGRATIONS", "PostgresStore", "hold_daemon_lock", "retriable", "without_password"]
+__all__ = ["DAEMON_LOCK", "MIGRATIONS", "Horizon", "PostgresStore", "connect", "hold_daemon_lock", "one_line",
+           "retriable", "without_password"]
 
 log = logging.getLogger("meter.store")
 
@@ -168,7 +169,7 @@ _SCHEMA_TABLE: Final = """
 # two processes opening a new database at once do not both run step 1; the daemon a session-level
 # one for as long as it runs.
 _MIGRATE_LOCK: Final = 0x6D65746572_01  # "meter" 01
-_DAEMON_LOCK: Final = 0x6D65746572_02
+DAEMON_LOCK: Final = 0x6D65746572_02
 # Every transaction that draws event seqs takes this one first and holds it to its commit, so
 # seqs become visible in the order they were drawn. Without it two writers (the daemon and
 # `meter ingest`) could commit seq 11-20 before 1-10: a reader would see 20 as the newest and
@@ -277,7 +278,7 @@ def _server(url: str) -> str:
     return f"{host}:{port}"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -306,26 +307,30 @@ _LOGIN_REFUSALS: Final = ("does not exist", "authentication failed", "no pg_hba.
                           "password")
 
 
-async def _connect(url: str, *, autocommit: bool = False,
-                   application_name: str | None = None) -> psycopg.AsyncConnection[Any]:
+async def connect(url: str, *, autocommit: bool = False, application_name: str | None = None,
+                  keepalive: bool = False) -> psycopg.AsyncConnection[Any]:
     """One connection; an unreachable server or a missing database is one `StoreError` line
-    naming host:port (never the password)."""
+    naming host:port (never the password). `keepalive`: TCP keepalive probes after 10 s idle,
+    so the server notices a vanished host within ~40 s and frees what it held (a lease)."""
     location = without_password(url)
     kwargs: dict[str, Any] = {"autocommit": autocommit}
     if application_name:
         kwargs["application_name"] = application_name
+    if keepalive:
+        kwargs.update(keepalives=1, keepalives_idle=10, keepalives_interval=10,
+                      keepalives_count=3)
     try:
         return await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S,
                                                      **kwargs)
     except psycopg.ProgrammingError as exc:
-        raise StoreError(f"{location}: not a usable PostgreSQL URL: {_one_line(exc)}") from None
+        raise StoreError(f"{location}: not a usable PostgreSQL URL: {one_line(exc)}") from None
     except psycopg.Error as exc:
         # libpq's text names the server and the cause, never the password; one line of it.
         # A refusal at login carries no SQLSTATE to the client, so its text is all there is
         # to tell "not yet" (refused, starting up) from "never" (no such database or role).
         never = any(m in str(exc) for m in _LOGIN_REFUSALS)
         raise StoreError(f"{location}: cannot connect to PostgreSQL at {_server(url)}: "
-                         f"{_one_line(exc)}", retriable=not never) from None
+                         f"{one_line(exc)}", retriable=not never) from None
 
 
 async def _tables(conn: psycopg.AsyncConnection[Any]) -> set[str]:
@@ -437,11 +442,11 @@ class PostgresStore(Store):
         """Open and migrate the database at `url`, which must exist (an empty database is
         made a meter database; one with other tables is refused, `NotMeterDatabase`)."""
         location = without_password(url)
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             await _check_and_migrate(conn, location)
         except psycopg.Error as exc:
-            raise StoreError(f"{location}: cannot prepare database: {_one_line(exc)}",
+            raise StoreError(f"{location}: cannot prepare database: {one_line(exc)}",
                              retriable=retriable(exc)) from None
         finally:
             await conn.close()
@@ -474,7 +479,7 @@ class PostgresStore(Store):
                              f"{self.server} within {self._timeout_s:g}s",
                              retriable=True) from None
         except psycopg.Error as exc:
-            raise StoreError(f"{self.location}: {what}: {_one_line(exc)}",
+            raise StoreError(f"{self.location}: {what}: {one_line(exc)}",
                              retriable=retriable(exc)) from None
 
     async def _all(self, query: LiteralString | sql.Composed, params: Sequence[object] = (),
@@ -591,6 +596,41 @@ class PostgresStore(Store):
         query = sql.SQL("SELECT {} FROM events WHERE seq > %s ORDER BY seq LIMIT %s").format(
             sql.SQL(_EVENT_COLUMNS))
         return [_stored_event(r) for r in await self._all(query, (seq, limit))]
+
+    # --- many daemons: tracking fed from committed rows (`meter.cluster.tracking`) ------------
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self, what: str = "tracking read") -> AsyncIterator[Horizon]:
+        """One read-only snapshot and its horizon: every transaction with an id below it has
+        ended, so the rows they stored are final (none can still appear below it). Reads
+        through the yielded `Horizon` see exactly that snapshot."""
+        async with self._conn(what) as conn:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur = await conn.execute(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric::bigint")
+            row = await cur.fetchone()
+            assert row is not None
+            yield Horizon(conn, int(row[0]))
+
+    async def save_partition_checkpoint(self, part: int, partitions: int, horizon: int,
+                                        blob: bytes) -> None:
+        """Save one tracking partition's checkpoint: its tracker with every row below
+        `horizon` applied."""
+        async with self._conn("partition checkpoint not stored") as conn:
+            await conn.execute(
+                "INSERT INTO partition_checkpoint (part, partitions, horizon, blob) "
+                "VALUES (%s, %s, %s::text::xid8, %s) ON CONFLICT (part) DO UPDATE SET "
+                "partitions = excluded.partitions, horizon = excluded.horizon, "
+                "blob = excluded.blob", (part, partitions, str(horizon), blob))
+
+    async def load_partition_checkpoint(self, part: int, partitions: int
+                                        ) -> tuple[int, bytes] | None:
+        """A partition's (horizon, blob), or None (none saved, or saved with another number of
+        partitions: it holds other accounts)."""
+        rows = await self._all(
+            "SELECT horizon::text::numeric::bigint, blob FROM partition_checkpoint "
+            "WHERE part = %s AND partitions = %s", (part, partitions))
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     # --- the live tracker's checkpoint --------------------------------------------------------
 
@@ -726,6 +766,57 @@ class PostgresStore(Store):
         return len(rows)
 
 
+# Rows of ended transactions: below the horizon, or stored before schema step 4 (no xid).
+_BELOW: Final = "(xid < %s::text::xid8 OR xid IS NULL)"
+
+
+class Horizon:
+    """Reads inside one snapshot (`PostgresStore.snapshot`) of the rows of transactions that
+    have ended: those below `at`. `below` is another, older horizon (a partition's cursor)
+    where given: then only the rows below it, which is what a tracker fed up to it applied."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], at: int) -> None:
+        self._conn = conn
+        self.at = at
+
+    async def _events(self, where: LiteralString, params: Sequence[object]) -> list[StoredEvent]:
+        query = sql.SQL("SELECT {} FROM events WHERE {} ORDER BY {}").format(
+            sql.SQL(_EVENT_COLUMNS), sql.SQL(where), sql.SQL("seq"))
+        cur = await self._conn.execute(query, params)
+        return [_stored_event(r) for r in await cur.fetchall()]
+
+    async def latest(self, accounts: Sequence[str], *, below: int | None = None
+                     ) -> dict[str, int]:
+        """Each account's newest event time among the final rows."""
+        cur = await self._conn.execute(
+            "SELECT a.account, (SELECT max(ts_us) FROM events AS e WHERE e.account = a.account "
+            "AND (e.xid < %s::text::xid8 OR e.xid IS NULL)) FROM unnest(%s::text[]) AS a(account)",
+            (str(self.at if below is None else below), list(accounts)))
+        return {str(a): int(t) for a, t in await cur.fetchall() if t is not None}
+
+    async def seats_before(self, accounts: Sequence[str], end_us: int, *,
+                           below: int | None = None) -> list[StoredEvent]:
+        """The final seat events of `accounts` before `end_us`, in (ts_us, seq) order."""
+        rows = await self._events(
+            "account = ANY(%s) AND type IN ('assign', 'unassign') AND ts_us < %s AND " + _BELOW,
+            (list(accounts), end_us, str(self.at if below is None else below)))
+        return sorted(rows, key=lambda e: (e.ts_us, e.seq))
+
+    async def events_from(self, accounts: Sequence[str], start_us: int, *,
+                          below: int | None = None) -> list[StoredEvent]:
+        """The final events of `accounts` from `start_us` on, in arrival (seq) order."""
+        return await self._events("account = ANY(%s) AND ts_us >= %s AND " + _BELOW,
+                                  (list(accounts), start_us,
+                                   str(self.at if below is None else below)))
+
+    async def stored_since(self, accounts: Sequence[str], since: int) -> list[StoredEvent]:
+        """The rows of `accounts` of the transactions from horizon `since` up to this one, in
+        arrival order: what a tracker fed up to `since` has not applied yet, all of it final."""
+        return await self._events(
+            "account = ANY(%s) AND xid >= %s::text::xid8 AND xid < %s::text::xid8",
+            (list(accounts), str(since), str(self.at)))
+
+
 def _finalized(row: Sequence[Any]) -> FinalizedReport:
     a, start, end, report, charts, digest, cutoff, at = row
     return FinalizedReport(account=str(a), period_start_us=int(start), period_end_us=int(end),
@@ -754,9 +845,9 @@ async def _take_daemon_lock(url: str) -> psycopg.AsyncConnection[Any]:
     session has it, `StoreError` when the server cannot be reached."""
     location = without_password(url)
     me = f"meter serve pid {os.getpid()} on host {socket.gethostname()}"
-    conn = await _connect(url, autocommit=True, application_name=me[:63])
+    conn = await connect(url, autocommit=True, application_name=me[:63])
     try:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_DAEMON_LOCK,))
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,))
         row = await cur.fetchone()
         if row and row[0]:
             return conn
@@ -765,18 +856,18 @@ async def _take_daemon_lock(url: str) -> psycopg.AsyncConnection[Any]:
             "JOIN pg_stat_activity AS a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
             "AND l.granted AND l.database = (SELECT oid FROM pg_database "
             "WHERE datname = current_database()) "
-            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (_DAEMON_LOCK,))
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (DAEMON_LOCK,))
         found = await cur.fetchone()
     except psycopg.Error as exc:
         await conn.close()
-        raise StoreError(f"{location}: cannot take the daemon lock: {_one_line(exc)}",
+        raise StoreError(f"{location}: cannot take the daemon lock: {one_line(exc)}",
                          retriable=retriable(exc)) from None
     await conn.close()
     holder = str(found[0]) if found else ""
     prefix = "meter serve "
     who = holder[len(prefix):] if holder.startswith(prefix) else holder or "pid ? on host ?"
     raise DatabaseInUse(f"--db {location}: in use by another meter serve ({who}, "
-                        f"advisory lock {_DAEMON_LOCK}); one daemon per database")
+                        f"advisory lock {DAEMON_LOCK}); one daemon per database")
 
 
 @contextlib.asynccontextmanager

@@ -122,6 +122,7 @@ SAMPLE = {
     "metrics_password_file": "PW",
     "rejected_keep_bytes": "7", "rejected_retention": "7d", "rejected_max_bytes": "7",
     "http_addr": "127.0.0.1:7", "http_tokens": "tokens.toml", "http_max_bytes": "7",
+    "slots": "7", "partitions": "7",
 }
 
 
@@ -132,7 +133,9 @@ NEEDS = {"ca_file": {"broker": "mqtts://b"}, "cert_file": {"broker": "mqtts://b"
          "metrics_key_file": {"metrics_cert_file": "c.pem"},
          "metrics_username": {"metrics_password_file": "PW"},
          "metrics_password_file": {"metrics_username": "u"},
-         "http_tokens": {"http_addr": "127.0.0.1:1"}}
+         "http_tokens": {"http_addr": "127.0.0.1:1"},
+         "slots": {"db": "postgresql://u@h/d"},
+         "partitions": {"db": "postgresql://u@h/d", "slots": "3"}}
 SHOWN_AS = {"password_file": "password", "metrics_password_file": "metrics_password"}
 
 
@@ -161,7 +164,8 @@ def test_every_setting_is_reachable_by_flag_env_and_toml_key(name: str, tmp_path
 
 def test_the_table_names_flags_variables_and_settings_fields() -> None:
     """One declaration per setting: the flag and variable are derived from the name, FLAG_KEYS
-    lists every setting but the password, and each Settings field is a setting."""
+    lists every setting but the password, and each Settings field is a setting (but the two
+    derived ones: the password read from its file, a cluster slot's shared-subscription group)."""
     batch_wait = setting("batch_wait")
     assert ("--batch-wait", ("METER_BATCH_WAIT",)) == (batch_wait.flag_name, batch_wait.env_names)
     assert ("METER_BROKER", "METER_BROKER_URL") == setting("broker").env_names
@@ -169,7 +173,8 @@ def test_the_table_names_flags_variables_and_settings_fields() -> None:
     names = [s.name for s in SETTINGS]
     assert ("config", *(n for n in names if n != "password")) == FLAG_KEYS
     fields = {f.name for f in dataclasses.fields(Settings)}
-    assert set(names) - {"password_file", "metrics_password_file"} == fields - {"metrics_password"}
+    assert set(names) - {"password_file", "metrics_password_file"} == fields - {"metrics_password",
+                                                                             "share_group"}
 
 
 def test_defaults_are_the_tables() -> None:
@@ -227,3 +232,34 @@ def test_special_durations() -> None:
     """session_expiry "never" is the MQTT maximum; finalize_after "0s" turns finalization off."""
     s = load_settings({"broker": "mqtt://x", "session_expiry": "never", "finalize_after": "0s"}, {})
     assert (0xFFFFFFFF, 0.0) == (s.session_expiry, s.finalize_after)
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"slots": "3"}, "--slots: a cluster needs a PostgreSQL --db postgresql://... (members on "
+                     "several hosts share one database)"),
+    ({"partitions": "8"}, "--partitions: tracking partitions need --slots (a cluster)"),
+    ({"slots": "3", "db": "postgresql://u@h/d", "session_expiry": "1h"},
+     "--session-expiry: a cluster's slots keep their broker sessions forever (an expiring one "
+     "loses what the broker queued for a dead member); leave it at never"),
+    ({"slots": "3", "db": "postgresql://u@h/d", "mqtt_version": "3.1.1"},
+     "--mqtt-version: a cluster needs MQTT 5 (shared subscriptions)"),
+])
+def test_a_cluster_setting_that_cannot_work_is_one_line(given: dict[str, str],
+                                                         message: str) -> None:
+    """--slots needs PostgreSQL, sessions that never expire and MQTT 5; each misfit says so."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"broker": "mqtt://b", **given}, {})
+    assert message == str(caught.value)
+
+
+def test_a_cluster_member_subscribes_to_the_shared_filter_of_its_slot() -> None:
+    """Slot k is client id CLIENT_ID-k on $share/CLIENT_ID/PREFIX/+/events; a lone daemon keeps
+    the plain filter."""
+    from meter.cluster.node import slot_settings  # noqa: PLC0415 - psycopg loads with it
+
+    settings = load_settings({"broker": "mqtt://b", "db": "postgresql://u@h/d", "slots": "3",
+                              "client_id": "lm", "topic_prefix": "cc"}, {})
+    assert "cc/+/events" == settings.subscription
+    own = slot_settings(settings, 2)
+    assert ("lm-2", "$share/lm/cc/+/events") == (own.client_id, own.subscription)
+    assert (3, 16) == (settings.slots, settings.partitions)

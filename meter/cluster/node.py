@@ -1,0 +1,178 @@
+"""`meter serve --slots N`: one member of a cluster on a PostgreSQL database.
+
+A member joins (`Leases.open`), then runs side by side: ingest through the first free slot (or
+waits as a standby until one frees), its share of the tracking partitions, the finalization
+worker, and the usual metrics, pruning and optional HTTP ingest. Ingest commits batches as a lone
+daemon does (ack after commit; the unique key absorbs redeliveries) but applies nothing to a
+tracker: the partitions read the committed rows back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry
+
+from meter.config import Settings, redact
+from meter.errors import StoreError
+from meter.metrics import Metrics
+from meter.source import MqttSource
+from meter.store import open_store
+from meter.store.postgres import PostgresStore
+
+from .leases import Leases
+from .tracking import Tracking
+
+if TYPE_CHECKING:
+    from meter.http import HttpServer
+    from meter.serve import Ingestor
+
+__all__ = ["SLOT_POLL_S", "run_cluster", "slot_settings"]
+
+log = logging.getLogger("meter.cluster")
+
+#: How often a standby looks for a free slot.
+SLOT_POLL_S: Final = 1.0
+#: How often a slot's holder records its broker link for the cluster's finalization rule.
+LINK_EVERY_S: Final = 1.0
+
+
+def slot_settings(settings: Settings, slot: int) -> Settings:
+    """The MQTT settings of ingest slot `slot`: client id CLIENT_ID-N (one broker session per
+    slot, kept while its holder is away), on the shared subscription of group CLIENT_ID."""
+    return dataclasses.replace(settings, client_id=f"{settings.client_id}-{slot}",
+                               share_group=settings.client_id)
+
+
+async def run_cluster(settings: Settings, stop: asyncio.Event, *,
+                      registry: CollectorRegistry | None = None) -> None:
+    """Run one member until `stop` is set; return after a clean drain. `StoreError` (exit 1)
+    when the lease connection was lost."""
+    from meter.serve import (  # noqa: PLC0415 - serve imports this module
+        Ingestor,
+        _deadline,
+        _serve_metrics,
+        load_contracts,
+        rejected_pruner,
+    )
+
+    assert settings.slots is not None
+    url = str(settings.db)
+    contracts = load_contracts(settings.contracts)
+    opened = await open_store(settings.db, synchronous=settings.synchronous)  # migrates first
+    assert isinstance(opened, PostgresStore)
+    store = opened
+    try:
+        leases = await Leases.open(url, slots=settings.slots, partitions=settings.partitions)
+    except BaseException:
+        await store.close()
+        raise
+    server = None
+    try:
+        log.info("meter serve: cluster member (%s) of %d slots and %d partitions: %s",
+                 leases.name, settings.slots, settings.partitions, settings.describe())
+        registry = registry if registry is not None else CollectorRegistry()
+        store.rejected_keep_bytes = settings.rejected_keep_bytes
+        metrics = Metrics(contracts, registry, db_path=None)
+        metrics.slot = -1
+        server = _serve_metrics(settings, registry)
+        ingestor = Ingestor(settings, contracts=contracts, store=store, tracker=None,
+                            metrics=metrics, stop=stop)
+        tracking = Tracking(settings, contracts, store=store, leases=leases, metrics=metrics,
+                            partitions=settings.partitions)
+        http: HttpServer | None = None
+        if settings.http_addr is not None:
+            from meter.http import start_http  # noqa: PLC0415 - aiohttp loads only when asked for
+
+            http = await start_http(settings, ingestor=ingestor, registry=registry)
+        member = _Member(settings, leases=leases, ingestor=ingestor, metrics=metrics)
+        try:
+            async with contextlib.AsyncExitStack() as closing, asyncio.TaskGroup() as tg:
+                if http is not None:
+                    closing.push_async_callback(http.close)
+                consumer = tg.create_task(member.ingest(stop), name="mqtt-slot")
+                tg.create_task(tracking.run(stop), name="tracking")
+                tg.create_task(leases.keep(stop), name="leases")
+                tg.create_task(rejected_pruner(settings, stop, store=store),
+                               name="rejected-pruner")
+                if settings.finalize_after > 0 and settings.contracts is not None:
+                    tg.create_task(member.finalize(stop), name="finalizer")
+                if http is not None:
+                    tg.create_task(http.serve(stop), name="http-api")
+                tg.create_task(_deadline(stop, consumer, settings.shutdown_timeout + 1.0),
+                               name="shutdown-deadline")
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        log.info("stopped: %d messages acknowledged this run", member.acked)
+        if leases.lost.is_set():
+            raise StoreError(f"--db {redact(url)}: the cluster's lease connection was lost; "
+                             "stopped (restart to join again)", retriable=False)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        await store.close()
+        await leases.close()
+
+
+class _Member:
+    """The ingest slot and finalization of one member (tracking is `Tracking`)."""
+
+    def __init__(self, settings: Settings, *, leases: Leases, ingestor: Ingestor,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.leases = leases
+        self.ingestor = ingestor
+        self.metrics = metrics
+        self.source: MqttSource | None = None
+
+    @property
+    def acked(self) -> int:
+        return self.source.acked if self.source is not None else 0
+
+    async def ingest(self, stop: asyncio.Event) -> None:
+        """Take the first free slot (waiting as a standby while all are held), then consume
+        its broker session until `stop`."""
+        assert self.settings.slots is not None
+        slot = None
+        waiting_since: float | None = None
+        while slot is None and not stop.is_set():
+            slot = await self.leases.take_slot(self.settings.slots)
+            if slot is None:
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    log.info("standby: all %d ingest slots are held; taking the first that "
+                             "frees", self.settings.slots)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), SLOT_POLL_S)
+        if slot is None:
+            return
+        own = slot_settings(self.settings, slot)
+        log.info("ingest slot %d taken: client id %s on %s", slot, own.client_id,
+                 own.subscription)
+        self.metrics.slot = slot
+        metrics = self.metrics
+
+        def connected(up: bool) -> None:
+            metrics.connected = up
+
+        def reconnecting() -> None:
+            metrics.reconnects += 1
+
+        def taken_over() -> None:
+            metrics.session_takeovers += 1
+
+        self.source = MqttSource(own, on_connected=connected, on_reconnect=reconnecting,
+                                 on_takeover=taken_over)
+        await self.source.run(self.ingestor.handle, stop)
+
+    async def finalize(self, stop: asyncio.Event) -> None:
+        """Finalization on a cluster: not yet (see meter.cluster.jobs)."""
+        await stop.wait()
