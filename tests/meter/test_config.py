@@ -255,7 +255,7 @@ def test_a_cluster_setting_that_cannot_work_is_one_line(given: dict[str, str],
 def test_a_cluster_member_subscribes_to_the_shared_filter_of_its_slot() -> None:
     """Slot k is client id CLIENT_ID-k on $share/CLIENT_ID/PREFIX/+/events; a lone daemon keeps
     the plain filter."""
-    from meter.cluster.node import slot_settings  # noqa: PLC0415 - psycopg loads with it
+    from meter.cluster.node import slot_settings
 
     settings = load_settings({"broker": "mqtt://b", "db": "postgresql://u@h/d", "slots": "3",
                               "client_id": "lm", "topic_prefix": "cc"}, {})
