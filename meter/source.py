@@ -25,6 +25,11 @@ redelivers whatever it still holds for us.
 A client id belongs to one daemon. When a second one connects with it, the broker drops the first
 (a session takeover) and the two would take the session from each other forever, each storing
 some of the events; `Takeovers` names that and makes the loser back off with a growing delay.
+
+`make_source` picks the implementation: for MQTT 5 the `mqtt5` codec source
+(meter/source_codec.py, same contract at a fraction of the CPU), for 3.1.1 this one. The
+environment variable METER_SOURCE=aiomqtt|codec overrides that (an escape hatch: aiomqtt for MQTT
+5 if the codec source misbehaves somewhere; codec with 3.1.1 is a configuration error).
 """
 
 from __future__ import annotations
@@ -34,20 +39,25 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from meter.config import Settings
+from meter.errors import ConfigError
 
-__all__ = ["SESSION_TAKEN_OVER", "STALL_SECONDS", "Delivery", "Handler", "MqttSource", "Takeovers",
-           "backoff_delay", "topic_account"]
+if TYPE_CHECKING:
+    from meter.source_codec import CodecSource
+
+__all__ = ["SESSION_TAKEN_OVER", "SOURCES", "STALL_SECONDS", "Delivery", "Handler", "MqttSource",
+           "Source", "Takeovers", "backoff_delay", "make_source", "topic_account"]
 
 log = logging.getLogger("meter.source")
 
@@ -473,3 +483,40 @@ class MqttSource:
             paho.ack(m.mid, m.qos)
         self.acked += len(batch)
         return True
+
+
+class Source(Protocol):
+    """What `meter serve` uses of a source (`MqttSource`, `CodecSource`)."""
+
+    acked: int
+    generation: int
+    connected_at: float | None
+    received_at: float | None
+    takeovers: Takeovers
+
+    async def run(self, handle: Handler, stop: asyncio.Event) -> None: ...
+
+
+#: The implementations METER_SOURCE names.
+SOURCES: Final = ("codec", "aiomqtt")
+
+
+def make_source(settings: Settings, *,
+                on_connected: Callable[[bool], None] = lambda _: None,
+                on_reconnect: Callable[[], None] = lambda: None,
+                on_takeover: Callable[[], None] = lambda: None,
+                rng: random.Random | None = None) -> MqttSource | CodecSource:
+    """The source for `settings`: the codec one for MQTT 5, aiomqtt for 3.1.1, unless the
+    environment's METER_SOURCE names one."""
+    choice = os.environ.get("METER_SOURCE", "").strip().lower()
+    if choice and choice not in SOURCES:
+        raise ConfigError(f"METER_SOURCE: {choice!r} is not one of {', '.join(SOURCES)}")
+    if not choice:
+        choice = "codec" if settings.mqtt_version == "5" else "aiomqtt"
+    if choice == "aiomqtt":
+        return MqttSource(settings, on_connected=on_connected, on_reconnect=on_reconnect,
+                          on_takeover=on_takeover, rng=rng)
+    from meter.source_codec import CodecSource  # noqa: PLC0415 - it imports this module
+
+    return CodecSource(settings, on_connected=on_connected, on_reconnect=on_reconnect,
+                       on_takeover=on_takeover, rng=rng)

@@ -12,9 +12,9 @@ import aiomqtt
 import pytest
 
 from meter.config import load_settings
-from meter.source import Delivery, MqttSource
+from meter.source import Delivery
 from tests.conftest import Broker
-from tests.meter.test_source import until
+from tests.meter.test_source import MQTT5_SOURCES, SourceClass, until
 
 pytestmark = pytest.mark.broker
 
@@ -22,7 +22,9 @@ pytestmark = pytest.mark.broker
 COUNT, SIZE, CAP = 40, 100 * 1024, 256 * 1024
 
 
-async def test_a_batch_is_capped_by_payload_bytes(mosquitto: Broker, topic_prefix: str) -> None:
+@pytest.mark.parametrize("source_class", MQTT5_SOURCES)
+async def test_a_batch_is_capped_by_payload_bytes(mosquitto: Broker, topic_prefix: str,
+                                                  source_class: SourceClass) -> None:
     """Every batch holds at most CAP bytes plus the one message that crossed it (3 of these
     messages), and every message is delivered once, in order (old code: the count cap alone,
     so batches of up to 1000 such messages, 100 MB)."""
@@ -41,7 +43,7 @@ async def test_a_batch_is_capped_by_payload_bytes(mosquitto: Broker, topic_prefi
 
     connected = asyncio.Event()
     stop = asyncio.Event()
-    task = asyncio.create_task(MqttSource(settings, on_connected=lambda up: up and connected.set())
+    task = asyncio.create_task(source_class(settings, on_connected=lambda up: up and connected.set())
                                .run(handle, stop))
     await asyncio.wait_for(connected.wait(), 10)
     async with aiomqtt.Client(mosquitto.host, mosquitto.port) as publisher:
