@@ -4,8 +4,15 @@ In one run, with a raw-socket QoS 1 publisher sending N 150-byte events as fast 
 takes them, it measures messages per second taken off the broker by:
   * raw:     a hand-rolled MQTT 3.1.1 QoS 1 subscriber (CONNECT/SUBSCRIBE/PUBACK over a socket),
              the machine's physical limit;
-  * aiomqtt: a no-op aiomqtt QoS 1 subscriber, the ceiling the meter is held to (>= 80%);
-  * meter:   `meter serve`, counted when the rows are committed (it acknowledges after commit);
+  * aiomqtt: a no-op aiomqtt QoS 1 subscriber (paho acknowledges on receipt);
+  * codec_min: the best deferred-ack client measured here, the ceiling the meter is held to
+             (>= 80%): the mqtt5 codec on a bare asyncio Protocol, PUBACKs of each read sent
+             after it (no batching, no commit);
+  * source_aiomqtt / source_codec: meter.source's MqttSource and CodecSource with a handler
+             that commits nothing (the sources' own cost, acks after each "commit");
+  * meter:   `meter serve` (its default source), counted when the rows are committed (it
+             acknowledges after commit); with --meter-sources, again with METER_SOURCE set to
+             each (`meter_variants`; the implementation that ran is read from the daemon's log);
 then publish-to-commit latency p50/p99 at a fixed rate (default 5,000 events/s) and the daemon's
 peak RSS. Each subscriber is its own process, as the daemon is.
 
@@ -256,6 +263,113 @@ def role_aiomqtt_sub(port: int, n: int, use_uvloop: bool) -> None:
         asyncio.run(main())
 
 
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def role_codec_min_sub(port: int, n: int) -> None:
+    """The mqtt5 codec on a bare asyncio Protocol: every complete packet of a read parsed, the
+    PUBACKs of that read sent as one write after it (deferred acks, nothing else)."""
+    import mqtt5
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        subscribed = loop.create_future()
+        state = {"got": 0, "first": 0.0, "last": 0.0}
+        publish = mqtt5.PublishPacket
+
+        class Sub(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.buf = bytearray()
+                self.transport: asyncio.Transport | None = None
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport  # type: ignore[assignment]
+
+            def data_received(self, data: bytes) -> None:
+                self.buf += data
+                view = memoryview(self.buf)
+                pos, end, mids = 0, len(self.buf), []
+                while pos < end:
+                    try:
+                        packet, used = mqtt5.read(view[pos:])
+                    except IndexError:
+                        break
+                    pos += used
+                    if type(packet) is publish:
+                        mids.append(0x40020000 | packet.packet_id)
+                    elif isinstance(packet, mqtt5.SubAckPacket) and not subscribed.done():
+                        subscribed.set_result(None)
+                view.release()
+                del self.buf[:pos]
+                if mids:
+                    assert self.transport is not None
+                    self.transport.write(struct.pack(f">{len(mids)}I", *mids))
+                    if not state["got"]:
+                        state["first"] = time.time()
+                    state["got"] += len(mids)
+                    if state["got"] >= n and not done.done():
+                        state["last"] = time.time()
+                        done.set_result(None)
+
+        transport, _ = await loop.create_connection(Sub, "127.0.0.1", port)
+        transport.write(mqtt5.ConnectPacket(f"bench-codec-{os.getpid()}", clean_start=True,
+                                            keep_alive=60, receive_max=4000).write())
+        transport.write(mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(
+            f"{PREFIX}/+/events", max_qos=mqtt5.QoS.AT_LEAST_ONCE)]).write())
+        await subscribed
+        print("ready", flush=True)
+        cpu = _cpu_seconds()
+        await done
+        cpu = _cpu_seconds() - cpu
+        transport.write(mqtt5.DisconnectPacket().write())
+        transport.close()
+        print(json.dumps({"received": state["got"], "first": state["first"],
+                          "last": state["last"], "cpu_s": cpu}), flush=True)
+
+    asyncio.run(main())
+
+
+def role_source_sub(port: int, n: int, which: str) -> None:
+    """meter.source's MqttSource or CodecSource with a handler that commits nothing: count n."""
+    sys.path.insert(0, str(ROOT))
+    from meter.config import load_settings
+    from meter.source import MqttSource
+    from meter.source_codec import CodecSource
+
+    async def main() -> None:
+        settings = load_settings({"broker": f"mqtt://127.0.0.1:{port}", "topic_prefix": PREFIX,
+                                  "client_id": f"bench-src-{which}-{os.getpid()}"}, {})
+        stop = asyncio.Event()
+        state = {"got": 0, "first": 0.0, "last": 0.0}
+
+        async def handle(batch: object) -> bool:
+            if not state["got"]:
+                state["first"] = time.time()
+            state["got"] += len(batch)  # type: ignore[arg-type]
+            if state["got"] >= n and not stop.is_set():
+                state["last"] = time.time()
+                stop.set()
+            return True
+
+        def connected(up: bool) -> None:
+            if up:
+                print("ready", flush=True)
+
+        source = (CodecSource if which == "codec" else MqttSource)(settings,
+                                                                   on_connected=connected)
+        cpu = _cpu_seconds()
+        await source.run(handle, stop)
+        cpu = _cpu_seconds() - cpu
+        print(json.dumps({"received": state["got"], "first": state["first"],
+                          "last": state["last"], "cpu_s": cpu,
+                          "client_id": settings.client_id}), flush=True)
+
+    asyncio.run(main())
+
+
 # --- the orchestration ----------------------------------------------------------------------------
 
 
@@ -302,10 +416,15 @@ def subscriber_round(port: int, role: str, n: int, round_: str) -> dict[str, flo
     pub = publish(port, n, round_)
     out, _ = sub.communicate(timeout=600)
     got = json.loads(out.strip().splitlines()[-1])
+    if "client_id" in got:  # a persistent session: drop it, or later rounds fill its queue
+        mqtt_connect(port, got["client_id"], clean=True).close()
     start = float(pub["start"])  # type: ignore[arg-type]
-    return {"received": got["received"], "seconds": got["last"] - start,
-            "per_s": got["received"] / max(got["last"] - start, 1e-9),
-            "publisher_per_s": n / (float(pub["end_sent"]) - start)}  # type: ignore[arg-type]
+    result = {"received": got["received"], "seconds": got["last"] - start,
+              "per_s": got["received"] / max(got["last"] - start, 1e-9),
+              "publisher_per_s": n / (float(pub["end_sent"]) - start)}  # type: ignore[arg-type]
+    if "cpu_s" in got:
+        result["cpu_s_per_100k"] = got["cpu_s"] / max(got["received"], 1) * 100_000
+    return result
 
 
 def contracts_text() -> str:
@@ -323,19 +442,23 @@ class Daemon:
     """`meter serve` on the bench broker, with its own database and metrics port."""
 
     def __init__(self, workdir: Path, broker_port: int, extra: list[str],
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, source: str | None = None) -> None:
         self.db = workdir / "meter.db"
         for f in workdir.glob("meter.db*"):
             f.unlink()
         contracts = workdir / "contracts.toml"
         contracts.write_text(contracts_text())
         self.metrics_port = free_port()
-        self.log = (workdir / "daemon.log").open("ab")
+        self.log_path = workdir / "daemon.log"
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.log = self.log_path.open("ab")
         # A client id of its own per daemon: its persistent session is removed in stop(), so no
         # round inherits a backlog queued for an earlier daemon.
         self.client_id = client_id or f"bench-meter-{os.getpid()}-{time.monotonic_ns()}"
         self.broker_port = broker_port
         env = {**os.environ, "METER_TOPIC_PREFIX": PREFIX, "METER_CLIENT_ID": self.client_id}
+        if source is not None:
+            env["METER_SOURCE"] = source  # meter.source.make_source: codec or aiomqtt
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "meter", "serve", "--broker", f"mqtt://127.0.0.1:{broker_port}",
              "--db", str(self.db), "--contracts", str(contracts),
@@ -367,6 +490,21 @@ class Daemon:
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
+    def implementation(self) -> str:
+        """Which source the daemon ran, from its connect log line."""
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_start)
+            text = f.read().decode(errors="replace")
+        return "codec" if "mqtt5 codec)" in text else "aiomqtt" if "subscribed to" in text else "?"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the daemon has used so far (0 if unknown)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, *, keep_session: bool = False) -> int:
         rss = peak_rss_kb(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
@@ -382,10 +520,12 @@ class Daemon:
 
 
 def meter_round(workdir: Path, port: int, n: int, round_: str, *, extra: list[str],
-                profile: Path | None = None) -> dict[str, float]:
+                profile: Path | None = None, source: str | None = None) -> dict[str, float]:
     """`meter serve` takes n events: rate counted at the commit of the last one. With `profile`,
-    py-spy samples the daemon meanwhile (collapsed stacks, for `--profile-top`)."""
-    daemon = Daemon(workdir, port, extra)
+    py-spy samples the daemon meanwhile (collapsed stacks, for `--profile-top`). `source`:
+    METER_SOURCE for the daemon (None: its default)."""
+    daemon = Daemon(workdir, port, extra, source=source)
+    cpu = daemon.cpu_seconds()
     spy = None
     if profile is not None:
         py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
@@ -408,6 +548,7 @@ def meter_round(workdir: Path, port: int, n: int, round_: str, *, extra: list[st
         pub.join()
         start = float(pub_box["p"]["start"])  # type: ignore[arg-type]
         got = daemon.committed() - before
+        cpu = daemon.cpu_seconds() - cpu
         time.sleep(0.3)  # let the last acknowledgements go out before reading the counters
         duplicates = daemon.metric("meter_events_duplicate_total") or 0.0
     finally:
@@ -415,7 +556,8 @@ def meter_round(workdir: Path, port: int, n: int, round_: str, *, extra: list[st
         if spy is not None:
             spy.wait(30)
     return {"received": got, "seconds": last - start, "per_s": got / max(last - start, 1e-9),
-            "duplicates": duplicates, "peak_rss_mb": rss / 1024}
+            "duplicates": duplicates, "peak_rss_mb": rss / 1024,
+            "cpu_s_per_100k": cpu / max(got, 1) * 100_000, "source": daemon.implementation()}
 
 
 class ProfileBroker:
@@ -628,7 +770,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uvloop", action="store_true", help="also measure aiomqtt on uvloop")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="extra `meter serve` flag, e.g. --serve-arg=--batch-max=2000")
-    ap.add_argument("--only", default="raw,aiomqtt,meter,latency")
+    ap.add_argument("--only", default="raw,aiomqtt,codec_min,sources,meter,latency",
+                    help="comma list of raw, aiomqtt, codec_min, sources (source_aiomqtt and "
+                         "source_codec), meter, latency")
+    ap.add_argument("--meter-sources", default="",
+                    help="comma list of codec,aiomqtt: also run meter serve with METER_SOURCE "
+                         "set to each (rows meter[codec], meter[aiomqtt])")
     ap.add_argument("--profile", metavar="FILE",
                     help="py-spy the daemon during the meter round (collapsed stacks to FILE; "
                          "needs py-spy on PATH) and print where its time goes")
@@ -662,18 +809,33 @@ def main(argv: list[str] | None = None) -> int:
                 if args.uvloop:
                     res["aiomqtt_uvloop"] = subscriber_round(broker.port, "aiomqtt-uvloop-sub",
                                                              args.events, tag + "c")
+            if "codec_min" in only:
+                res["codec_min"] = subscriber_round(broker.port, "codec-min-sub", args.events,
+                                                    tag + "f")
+            if "sources" in only:
+                for which in ("aiomqtt", "codec"):
+                    res[f"source_{which}"] = subscriber_round(
+                        broker.port, f"source-{which}-sub", args.events, tag + "g" + which[0])
             if "meter" in only:
                 res["meter"] = meter_round(
                     workdir, broker.port, args.events, tag + "d", extra=args.serve_arg,
                     profile=Path(args.profile) if args.profile and r == 0 else None)
+                # A list, not a dict per source: readers of the results treat every dict with
+                # per_s but "meter" as a client subscriber.
+                res["meter_variants"] = [
+                    meter_round(workdir, broker.port, args.events, tag + "h" + which[0],
+                                extra=args.serve_arg, source=which)
+                    for which in filter(None, args.meter_sources.split(","))]
             if "latency" in only:
                 res["latency"] = latency_round(workdir, broker.port, args.latency_events,
                                                rate=args.latency_rate, round_=tag + "e",
                                                extra=args.serve_arg)
             rounds.append(res)
             print(f"  round {r + 1}: " + ", ".join(
-                f"{k} {v['per_s']:,.0f}/s" for k, v in res.items()
-                if isinstance(v, dict) and "per_s" in v), flush=True)
+                [f"{k} {v['per_s']:,.0f}/s" for k, v in res.items()
+                 if isinstance(v, dict) and "per_s" in v]
+                + [f"meter[{v['source']}] {v['per_s']:,.0f}/s"
+                   for v in res.get("meter_variants", [])]), flush=True)  # type: ignore[attr-defined]
     finally:
         broker.stop()
         if args.keep:
@@ -682,20 +844,32 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     rows = []
+    names = ("raw", "aiomqtt", "aiomqtt_uvloop", "codec_min", "source_aiomqtt", "source_codec",
+             "meter")
     for res in rounds:
         ceiling = res.get("aiomqtt", {}).get("per_s")  # type: ignore[union-attr]
         raw = res.get("raw", {}).get("per_s")  # type: ignore[union-attr]
-        for name in ("raw", "aiomqtt", "aiomqtt_uvloop", "meter"):
-            if name in res:
-                v: dict[str, float] = res[name]  # type: ignore[assignment]
-                rows.append((res["round"], name, v["received"], v["per_s"],
-                             f"{v['per_s'] / raw:.0%}" if raw else "-",
-                             f"{v['per_s'] / ceiling:.0%}" if ceiling else "-",
-                             v.get("publisher_per_s", "-")))
+        best = res.get("codec_min", {}).get("per_s")  # type: ignore[union-attr]
+        measured: list[tuple[str, dict[str, float]]] = [
+            (n, res[n]) for n in names if n in res]  # type: ignore[misc]
+        if "meter" in res:
+            measured[-1] = (f"meter ({res['meter']['source']})", res["meter"])  # type: ignore[index]
+        measured += [(f"meter[{v['source']}]", v)
+                     for v in res.get("meter_variants", [])]  # type: ignore[attr-defined]
+        for name, v in measured:
+            cpu = v.get("cpu_s_per_100k")
+            rows.append((res["round"], name, v["received"], v["per_s"],
+                         f"{v['per_s'] / raw:.0%}" if raw else "-",
+                         f"{v['per_s'] / ceiling:.0%}" if ceiling else "-",
+                         f"{v['per_s'] / best:.0%}" if best else "-",
+                         f"{cpu:.2f}" if cpu is not None else "-",
+                         v.get("publisher_per_s", "-")))
     print(f"\n{args.events:,} events of {EVENT_BYTES} bytes at QoS 1, {args.accounts} accounts; "
-          "rate = events / (last received or committed - first published)")
-    print(table(["round", "subscriber", "events", "events/s", "of raw", "of aiomqtt", "publisher/s"],
-                rows))
+          "rate = events / (last received or committed - first published); best = codec_min, "
+          "the best deferred-ack client; CPU = the subscriber process's user+system seconds per "
+          "100k events")
+    print(table(["round", "subscriber", "events", "events/s", "of raw", "of aiomqtt", "of best",
+                 "CPU s/100k", "publisher/s"], rows))
     lat_rows = [(res["round"], v["events"], v["p50_ms"], v["p99_ms"], v["max_ms"], v["peak_rss_mb"])
                 for res in rounds if isinstance(v := res.get("latency"), dict)]
     if lat_rows:
@@ -707,9 +881,13 @@ def main(argv: list[str] | None = None) -> int:
                              for res in rounds if "meter" in res and "aiomqtt" in res],
         "meter_of_raw": [round(res["meter"]["per_s"] / res["raw"]["per_s"], 3)  # type: ignore[index]
                          for res in rounds if "meter" in res and "raw" in res],
+        "meter_of_best": [round(res["meter"]["per_s"] / res["codec_min"]["per_s"], 3)  # type: ignore[index]
+                          for res in rounds if "meter" in res and "codec_min" in res],
         "daemon_peak_rss_mb": max(meter_rss) if meter_rss else None,
-        "target_of_aiomqtt": 0.8,
+        "target_of_best": 0.8,
+        "target_events_per_s": 40_000,
         "goal_of_raw": 0.5,
+        "load_after": os.getloadavg(),
     }
     print("\n" + ", ".join(f"{k} {v}" for k, v in summary.items()))
     if args.profile and Path(args.profile).exists():
@@ -727,5 +905,9 @@ if __name__ == "__main__":
             role_raw_sub(int(rest[0]), int(rest[1]))
         elif role in ("aiomqtt-sub", "aiomqtt-uvloop-sub"):
             role_aiomqtt_sub(int(rest[0]), int(rest[1]), role == "aiomqtt-uvloop-sub")
+        elif role == "codec-min-sub":
+            role_codec_min_sub(int(rest[0]), int(rest[1]))
+        elif role in ("source-aiomqtt-sub", "source-codec-sub"):
+            role_source_sub(int(rest[0]), int(rest[1]), role.split("-")[1])
         raise SystemExit(0)
     raise SystemExit(main())
