@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
+import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from meter.errors import UsageError
 from meter.instants import parse_instant
 from meter.report.build import chosen_period, make_report, parse_month, verify
 from meter.report.document import Report
+from meter.report.late import period_label
 from meter.report.render_json import render_json
 from meter.store import Store, open_store
 from rating.bill import RATING_VERSION
@@ -180,6 +183,28 @@ def _progress(total: int) -> Any:
                 disable=not sys.stderr.isatty(), file=sys.stderr)
 
 
+async def _finalize_jobs(args: argparse.Namespace, contracts: Contracts, month: str | None,
+                         on: date | None, progress: Callable[[int], None]
+                         ) -> tuple[set[str], list[tuple[str, str]]]:
+    """`--finalize` on PostgreSQL: the chosen accounts' periods through the job table
+    (`meter.cluster.jobs.finish`), shared with every other worker on the database and safe to
+    kill. Returns the chosen accounts this run finalized, and the other jobs (account, period)
+    it worked while there."""
+    from meter.cluster.jobs import Job, finish  # noqa: PLC0415 - psycopg: PostgreSQL runs only
+
+    jobs = []
+    for acc in contracts.accounts:
+        if args.account and acc.id != args.account:
+            continue
+        period = chosen_period(acc, month, on)
+        jobs.append(Job(acc.id, to_us(period.start), to_us(period.end), period_label(acc, period)))
+    worker = f"meter report pid {os.getpid()} on host {socket.gethostname()}"
+    done = await finish(str(args.db), args.contracts, jobs, worker=worker, now=datetime.now(UTC),
+                        progress=progress)
+    chosen = {(j.account, j.label) for j in jobs}
+    return {a for a, label in done if (a, label) in chosen}, [d for d in done if d not in chosen]
+
+
 async def _report(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     for name in formats:
@@ -202,16 +227,24 @@ async def _report(args: argparse.Namespace) -> int:
         _refuse_early(contracts, month, on, args.account, args.finalize_after,
                       now=datetime.now(UTC))
     chosen = 1 if args.account else len(contracts.accounts)
+    mine: set[str] = set()
+    others: list[tuple[str, str]] = []
     with _progress(chosen + len(formats)) as bar:
         store = await _open(args.db)
         async with store:
             bar.set_description("rating")
+            if args.finalize and is_postgres(args.db):
+                mine, others = await _finalize_jobs(args, contracts, month, on, bar.update)
             report = await make_report(store, contracts, text, month, on=on,
                                        accounts=[args.account] if args.account else None,
                                        finalize=bool(args.finalize),
                                        charts=any(FORMATS[f].charts for f in formats),
                                        as_of=as_of, progress=bar.update)
             empty = await _without_events(store, contracts, month, on, args.account)
+        if args.finalize and is_postgres(args.db):
+            # Read back above (the jobs stored them); named as this run's where it stored them.
+            report = replace(report, finalized_now=tuple(a.account for a in report.accounts
+                                                         if a.account in mine))
         paths: list[Path] = []
         for name in formats:  # rated once, written in every format asked for
             bar.set_description(f"writing {name}")
@@ -225,6 +258,8 @@ async def _report(args: argparse.Namespace) -> int:
               "still be right: a named pool bills by quantity)", file=sys.stderr)
     for account in report.finalized_now:
         print(f"finalized {account} {report.month}", file=sys.stderr)
+    for account, label in others:
+        print(f"finalized {account} {label}", file=sys.stderr)
     return 0
 
 
