@@ -20,7 +20,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -31,6 +31,7 @@ from meter import checkpoint
 from meter.config import FLAG_KEYS, Settings, is_postgres, load_settings, redact, share_password
 from meter.errors import ConfigError, DatabaseInUse, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
+from meter.finalization import Link
 from meter.metrics import Metrics, Snapshot
 from meter.metrics_http import serve_metrics
 from meter.source import Delivery, MqttSource, backoff_delay, topic_account
@@ -538,8 +539,8 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
                 tg.create_task(rerater(stop, store=store, ingestor=ingestor, metrics=metrics),
                                name="rerater")
                 if settings.finalize_after > 0 and settings.contracts is not None:
-                    tg.create_task(finalizer(settings, stop, source=source, metrics=metrics),
-                                   name="finalizer")
+                    tg.create_task(finalizer(settings, stop, link=source_link(source),
+                                             metrics=metrics), name="finalizer")
                 if settings.checkpoint_every > 0:
                     tg.create_task(checkpointer(settings, stop, store=store, ingestor=ingestor),
                                    name="checkpointer")
@@ -610,24 +611,39 @@ def _when(t: float | None) -> datetime | None:
 
 
 def _next_check(settings: Settings, waiting: dict[str, tuple[str, str]]) -> float:
-    """Seconds to the next check: each minute, or every half quiet interval (at least 1 s) while
-    a period waits for the connection, so a drained backlog is finalized soon after."""
-    if any(reason in ("disconnected", "draining") for _, reason in waiting.values()):
-        return min(FINALIZE_EVERY_SECONDS, max(1.0, settings.finalize_quiet / 2))
-    return FINALIZE_EVERY_SECONDS
+    """Seconds to the next check: each minute; every half quiet interval (at least 1 s) while a
+    period waits for the connection, so a drained backlog is finalized soon after; and once
+    `finalize_after` (at least 1 s) while one waits for late events to stop."""
+    reasons = {reason for _, reason in waiting.values()}
+    every = FINALIZE_EVERY_SECONDS
+    if reasons & {"disconnected", "draining"}:
+        every = min(every, max(1.0, settings.finalize_quiet / 2))
+    if "late_events" in reasons:
+        every = min(every, max(1.0, settings.finalize_after))
+    return every
 
 
-async def finalizer(settings: Settings, stop: asyncio.Event, *, source: MqttSource,
-                    metrics: Metrics) -> None:
+def source_link(source: MqttSource) -> Callable[[], Awaitable[Link]]:
+    """The broker link of a lone daemon's source, for `finalizer`."""
+    async def link() -> Link:
+        return Link(_when(source.connected_at), _when(source.received_at))
+    return link
+
+
+async def finalizer(settings: Settings, stop: asyncio.Event, *,
+                    link: Callable[[], Awaitable[Link]], metrics: Metrics,
+                    worker: str | None = None) -> None:
     """Finalize each account's last ended period once `meter.finalization.wait_reason` allows:
-    `finalize_after` past its end, the broker's backlog drained, no late event for it lately.
+    `finalize_after` past its end, the broker's backlog drained (`link`: this daemon's
+    connection, or on a cluster every slot's), no late event for it lately.
 
     Runs in a thread with a connection of its own, so rating a month never stalls the MQTT
     consumer; a failure is logged and tried again at the next check, never fatal to collection.
     Each change of a period's reason to wait is logged once and shown in
-    `meter_finalization_waiting`.
+    `meter_finalization_waiting`. A cluster member (`worker` names it) queues what is due in
+    the job table and works it beside the other members (`meter.cluster.jobs`).
     """
-    from meter.finalization import EXPLAINED, Link  # noqa: PLC0415 - the rating stack loads only when used
+    from meter.finalization import EXPLAINED  # noqa: PLC0415 - the rating stack loads only when used
     from meter.report.build import Watch, finalize_due  # noqa: PLC0415 - as above
 
     assert settings.contracts is not None
@@ -636,11 +652,18 @@ async def finalizer(settings: Settings, stop: asyncio.Event, *, source: MqttSour
     watch = Watch(started=datetime.now(UTC))
     while not stop.is_set():
         before = dict(watch.waiting)
-        watch.link = Link(_when(source.connected_at), _when(source.received_at))
         try:
-            done = await asyncio.to_thread(asyncio.run, finalize_due(
-                settings.db, settings.contracts, datetime.now(UTC), lateness, quiet=quiet,
-                watch=watch))
+            watch.link = await link()
+            now = datetime.now(UTC)
+            if worker is None:
+                due = finalize_due(settings.db, settings.contracts, now, lateness, quiet=quiet,
+                                   watch=watch)
+            else:
+                from meter.cluster.jobs import finalize_due_jobs  # noqa: PLC0415 - a cluster's only
+
+                due = finalize_due_jobs(str(settings.db), settings.contracts, now, lateness,
+                                        quiet=quiet, watch=watch, worker=worker, stop=stop)
+            done = await asyncio.to_thread(asyncio.run, due)
             for account, month in done:
                 log.info("finalized %s %s", account, month)
         except (MeterError, RatingError, OSError, sqlite3.Error) as exc:

@@ -199,3 +199,10 @@ class PgServer:
         """Stop the server and remove its folder."""
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def query(url: str, statement: str) -> list[tuple[object, ...]]:
+    """Run one statement on `url` in autocommit; its rows (none for a command)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement)  # type: ignore[arg-type,unused-ignore]  # tests' own SQL
+        return cur.fetchall() if cur.description else []

@@ -14,17 +14,20 @@ import contextlib
 import dataclasses
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
 
 from meter.config import Settings, redact
 from meter.errors import StoreError
+from meter.finalization import Link
 from meter.metrics import Metrics
 from meter.source import MqttSource
 from meter.store import open_store
 from meter.store.postgres import PostgresStore
 
+from .jobs import link, report_link
 from .leases import Leases
 from .tracking import Tracking
 
@@ -171,8 +174,46 @@ class _Member:
 
         self.source = MqttSource(own, on_connected=connected, on_reconnect=reconnecting,
                                  on_takeover=taken_over)
-        await self.source.run(self.ingestor.handle, stop)
+        links = asyncio.create_task(self.report_links(slot, stop), name="slot-link")
+        try:
+            await self.source.run(self.ingestor.handle, stop)
+        finally:
+            links.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await links
 
     async def finalize(self, stop: asyncio.Event) -> None:
-        """Finalization on a cluster: not yet (see meter.cluster.jobs)."""
-        await stop.wait()
+        """Queue the periods due and work the job table beside the other members, waiting while
+        any slot is not connected and drained (`jobs.link`)."""
+        from meter.serve import finalizer  # noqa: PLC0415 - serve imports this module
+
+        settings = self.settings
+        assert settings.slots is not None
+        slots = settings.slots
+
+        async def cluster_link() -> Link:
+            return await link(str(settings.db), slots, datetime.now(UTC))
+
+        await finalizer(settings, stop, link=cluster_link, metrics=self.metrics,
+                        worker=self.leases.name)
+
+    async def report_links(self, slot: int, stop: asyncio.Event) -> None:
+        """Record this slot's broker link every `LINK_EVERY_S` for the cluster's finalization
+        rule; a failure is logged and tried again (finalization only waits meanwhile)."""
+        url = str(self.settings.db)
+        while not stop.is_set():
+            source = self.source
+            if source is not None:
+                try:
+                    await report_link(url, slot, self.leases.name,
+                                      connected_since=_when(source.connected_at),
+                                      last_received=_when(source.received_at),
+                                      now=datetime.now(UTC))
+                except StoreError as exc:
+                    log.warning("slot %d link not recorded: %s", slot, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LINK_EVERY_S)
+
+
+def _when(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)

@@ -5,6 +5,7 @@ a store that got each event once), and the standby drains the killed slot's sess
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import subprocess
@@ -63,6 +64,10 @@ def holder(members: list[Daemon], slot: int) -> Daemon | None:
     return None
 
 
+def taken(members: list[Daemon], slot: int) -> bool:
+    return holder(members, slot) is not None
+
+
 def report(db: str, contracts: Path, month: str) -> dict[str, object]:
     out = subprocess.run([sys.executable, "-m", "meter", "report", "--db", db, "--contracts",
                           str(contracts), "--period", month], capture_output=True, text=True,
@@ -95,7 +100,7 @@ def test_sigkills_of_members_lose_nothing_and_count_nothing_twice(
         publishers[n].publish_many(docs[n * share:(n + 1) * share], rate=800)
         done[n].set()
 
-    threads = [in_background(lambda n=n: publish(n), f"publisher-{n}")
+    threads = [in_background(functools.partial(publish, n), f"publisher-{n}")
                for n in range(PUBLISHERS)]
     rng = random.Random(20)
     taken_by_standby = None
@@ -106,7 +111,7 @@ def test_sigkills_of_members_lose_nothing_and_count_nothing_twice(
             victim = holder(members, slot)
             assert victim is not None, f"nobody holds slot {slot}"
             victim.kill()
-            wait_for(lambda s=slot: holder(members, s) is not None, 30,
+            wait_for(functools.partial(taken, members, slot), 30,
                      f"slot {slot} taken again after kill {kill + 1}")
             if kill == 0:
                 taken_by_standby = holder(members, slot)

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from meter.cli import main
+from meter.config import load_settings
 from meter.finalization import Link
 from meter.report import finalize_due
 from meter.report.build import Watch
+from meter.serve import _next_check
 from tests.conftest import Broker, free_port
 from tests.contracts_toml import account, contracts, pool
 from tests.faults.harness import Daemon, Publisher, wait_for
@@ -333,3 +335,19 @@ def test_a_restart_past_month_end_finalizes_only_after_the_backlog(mosquitto: Br
     assert f"finalization of acme {label} waits (disconnected)" in log
     assert f"finalization of acme {label} waits (draining)" in log
     assert f"finalized acme {label}" in log
+
+
+@pytest.mark.parametrize(("waiting", "expected"), [
+    ({}, 60.0),
+    ({"acme": ("2026-11", "lateness")}, 60.0),
+    ({"acme": ("2026-11", "draining")}, 5.0),
+    ({"acme": ("2026-11", "disconnected"), "b": ("2026-11", "late_events")}, 5.0),
+    ({"acme": ("2026-11", "late_events")}, 7.0),
+])
+def test_the_next_finalization_check_comes_when_the_wait_can_end(
+        waiting: dict[str, tuple[str, str]], expected: float) -> None:
+    """Each minute; every half quiet interval while a period waits for the broker; once
+    finalize_after while late events hold one back (finalize_quiet 10s, finalize_after 7s)."""
+    settings = load_settings({"broker": "mqtt://b", "finalize_quiet": "10s",
+                              "finalize_after": "7s"}, {})
+    assert expected == _next_check(settings, waiting)

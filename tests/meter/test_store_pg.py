@@ -28,7 +28,7 @@ from meter.store.postgres import (
     without_password,
 )
 from tests.conftest import ROOT, free_port
-from tests.pgserver import PgServer
+from tests.pgserver import PgServer, query
 
 T0 = datetime(2026, 11, 12, 15, 0, tzinfo=UTC)
 T0_US = 1_794_495_600_000_000
@@ -37,12 +37,6 @@ T0_US = 1_794_495_600_000_000
 def event(id: str, *, account: str = "acme", user: str = "u1", seconds: int = 0) -> Event:
     return Event(id=id, type="login", account=account, user=user, ts=T0 + timedelta(seconds=seconds),
                  pool="agents", session=None, raw=f'{{"id":"{id}"}}'.encode())
-
-
-def query(url: str, sql: str) -> list[tuple[object, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(sql)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
 
 
 def test_each_test_gets_a_fresh_empty_database(pg_server: PgServer, pg_url: str) -> None:
