@@ -92,7 +92,8 @@ async def work(url: str, contracts_path: str | Path, *, worker: str, now: dateti
     """Work the job table until no queued job is free (or `stop` is set): take one, finalize
     it, mark it done, take the next. `worker` names this worker in the table; `now` is the
     finalization time (the invoices' `issued_at`). Returns the (account, label) pairs this
-    call finalized.
+    call finalized. `stop` is only polled between jobs (`is_set`), so it may belong to another
+    thread's event loop (serve's finalizer runs this in a thread of its own).
 
     A job that fails is given back queued, its attempt counted, and logged; the others are
     worked on, and once none is left the first failure is raised (a bad account's job does not
