@@ -233,6 +233,9 @@ class MqttSource:
         #: Quiet spell on a 3.1.1 connection after which it reconnects (see STALL_SECONDS).
         self.stall_seconds = STALL_SECONDS
         self.stall_reconnects = 0
+        #: Unsubscribe instead of subscribing: the session of a retired cluster slot stops
+        #: getting its share of new messages and only gives up what it holds (meter.cluster).
+        self.retire = False
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
@@ -349,6 +352,7 @@ class MqttSource:
         once (more than Receive Maximum). Reading those can outlast any fixed timeout, and
         timing out here reconnected into the same flood forever (tests/faults found it)."""
         sub = asyncio.ensure_future(
+            client.unsubscribe(self.settings.subscription, timeout=math.inf) if self.retire else
             client.subscribe(self.settings.subscription, qos=1, timeout=math.inf))
         disconnected = client._disconnected
         try:
@@ -357,7 +361,8 @@ class MqttSource:
             if not sub.done():
                 sub.cancel()
         if sub.done() and not sub.cancelled():
-            return sub.result()
+            granted = sub.result()
+            return [1] if self.retire or granted is None else granted
         raise aiomqtt.MqttError(f"connection lost while subscribing: {disconnected.exception()}")
 
     async def _next(self, client: aiomqtt.Client, wait: float | None,

@@ -71,6 +71,8 @@ class Leases:
         self.name = name
         self.slot: int | None = None
         self.partitions: set[int] = set()
+        #: The cluster's shape before this member joined (another one if it changed it).
+        self.previous: Shape | None = None
         #: Set when the connection (and with it every lease) was lost.
         self.lost = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -89,7 +91,7 @@ class Leases:
                 raise DatabaseInUse(f"--db {without_password(url)}: in use by a meter serve "
                                     "without --slots; stop it before starting a cluster on it")
             await leases._try("SELECT pg_advisory_lock_shared(%s, 0)", MEMBERS)
-            await leases._set_shape(Shape(slots, partitions))
+            leases.previous = await leases._set_shape(Shape(slots, partitions))
         except psycopg.Error as exc:
             await leases.close()
             raise lease_error(url, exc) from None

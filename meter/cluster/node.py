@@ -28,7 +28,7 @@ from meter.store import open_store
 from meter.store.postgres import PostgresStore
 
 from .jobs import link, report_link
-from .leases import Leases
+from .leases import SLOT, Leases
 from .tracking import Tracking
 
 if TYPE_CHECKING:
@@ -144,6 +144,9 @@ class _Member:
         """Take the first free slot (waiting as a standby while all are held), then consume
         its broker session until `stop`."""
         assert self.settings.slots is not None
+        previous = self.leases.previous
+        if previous is not None and previous.slots > self.settings.slots:
+            await self.retire(range(self.settings.slots, previous.slots), stop)
         slot = None
         waiting_since: float | None = None
         while slot is None and not stop.is_set():
@@ -181,6 +184,38 @@ class _Member:
             links.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await links
+
+    async def retire(self, slots: range, stop: asyncio.Event) -> None:
+        """Retire the slots of a cluster that was started again with fewer: each one's broker
+        session still holds what was queued for it and is still in the shared group, so it
+        would get a share of new messages for ever. Connect as it, unsubscribe (no new message
+        is routed to it from the UNSUBACK on), and store and acknowledge what it holds until it
+        has been idle for `finalize_quiet`."""
+        quiet = max(1.0, self.settings.finalize_quiet)
+        for k in slots:
+            if stop.is_set() or not await self.leases.take(SLOT, k):
+                continue  # stopping, or another member retires it
+            try:
+                own = slot_settings(self.settings, k)
+                log.warning("retiring ingest slot %d (the cluster has %d slots now): draining "
+                            "its broker session %s", k, self.settings.slots, own.client_id)
+                source = MqttSource(own)
+                source.retire = True
+                done = asyncio.Event()
+                run = asyncio.create_task(source.run(self.ingestor.handle, done),
+                                          name=f"retire-slot-{k}")
+                while not run.done():
+                    since = source.connected_at
+                    if stop.is_set() or (since is not None and time.time() - max(
+                            since, source.received_at or 0.0) > quiet):
+                        done.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(run), 0.2)
+                await run
+                log.warning("ingest slot %d retired: %d messages stored from its session", k,
+                            source.acked)
+            finally:
+                await self.leases.release(SLOT, k)
 
     async def finalize(self, stop: asyncio.Event) -> None:
         """Queue the periods due and work the job table beside the other members, waiting while

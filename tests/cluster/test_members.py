@@ -17,10 +17,11 @@ pytestmark = [pytest.mark.broker]
 
 
 def member(broker: Broker, workdir: Path, prefix: str, url: str,
-           settings: dict[str, str] | None = None) -> Daemon:
-    """One `meter serve --slots 2 --partitions 4` process (not started)."""
+           settings: dict[str, str] | None = None, *, slots: int = 2) -> Daemon:
+    """One `meter serve --slots N --partitions 4` process (not started)."""
     return Daemon(broker, workdir, prefix, url=url,
-                  settings={"METER_SLOTS": "2", "METER_PARTITIONS": "4", **(settings or {})})
+                  settings={"METER_SLOTS": str(slots), "METER_PARTITIONS": "4",
+                            **(settings or {})})
 
 
 def wait_slot(d: Daemon, slot: int, timeout: float = 30.0) -> None:
@@ -99,3 +100,47 @@ def test_members_finalize_each_ended_period_once_through_the_job_table(
     assert workers <= {f"meter serve pid {d.proc.pid} on host {socket.gethostname()}"
                        for d in (a, b) if d.proc is not None}
     assert [(80,)] == query(pg_url, "SELECT count(*) FROM events")
+
+
+def test_fewer_slots_retire_the_extra_sessions_with_what_they_held(
+        broker_factory: type[Broker], tmp_path: Path, topic_prefix: str, pg_url: str) -> None:
+    """A cluster of 3 slots whose third member died keeps getting a third of the events queued
+    in that slot's session. Started again with --slots 2, the first member drains that session
+    and takes it out of the shared group: nothing it held is lost, and new events all reach
+    the two slots left."""
+    broker = broker_factory.new()  # type: ignore[attr-defined]
+    quick = {"METER_FINALIZE_QUIET": "1s"}
+    a, b, c = (member(broker, tmp_path / n, topic_prefix, pg_url, quick, slots=3) for n in "abc")
+    for d in (a, b, c):
+        d.start()
+    publisher = Publisher(broker, topic_prefix)
+    two = [member(broker, tmp_path / f"{n}2", topic_prefix, pg_url, quick) for n in "ab"]
+    try:
+        wait_for(lambda: sorted(d.total("meter_cluster_slot") for d in (a, b, c))
+                 == [0, 1, 2], 30, "three slots held")
+        [third] = [d for d in (a, b, c) if d.value("meter_cluster_slot") == 2]
+        third.kill()
+        publisher.publish_many(iter_events(3000, prefix="before-"))
+        publisher.wait_all_acked()
+        first_two = [d for d in (a, b, c) if d is not third]
+        for d in first_two:
+            d.stop()
+        # Mosquitto deals a shared subscription's messages round-robin, the dead slot's too.
+        assert 2000 == sum(stored_ids(pg_url).values())
+        for d in two:
+            d.start()
+        wait_for(lambda: "ingest slot 2 retired" in two[0].log_text(), 60, "slot 2 retired")
+        assert "ingest slot 2 retired: 1000 messages stored from its session" in (
+            two[0].log_text())
+        publisher.publish_many(iter_events(3000, prefix="after-"))
+        publisher.wait_all_acked()
+        wait_for(lambda: sum(stored_ids(pg_url).values()) >= 6000, 60, "6,000 stored")
+        stored = stored_ids(pg_url)
+        assert {("acme", f"{p}{i}") for p in ("before-", "after-") for i in range(3000)} == (
+            set(stored))
+        assert {1} == set(stored.values())
+        assert [0.0, 1.0] == sorted(d.total("meter_cluster_slot") for d in two)
+    finally:
+        publisher.close()
+        for d in (a, b, c, *two):
+            d.stop()
