@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -28,6 +29,7 @@ from meter.cluster.jobs import (
     Job,
     enqueue,
     finalize_due_jobs,
+    finish,
     link,
     report_link,
     work,
@@ -292,6 +294,38 @@ def test_a_failing_job_is_left_queued_and_the_others_are_done(pg_url: str,
                                                         "ORDER BY account")
 
 
+def test_finish_waits_for_a_job_another_worker_holds_and_works_it_if_that_one_dies(
+        pg_url: str, tmp_path: Path) -> None:
+    """`finish` (what `meter report --finalize` runs) does the free jobs, then waits on the one
+    another connection holds; when that connection ends without marking it done (a killed
+    worker), `finish` works it itself and returns only once every job of its own is done."""
+    files = _two_accounts(tmp_path, pg_url)
+    asyncio.run(enqueue(pg_url, _jobs(1), now=NOW))
+    holder = psycopg.connect(pg_url)
+    holder.execute("SELECT 1 FROM finalize_job WHERE account = 'acct000' FOR UPDATE")
+    result: list[list[tuple[str, str]]] = []
+    thread = threading.Thread(target=lambda: result.append(
+        asyncio.run(finish(pg_url, files.contracts, _jobs(2), worker="w", now=NOW))))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        # acct001 done, and finish blocked on acct000's row lock:
+        while not (_sql(pg_url, "SELECT 1 FROM finalize_job WHERE account = 'acct001' "
+                                "AND state = 'done'")
+                   and _sql(pg_url, "SELECT 1 FROM pg_stat_activity WHERE datname = "
+                                    "current_database() AND wait_event_type = 'Lock'")):
+            assert time.monotonic() < deadline, "finish never waited for the held job"
+            time.sleep(0.02)
+        assert [("acct000", "queued")] == _sql(pg_url, "SELECT account, state FROM finalize_job "
+                                                       "WHERE state = 'queued'")
+    finally:
+        holder.close()
+    thread.join(60)
+    assert [[("acct001", MONTH), ("acct000", MONTH)]] == result
+    assert [("acct000", "done", "w"), ("acct001", "done", "w")] == _sql(
+        pg_url, "SELECT account, state, worker FROM finalize_job ORDER BY account")
+
+
 def test_report_finalize_on_postgresql_goes_through_the_job_table(pg_url: str,
                                                                    tmp_path: Path) -> None:
     """`meter report --finalize` on PostgreSQL queues the chosen accounts' period and works it:
@@ -312,6 +346,22 @@ def test_report_finalize_on_postgresql_goes_through_the_job_table(pg_url: str,
                                                     "FROM finalize_job")
     code, again, err = run()
     assert (0, "", out) == (code, err, again)
+
+
+def test_report_finalize_on_a_date_queues_the_period_holding_it(pg_url: str,
+                                                                tmp_path: Path) -> None:
+    """With `--on DATE` the job is the account's period holding that date, labelled by the
+    month it starts in; the output names the date, as on SQLite."""
+    files = _two_accounts(tmp_path, pg_url)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["report", "--db", pg_url, "--contracts", str(files.contracts),
+                     "--on", "2026-01-15", "--finalize"])
+    assert (0, "finalized acct000 2026-01-15\nfinalized acct001 2026-01-15\n") == (
+        code, err.getvalue())
+    assert [("acct000", *JAN, MONTH, "done"), ("acct001", *JAN, MONTH, "done")] == _sql(
+        pg_url, "SELECT account, period_start_us, period_end_us, label, state FROM finalize_job "
+                "ORDER BY account")
 
 
 def test_finalize_due_jobs_queues_what_is_due_and_works_it(pg_url: str, tmp_path: Path) -> None:
