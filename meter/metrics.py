@@ -79,6 +79,8 @@ class Metrics:
         self.tracked: frozenset[str] | None = None
         #: On a cluster member: the ingest slot it holds, -1 while it waits as a standby.
         self.slot: int | None = None
+        #: On a cluster member: how many ingest slots the cluster has.
+        self.slots: int | None = None
         self._addon_keys = [
             (a.id, addon) for a in contracts.accounts
             if any(p.tier == "elite" and p.model == "concurrent" for p in a.pools)
@@ -236,6 +238,11 @@ class Metrics:
                 "meter_cluster_slot",
                 "Cluster members: the ingest slot this member holds (its broker client id is "
                 "CLIENT_ID-N), -1 while it waits as a standby.", value=self.slot)
+        if self.slots is not None:
+            yield GaugeMetricFamily(
+                "meter_cluster_slots",
+                "Cluster members: the cluster's number of ingest slots (--slots).",
+                value=self.slots)
         if self.tracked is not None:
             yield GaugeMetricFamily(
                 "meter_cluster_tracked_accounts",

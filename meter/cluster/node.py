@@ -83,6 +83,7 @@ async def run_cluster(settings: Settings, stop: asyncio.Event, *,
         store.rejected_keep_bytes = settings.rejected_keep_bytes
         metrics = Metrics(contracts, registry, db_path=None)
         metrics.slot = -1
+        metrics.slots = settings.slots
         server = _serve_metrics(settings, registry)
         ingestor = Ingestor(settings, contracts=contracts, store=store, tracker=None,
                             metrics=metrics, stop=stop)

@@ -15,8 +15,9 @@ import yaml
 from tests.deploy.tools import ALERTMANAGER_PACKAGE, DEPLOY, ROOT, promtool, readme_anchors, require
 
 ALERTS = ("MeterGraceAboutToExpire", "MeterOverageBilled", "MeterDown", "MeterBrokerDisconnected",
-          "MeterSessionTakenOver", "MeterStoreFailing", "MeterRejectsRising", "MeterAccountSilent",
-          "MeterAddonShortfall", "MeterBrokerDroppingMessages")
+          "MeterClusterSlotUnheld", "MeterSessionTakenOver", "MeterStoreFailing",
+          "MeterRejectsRising", "MeterAccountSilent", "MeterAddonShortfall",
+          "MeterBrokerDroppingMessages")
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -25,10 +26,10 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def test_promtool_accepts_the_alert_rules() -> None:
-    """`promtool check rules` finds all ten rules and no problem."""
+    """`promtool check rules` finds all eleven rules and no problem."""
     result = promtool("check", "rules", "alerts.yml")
     assert 0 == result.returncode, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
@@ -63,7 +64,8 @@ def test_alert_unit_tests_fail_when_an_expectation_is_wrong(tmp_path: Path) -> N
 
 
 def test_the_rule_file_has_exactly_the_alerts_an_operator_needs() -> None:
-    """One rule per alert named in the issue, plus a failing store, in that order."""
+    """One rule per alert named in the issue, plus a failing store and a cluster slot nobody
+    holds, in that order."""
     assert list(ALERTS) == [rule["alert"] for rule in _rules()]
 
 
@@ -79,6 +81,7 @@ ROUTING = {
     "MeterAccountSilent": ("warning", "integrations"),
     "MeterAddonShortfall": ("info", "billing"),
     "MeterBrokerDroppingMessages": ("critical", "operations"),
+    "MeterClusterSlotUnheld": ("critical", "operations"),
 }
 
 
@@ -135,6 +138,7 @@ def test_alertmanager_routes_each_alert_by_severity_and_team() -> None:
         "MeterSessionTakenOver": "operations-page", "MeterStoreFailing": "operations-page",
         "MeterRejectsRising": "integrations", "MeterAccountSilent": "integrations",
         "MeterAddonShortfall": "billing", "MeterBrokerDroppingMessages": "operations-page",
+        "MeterClusterSlotUnheld": "operations-page",
     } == routed
 
 
