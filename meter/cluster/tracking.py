@@ -200,6 +200,8 @@ class Tracking:
                     continue
                 rows = await h.stored_since([a for p in parts for a in p.accounts], since)
                 applied += self._apply(parts, rows)
+                for e in rows:
+                    self.metrics.saw_event(e.account, e.ts_us)
                 for part in parts:
                     part.horizon = h.at
         return applied
