@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: command -> "module:function"; each function takes the parsed namespace and returns an exit code.
 HANDLERS: dict[str, str] = {
-    "serve": "meter.serve:run_cli",
+    "serve": "meter.daemon:run_cli",
     "ingest": "meter.ingest:run",
     "publish": "meter.publish:run",
     "report": "meter.report:run",

@@ -2,23 +2,20 @@
 each batch before it is acknowledged, rebuilds live state from the store on start, and on SIGTERM
 or SIGINT drains what is in flight and exits 0 within a few seconds.
 
-`run(settings, stop)` is the daemon (tests call it with their own event); `run_cli(args)` only
-parses, installs signal handlers that set the event, and runs it.
+`run(settings, stop)` is the daemon (tests call it with their own event); `meter.daemon.run_cli`
+parses, installs signal handlers that set the event, and runs it or a cluster member.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fcntl
 import logging
 import os
 import random
-import signal
 import socket
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import CollectorRegistry
 
 from meter import checkpoint
-from meter.config import FLAG_KEYS, Settings, is_postgres, load_settings, redact, share_password
+from meter.config import Settings, is_postgres, redact, share_password
 from meter.errors import ConfigError, DatabaseInUse, MeterError, StoreError
 from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.finalization import Link
@@ -45,7 +42,7 @@ from rating.periods import monthly_period
 if TYPE_CHECKING:
     from meter.http import HttpServer
 
-__all__ = ["Ingestor", "hold", "hold_database", "rebuild", "run", "run_cli", "watermark"]
+__all__ = ["Ingestor", "hold", "hold_database", "rebuild", "run", "watermark"]
 
 log = logging.getLogger("meter.serve")
 
@@ -465,11 +462,6 @@ async def run(settings: Settings, stop: asyncio.Event, *,
               registry: CollectorRegistry | None = None) -> None:
     """Run the daemon until `stop` is set; return after a clean drain and disconnect."""
     share_password(settings.db)  # for the finalizer's rating workers (see `share_password`)
-    if settings.slots is not None:
-        from meter.cluster.node import run_cluster  # noqa: PLC0415 - psycopg loads only for a cluster
-
-        await run_cluster(settings, stop, registry=registry)
-        return
     async with hold(settings.db) as lost:  # first: a second daemon says one line and nothing else
         log.info("meter serve: %s", settings.describe())
 
@@ -580,25 +572,6 @@ async def _deadline(stop: asyncio.Event, task: asyncio.Task[None], seconds: floa
     if not task.done():
         log.error("drain took longer than %.1fs; exiting with it unfinished", seconds)
         task.cancel()
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """`meter serve`: resolve settings, install signal handlers that set the stop event, run."""
-    flags = {key: getattr(args, key, None) for key in FLAG_KEYS}
-    settings = load_settings(flags, os.environ)
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mqtt").setLevel(logging.ERROR)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-
-    asyncio.run(main())
-    return 0
 
 
 #: How often the daemon checks for periods due for finalization (more often while one waits for

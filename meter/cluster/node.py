@@ -25,10 +25,10 @@ from meter.finalization import Link
 from meter.metrics import Metrics
 from meter.source import MqttSource
 from meter.store import open_store
+from meter.store.leases import SLOT, Leases
 from meter.store.postgres import PostgresStore
 
 from .jobs import link, report_link
-from .leases import SLOT, Leases
 from .tracking import Tracking
 
 if TYPE_CHECKING:

@@ -29,11 +29,10 @@ from meter.errors import StoreError
 from meter.events import to_us
 from meter.metrics import Metrics, Snapshot
 from meter.store.base import StoredEvent
+from meter.store.leases import PARTITION, Leases
 from meter.store.postgres import Horizon, PostgresStore
 from meter.tracker import AddonView, PoolView, Tracker
 from rating.contracts import Contracts
-
-from .leases import PARTITION, Leases
 
 __all__ = ["FEED_EVERY_S", "Part", "Tracking", "partition_of"]
 

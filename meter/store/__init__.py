@@ -4,8 +4,10 @@ writes through, and `open_store` to open one.
     base      the interface and the values that cross it
     sqlite    the embedded default: one SQLite file
     postgres  a PostgreSQL database (`postgresql://` URL), for more than one file can carry
+    leases    a cluster member's advisory-lock leases on PostgreSQL (`meter.cluster`)
+    job_table the statements of PostgreSQL's finalization job table (`meter.cluster.jobs`)
 
-Every SQL statement of `meter` is in `sqlite` or `postgres`.
+Every SQL statement of `meter` is in this package.
 """
 
 from __future__ import annotations

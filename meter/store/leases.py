@@ -1,4 +1,5 @@
-"""A cluster member's leases: PostgreSQL advisory locks held by one connection of its own.
+"""A cluster member's leases (`meter.cluster`): PostgreSQL advisory locks held by one connection of
+its own.
 
 Advisory locks rather than lease rows with an expiry: the server drops a session's locks the
 moment its connection ends (a SIGKILLed member's slot is free at once, with no clock to trust

@@ -93,7 +93,7 @@ def test_python_dash_m_meter_prints_the_version() -> None:
 def test_every_serve_setting_is_a_flag() -> None:
     """README: every settings key is also a `meter serve` flag, except the password (a flag
     would put it in the process list); and serve forwards each flag it parses."""
-    from meter import config, serve
+    from meter import config, daemon
     from meter.cli import build_parser
 
     serve_parser = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
@@ -102,7 +102,7 @@ def test_every_serve_setting_is_a_flag() -> None:
     keys = {s.name for s in config.SETTINGS} - {"password"}
     assert keys | {"config"} == dests
     assert {config.setting(k).flag_name for k in keys} | {"--config"} == flags
-    assert dests == set(serve.FLAG_KEYS)
+    assert dests == set(daemon.FLAG_KEYS)
 
 
 def _ingest_argv(tmp_path: Path, *extra: str) -> list[str]:
