@@ -4,8 +4,9 @@ its own.
 Advisory locks rather than lease rows with an expiry: the server drops a session's locks the
 moment its connection ends (a SIGKILLed member's slot is free at once, with no clock to trust
 and no expiry to tune), and `pg_locks` says who holds what. A host that vanishes without closing
-its connection keeps its locks until the server notices (TCP keepalive, set on the connection
-here); meanwhile its slot's broker session only waits, nothing is lost. A member whose lease
+its connection keeps its locks until the server notices: the connection sets the server's
+keepalives for its own session (`connect(keepalive=True)`: ~40 s); meanwhile its slot's broker
+session only waits, nothing is lost. A member whose lease
 connection is lost stops (exit 1) rather than go on without knowing what it still holds.
 
 Keys use the two-int4 form (`classid`, `objid`), apart from the one-bigint daemon lock that a

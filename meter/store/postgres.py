@@ -310,15 +310,19 @@ _LOGIN_REFUSALS: Final = ("does not exist", "authentication failed", "no pg_hba.
 async def connect(url: str, *, autocommit: bool = False, application_name: str | None = None,
                   keepalive: bool = False) -> psycopg.AsyncConnection[Any]:
     """One connection; an unreachable server or a missing database is one `StoreError` line
-    naming host:port (never the password). `keepalive`: TCP keepalive probes after 10 s idle,
-    so the server notices a vanished host within ~40 s and frees what it held (a lease)."""
+    naming host:port (never the password). `keepalive`: TCP keepalive probes after 10 s idle
+    at both ends: the server's (its per-session `tcp_keepalives_*` settings) so it ends the
+    session of a vanished host within ~40 s and frees what it held (a lease), and ours so we
+    notice a vanished server as soon."""
     location = without_password(url)
     kwargs: dict[str, Any] = {"autocommit": autocommit}
     if application_name:
         kwargs["application_name"] = application_name
     if keepalive:
         kwargs.update(keepalives=1, keepalives_idle=10, keepalives_interval=10,
-                      keepalives_count=3)
+                      keepalives_count=3,
+                      options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=10 "
+                              "-c tcp_keepalives_count=3")
     try:
         return await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S,
                                                      **kwargs)
@@ -845,7 +849,7 @@ async def _take_daemon_lock(url: str) -> psycopg.AsyncConnection[Any]:
     session has it, `StoreError` when the server cannot be reached."""
     location = without_password(url)
     me = f"meter serve pid {os.getpid()} on host {socket.gethostname()}"
-    conn = await connect(url, autocommit=True, application_name=me[:63])
+    conn = await connect(url, autocommit=True, application_name=me[:63], keepalive=True)
     try:
         cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,))
         row = await cur.fetchone()

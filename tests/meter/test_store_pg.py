@@ -16,6 +16,7 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 import pytest
+from psycopg import sql
 
 from meter.errors import DatabaseInUse, NotMeterDatabase, StoreError
 from meter.events import Event
@@ -23,6 +24,7 @@ from meter.store import RejectedMessage, open_store, postgres
 from meter.store.postgres import (
     MIGRATIONS,
     PostgresStore,
+    connect,
     hold_daemon_lock,
     retriable,
     without_password,
@@ -470,3 +472,25 @@ async def test_writers_take_turns_so_seqs_commit_in_order(pg_url: str) -> None:
             await other.commit()
             assert (0,) == (await waiting).fresh
         assert 2 == await store.last_seq()
+
+
+async def test_a_lock_connection_has_the_servers_keepalives_set_for_its_session(
+        pg_url: str) -> None:
+    """The daemon's and a cluster member's lock connections ask the server to probe them after
+    10 s idle (3 probes 10 s apart), so a host that vanishes loses its locks in ~40 s, not the
+    OS's 2 hours; other connections keep the server's defaults."""
+    conn = await connect(pg_url, keepalive=True)
+    plain = await connect(pg_url)
+    try:
+        got = []
+        for c in (conn, plain):
+            row = []
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+                cur = await c.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))
+                row.append((await cur.fetchall())[0][0])
+            got.append(row)
+    finally:
+        await conn.close()
+        await plain.close()
+    assert ["10", "10", "3"] == got[0]
+    assert ["10", "10", "3"] != got[1]
