@@ -145,9 +145,8 @@ class _Member:
         """Take the first free slot (waiting as a standby while all are held), then consume
         its broker session until `stop`."""
         assert self.settings.slots is not None
-        previous = self.leases.previous
-        if previous is not None and previous.slots > self.settings.slots:
-            await self.retire(range(self.settings.slots, previous.slots), stop)
+        if self.leases.retiring:
+            await self.retire(self.leases.retiring, stop)
         slot = None
         waiting_since: float | None = None
         while slot is None and not stop.is_set():
@@ -193,9 +192,11 @@ class _Member:
         is routed to it from the UNSUBACK on), and store and acknowledge what it holds until it
         has been idle for `finalize_quiet`."""
         quiet = max(1.0, self.settings.finalize_quiet)
+        every = True
         for k in slots:
             if stop.is_set() or not await self.leases.take(SLOT, k):
-                continue  # stopping, or another member retires it
+                every = False  # stopping, or another member retires it (and records it)
+                continue
             try:
                 own = slot_settings(self.settings, k)
                 log.warning("retiring ingest slot %d (the cluster has %d slots now): draining "
@@ -213,10 +214,13 @@ class _Member:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(run), 0.2)
                 await run
+                every = every and not stop.is_set()
                 log.warning("ingest slot %d retired: %d messages stored from its session", k,
                             source.acked)
             finally:
                 await self.leases.release(SLOT, k)
+        if every:
+            await self.leases.retired()
 
     async def finalize(self, stop: asyncio.Event) -> None:
         """Queue the periods due and work the job table beside the other members, waiting while

@@ -73,8 +73,9 @@ class Leases:
         self.name = name
         self.slot: int | None = None
         self.partitions: set[int] = set()
-        #: The cluster's shape before this member joined (another one if it changed it).
-        self.previous: Shape | None = None
+        #: Slots of a cluster whose --slots was lowered that still need retiring (their
+        #: broker sessions drained and taken out of the shared group).
+        self.retiring = range(0)
         #: Set when the connection (and with it every lease) was lost.
         self.lost = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -93,7 +94,7 @@ class Leases:
                 raise DatabaseInUse(f"--db {without_password(url)}: in use by a meter serve "
                                     "without --slots; stop it before starting a cluster on it")
             await leases._try("SELECT pg_advisory_lock_shared(%s, 0)", MEMBERS)
-            leases.previous = await leases._set_shape(Shape(slots, partitions))
+            await leases._set_shape(Shape(slots, partitions))
         except psycopg.Error as exc:
             await leases.close()
             raise lease_error(url, exc) from None
@@ -107,19 +108,21 @@ class Leases:
         row = await cur.fetchone()
         return bool(row and row[0] is not False)
 
-    async def _set_shape(self, want: Shape) -> Shape:
+    async def _set_shape(self, want: Shape) -> None:
         async with self._conn.transaction():
             cur = await self._conn.execute(
-                "SELECT slots, partitions FROM cluster WHERE id = 1 FOR UPDATE")
+                "SELECT slots, partitions, retiring FROM cluster WHERE id = 1 FOR UPDATE")
             row = await cur.fetchone()
             if row is None:
                 await self._conn.execute(
                     "INSERT INTO cluster (id, slots, partitions, changed_us) VALUES (1, %s, %s, %s)",
                     (want.slots, want.partitions, int(time.time() * 1e6)))
-                return want
+                return
             have = Shape(int(row[0]), int(row[1]))
+            retiring = int(row[2])
             if (have.slots, have.partitions) == (want.slots, want.partitions):
-                return have
+                self.retiring = range(want.slots, retiring)
+                return
             others = len(await self.holders(MEMBERS)) - 1
             if others > 0:
                 raise ConfigError(
@@ -128,11 +131,25 @@ class Leases:
                     f"{'s' if others != 1 else ''} running); every member must use the same; "
                     "to change them stop every member first (README: Changing the number of "
                     "slots)")
+            # Lowered: the slots above the new N keep sessions on the broker until retired;
+            # raised past them: they are slots again, their sessions resumed by their holders.
+            retiring = max(retiring, have.slots) if want.slots < have.slots else retiring
+            retiring = 0 if want.slots >= retiring else retiring
             await self._conn.execute(
-                "UPDATE cluster SET slots = %s, partitions = %s, changed_us = %s WHERE id = 1",
-                (want.slots, want.partitions, int(time.time() * 1e6)))
+                "UPDATE cluster SET slots = %s, partitions = %s, retiring = %s, changed_us = %s "
+                "WHERE id = 1", (want.slots, want.partitions, retiring, int(time.time() * 1e6)))
+            self.retiring = range(want.slots, retiring)
             log.warning("cluster changed from %s to %s", have, want)
-            return have
+
+    async def retired(self) -> None:
+        """Record that every slot of `retiring` was retired."""
+        if not self.retiring:
+            return
+        async with self._lock:
+            await self._conn.execute(
+                "UPDATE cluster SET retiring = 0 WHERE id = 1 AND retiring = %s AND slots = %s",
+                (self.retiring.stop, self.retiring.start))
+        self.retiring = range(0)
 
     async def holders(self, cls: int) -> dict[int, list[str]]:
         """Who holds each lock of class `cls` (objid -> application names)."""

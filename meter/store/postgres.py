@@ -122,6 +122,10 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
         id          integer PRIMARY KEY CHECK (id = 1),
         slots       integer NOT NULL CHECK (slots > 0),
         partitions  integer NOT NULL CHECK (partitions > 0),
+        -- After --slots was lowered: slots [slots, retiring) still have broker sessions to
+        -- drain and take out of the shared group (0: none). Kept until that is done, so a
+        -- member killed mid-drain leaves it for the next start.
+        retiring    integer NOT NULL DEFAULT 0,
         changed_us  bigint NOT NULL
     );
     -- Each tracker partition's checkpoint: its tracker with every row below `horizon` applied.
