@@ -81,6 +81,8 @@ class Metrics:
         self.slot: int | None = None
         #: On a cluster member: how many ingest slots the cluster has.
         self.slots: int | None = None
+        #: On a cluster member: seconds one open transaction has held the tracking feed back.
+        self.feed_held_s = 0.0
         self._addon_keys = [
             (a.id, addon) for a in contracts.accounts
             if any(p.tier == "elite" and p.model == "concurrent" for p in a.pools)
@@ -248,6 +250,11 @@ class Metrics:
                 "meter_cluster_tracked_accounts",
                 "Cluster members: accounts whose live gauges this member exports (those of the "
                 "tracking partitions it holds).", value=len(self.tracked))
+            yield GaugeMetricFamily(
+                "meter_cluster_feed_held_seconds",
+                "Cluster members: how long one open transaction on the database server has held "
+                "the live feed back (its rows, and every row committed after it, wait for it to "
+                "end; nothing is skipped); 0 when none is open.", value=self.feed_held_s)
 
     def _pool_families(self) -> Iterator[Metric]:
         labels = ["account", "pool"]

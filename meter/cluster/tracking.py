@@ -84,6 +84,7 @@ class Tracking:
         self.partitions = partitions
         self.parts: dict[int, Part] = {}
         self._of = {a.id: partition_of(a.id, partitions) for a in contracts.accounts}
+        self._horizon_since: tuple[int, float] | None = None
         self.metrics.tracked = frozenset()
 
     def accounts_of(self, number: int) -> Contracts:
@@ -191,6 +192,7 @@ class Tracking:
             return 0
         applied = 0
         async with self.store.snapshot() as h:
+            self._held(h)
             by_horizon: dict[int, list[Part]] = {}
             for part in self.parts.values():
                 by_horizon.setdefault(part.horizon, []).append(part)
@@ -204,6 +206,16 @@ class Tracking:
                 for part in parts:
                     part.horizon = h.at
         return applied
+
+    def _held(self, h: Horizon) -> None:
+        """How long one open transaction has held the horizon where it is (0 when none runs)."""
+        now = time.monotonic()
+        if not h.running:
+            self._horizon_since = None
+        elif self._horizon_since is None or self._horizon_since[0] != h.at:
+            self._horizon_since = (h.at, now)
+        self.metrics.feed_held_s = 0.0 if self._horizon_since is None else (
+            now - self._horizon_since[1])
 
     def _apply(self, parts: Sequence[Part], rows: Sequence[StoredEvent]) -> int:
         if len(parts) == 1:

@@ -615,10 +615,11 @@ class PostgresStore(Store):
         async with self._conn(what) as conn:
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur = await conn.execute(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric::bigint")
+                "SELECT pg_snapshot_xmin(s)::text::numeric::bigint, "
+                "pg_snapshot_xmax(s)::text::numeric::bigint FROM pg_current_snapshot() AS s")
             row = await cur.fetchone()
             assert row is not None
-            yield Horizon(conn, int(row[0]))
+            yield Horizon(conn, int(row[0]), running=int(row[0]) < int(row[1]))
 
     async def save_partition_checkpoint(self, part: int, partitions: int, horizon: int,
                                         blob: bytes) -> None:
@@ -783,9 +784,12 @@ class Horizon:
     have ended: those below `at`. `below` is another, older horizon (a partition's cursor)
     where given: then only the rows below it, which is what a tracker fed up to it applied."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], at: int) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], at: int, *, running: bool) -> None:
         self._conn = conn
         self.at = at
+        #: Whether a transaction was still running at the snapshot (the one at the horizon:
+        #: rows it stores are read once it ends).
+        self.running = running
 
     async def _events(self, where: LiteralString, params: Sequence[object]) -> list[StoredEvent]:
         query = sql.SQL("SELECT {} FROM events WHERE {} ORDER BY {}").format(

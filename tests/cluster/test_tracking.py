@@ -329,7 +329,8 @@ def test_a_row_committed_after_a_higher_seq_is_applied(
     show B's login and, once A commits, A's too, each equal to the bill then. With `later`, B
     took its transaction id before A, so B's row is below the horizon at once; with `earlier`,
     A's open transaction holds the horizon back and B shows with A (the gauges lag, nothing is
-    skipped)."""
+    skipped). While A is open, `meter_cluster_feed_held_seconds` says how long it has held the
+    feed back; 0 once it ends."""
     now = datetime.now(UTC).replace(microsecond=0)
     if now - timedelta(minutes=5) < now.replace(day=1, hour=0, minute=0, second=0):
         pytest.skip("the current month is less than 5 minutes old")
@@ -354,9 +355,14 @@ def test_a_row_committed_after_a_higher_seq_is_applied(
                 assert (1, 1, 0) == (expected["meter_active_users"],
                                      expected["meter_period_peak_users"],
                                      expected["meter_excess_users"])
+            # A, still open, holds the horizon where it is: the member says for how long.
+            wait_for(lambda: (d.value("meter_cluster_feed_held_seconds") or 0.0) >= 1.0, 30,
+                     "the feed held back by A's open transaction")
             tx_a.commit()
         wait_for(lambda: shows(d, pg_url, 2), 60, "ann's login in the gauges, equal to the bill",
                  every=0.5)
+        wait_for(lambda: d.value("meter_cluster_feed_held_seconds") == 0.0, 30,
+                 "the feed no longer held back")
         got, expected = one_account(d, pg_url)
         assert (2, 2, 1, (now - timedelta(minutes=1)).timestamp()) == (
             expected["meter_active_users"], expected["meter_period_peak_users"],
