@@ -3,13 +3,16 @@ joining, slots and standbys, and the shape every member must agree on."""
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker
+from tests.conftest import Broker, free_port
 from tests.faults.harness import Daemon, Publisher, iter_events, stored_ids, wait_for
 from tests.pgserver import query
 
@@ -148,4 +151,34 @@ def test_fewer_slots_retire_the_extra_sessions_with_what_they_held(
     finally:
         publisher.close()
         for d in (a, b, c, *two):
+            d.stop()
+
+
+def test_the_usage_api_answers_for_the_accounts_a_member_tracks(
+        broker_factory: type[Broker], tmp_path: Path, topic_prefix: str, pg_url: str) -> None:
+    """Both accounts hash to one of the 4 partitions: the member holding it answers their usage,
+    the other says 503 `tracked_elsewhere` instead of showing zeros."""
+    broker = broker_factory.new()  # type: ignore[attr-defined]
+    ports = [free_port(), free_port()]
+    members = [member(broker, tmp_path / n, topic_prefix, pg_url,
+                      {"METER_HTTP_ADDR": f"127.0.0.1:{port}"})
+               for n, port in zip("ab", ports, strict=True)]
+    for d in members:
+        d.start()
+    try:
+        wait_for(lambda: sorted(d.total("meter_cluster_tracked_accounts") for d in members)
+                 == [0.0, 2.0], 30, "one member tracking both accounts")
+        answers = []
+        for port in ports:
+            try:
+                with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/v1/accounts/acme/usage", timeout=10) as r:
+                    answers.append((r.status, json.loads(r.read())["account"]))
+            except urllib.error.HTTPError as exc:
+                answers.append((exc.code, json.loads(exc.read())["error"]))
+        tracking = [d.total("meter_cluster_tracked_accounts") == 2.0 for d in members]
+        assert sorted(answers) == [(200, "acme"), (503, "tracked_elsewhere")]
+        assert answers[tracking.index(True)] == (200, "acme")
+    finally:
+        for d in members:
             d.stop()
