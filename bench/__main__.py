@@ -6,6 +6,8 @@ met.
     python -m bench                       # every row (bench/run does the same)
     python -m bench --quick               # a tiny smoke size: the plumbing, not the figures
     python -m bench --only ingest,report  # some benches (names below)
+    python -m bench --median A.json B.json C.json   # medians of kept runs, nothing run
+    python -m bench --rows-from A.json    # a kept run's rows again by this code's rules
 
 Each bench runs as its own process (`python bench/NAME.py ... --out TMP.json`, as a developer
 runs it), so one bench's memory or threads never weigh on the next; its results JSON is read back
@@ -483,10 +485,7 @@ def rederive(path: Path) -> int:
     """`--rows-from`: the rows of an earlier table JSON again, from the benches' results it
     keeps, by this code's rules (nothing is run); the file is rewritten with them."""
     doc = json.loads(path.read_text())
-    rows: list[Row] = []
-    for name, entry in doc["benches"].items():
-        rows += rows_of(BENCHES[name], entry if "results" in entry else None,
-                        entry.get("error") or "no results")
+    rows = table_rows(path)
     doc["rows"] = [r.as_json() for r in rows]
     doc["markdown"] = markdown(rows)
     doc["rows_derived"] = {"at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -497,6 +496,45 @@ def rederive(path: Path) -> int:
         print("\n" + notes(rows))
     print(f"\nrewrote {path}")
     return 1 if any(r.failed for r in rows) else 0
+
+
+def table_rows(path: Path) -> list[Row]:
+    """The rows of a table JSON, derived from the benches' results it keeps."""
+    doc = json.loads(path.read_text())
+    rows: list[Row] = []
+    for name, entry in doc["benches"].items():
+        rows += rows_of(BENCHES[name], entry if "results" in entry else None,
+                        entry.get("error") or "no results")
+    return rows
+
+
+def median_rows(runs: Sequence[Sequence[Row]]) -> list[Row]:
+    """One row per path over several runs: the median figure, ceiling and ratio (the median of
+    each run's own ratio, not the ratio of the medians), met judged on those medians; the note
+    lists each run's figure. A path failed in every run stays failed."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for rows in runs:
+        for r in rows:
+            groups.setdefault((r.bench, r.path), []).append(r)
+
+    def med(values: list[float | None]) -> float | None:
+        got = [v for v in values if v is not None and not math.isnan(v)]
+        return _median(got) if got else None
+
+    out = []
+    for group in groups.values():
+        first, ok = group[0], [r for r in group if not r.failed]
+        if not ok:
+            out.append(first)
+            continue
+        sizes = sorted({r.size for r in ok})
+        out.append(Row(first.bench, first.path, " / ".join(sizes), med([r.figure for r in ok]),
+                       first.unit, med([r.ceiling for r in ok]), first.ceiling_unit,
+                       first.ceiling_what, med([r.ratio for r in ok]), first.target,
+                       note=f"median of {len(ok)} of {len(group)} runs; figures "
+                            + " / ".join("-" if r.figure is None else _num(r.figure)
+                                         for r in group)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,9 +548,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="run nothing: derive the rows of an earlier table JSON again from the "
                          "benches' results it keeps (after a change to how rows are read), "
                          "rewriting the file")
+    ap.add_argument("--median", metavar="TABLE.json", type=Path, nargs="+",
+                    help="run nothing: print the median table of several earlier runs (the "
+                         "table and its Markdown; with --out, also their rows as JSON)")
     args = ap.parse_args(argv)
     if args.rows_from:
         return rederive(args.rows_from)
+    if args.median:
+        medians = median_rows([table_rows(p) for p in args.median])
+        print(render(medians) + "\n\n" + notes(medians) + "\n\n" + markdown(medians))
+        if args.out:
+            Path(args.out).write_text(json.dumps({
+                "bench": "table-median", "runs": [str(p) for p in args.median],
+                "rows": [r.as_json() for r in medians], "markdown": markdown(medians)},
+                indent=2) + "\n")
+        return 0
     names = list(BENCHES) if not args.only else [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:

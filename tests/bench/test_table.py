@@ -219,3 +219,19 @@ def test_unknown_bench_names_are_refused(capsys: pytest.CaptureFixture[str]) -> 
     assert 2 == exit_.value.code
     assert "unknown bench(es) nope; known: ingest, http, store, pg, tracker, report, rating, " \
            "ingest_file" in capsys.readouterr().err
+
+
+def test_the_median_of_several_runs() -> None:
+    """Median figure, ceiling and ratio per path (the ratio is the median of each run's own),
+    met judged on them; a run where the bench failed is left out and named in the note."""
+    def run(figure: float | None, ceiling: float, failed: bool = False) -> list[Any]:
+        return [Row("http", "HTTP vs MQTT", "50k events", figure, "events/s", ceiling,
+                    target=Target("ratio", ">=", 0.5), failed=failed)]
+    rows = table.median_rows([run(3_000.0, 12_000.0), run(9_000.0, 10_000.0),
+                              run(5_000.0, 11_000.0), run(None, 1.0, failed=True)])
+    (row,) = rows
+    assert (5_000.0, 11_000.0, 5_000.0 / 11_000.0, False) == (row.figure, row.ceiling, row.ratio,
+                                                              row.met)
+    assert "median of 3 of 4 runs; figures 3,000 / 9,000 / 5,000 / -" == row.note
+    (all_failed,) = table.median_rows([run(None, 1.0, failed=True)] * 2)
+    assert "failed" == table.met_text(all_failed)
