@@ -282,7 +282,7 @@ def report_rows(doc: dict[str, Any]) -> list[Row]:
             + ("" if params["days"] == 30 else f", {params['days']} day"
                + ("s" if params["days"] != 1 else "")))
     ceiling = res["ceiling_best_s"]
-    ceiling_what = f"plain read, {res['workers']} workers"
+    ceiling_what = f"plain read, {res['workers']} worker{'s' if res['workers'] != 1 else ''}"
     rows = [Row("report", "meter report JSON vs load ceiling", size, res["json_best_s"], "s",
                 ceiling, ceiling_what=ceiling_what, ratio=res["json_vs_ceiling"],
                 note="whole `meter report` process, best of "
