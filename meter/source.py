@@ -498,6 +498,7 @@ class Source(Protocol):
     connected_at: float | None
     received_at: float | None
     takeovers: Takeovers
+    retire: bool
 
     async def run(self, handle: Handler, stop: asyncio.Event) -> None: ...
 

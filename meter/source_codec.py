@@ -110,7 +110,7 @@ class _Connection(asyncio.Protocol):
         queue = self.queue
         generation = self.generation
         published = False
-        read = mqtt5.read
+        read, publish = mqtt5.read, _Publish
         try:
             while pos < end:
                 try:
@@ -118,7 +118,7 @@ class _Connection(asyncio.Protocol):
                 except IndexError:  # "Not enough bytes": the rest comes with the next read
                     break
                 pos += n
-                if type(packet) is _Publish:
+                if type(packet) is publish:
                     qos = packet.qos
                     if qos == 1:
                         queue.append(Delivery(packet.topic, packet.payload, packet.packet_id or 0,
@@ -262,6 +262,9 @@ class CodecSource:
         self.connected_at: float | None = None
         #: Wall-clock time the last message was received, on any connection; None before one.
         self.received_at: float | None = None
+        #: Unsubscribe instead of subscribing: the session of a retired cluster slot stops
+        #: getting its share of new messages and only gives up what it holds (meter.cluster).
+        self.retire = False
 
     async def run(self, handle: Handler, stop: asyncio.Event) -> None:
         """Deliver batches to `handle` until `stop` is set; then commit and acknowledge what had
@@ -421,16 +424,22 @@ class CodecSource:
         """Subscribe and wait for the SUBACK for as long as the connection lives (a resumed
         session's redeliveries come first and may be many; see MqttSource._subscribe)."""
         fut = conn.acks[_SUBSCRIBE_ID] = asyncio.get_running_loop().create_future()
-        conn.send(mqtt5.SubscribePacket(_SUBSCRIBE_ID, [mqtt5.TopicFilter(
-            self.settings.subscription, max_qos=mqtt5.QoS.AT_LEAST_ONCE,
-            retain_as_published=False)]).write())
-        suback = await fut
+        if self.retire:
+            conn.send(mqtt5.UnsubscribePacket(
+                _SUBSCRIBE_ID, [self.settings.subscription]).write())
+        else:
+            conn.send(mqtt5.SubscribePacket(_SUBSCRIBE_ID, [mqtt5.TopicFilter(
+                self.settings.subscription, max_qos=mqtt5.QoS.AT_LEAST_ONCE,
+                retain_as_published=False)]).write())
+        answer = await fut
         del conn.acks[_SUBSCRIBE_ID]
-        if not isinstance(suback, mqtt5.SubAckPacket):
-            raise _Lost(f"{conn.why} while subscribing")
+        if answer is None:
+            raise _Lost(f"{conn.why} while {'un' if self.retire else ''}subscribing")
         # From here on the consumer drains the queue: bound it by pausing reads.
         conn.high_water = max(2 * self.settings.batch_max, 2 * self.settings.receive_maximum)
-        return int(suback.reason_codes[0]) if suback.reason_codes else -1
+        if self.retire:  # whatever the UNSUBACK says, the session holds no subscription now
+            return 1
+        return int(answer.reason_codes[0]) if answer.reason_codes else -1
 
     async def _consume(self, conn: _Connection, handle: Handler, stop: asyncio.Event) -> None:
         s = self.settings

@@ -427,3 +427,36 @@ async def test_tls_with_a_client_certificate_and_a_password(
     assert line.startswith(f"broker mqtts://127.0.0.1:{b.port}: {REFUSED[source_class]}; "
                            "retrying in ")
     assert True not in ups
+
+
+@pytest.mark.parametrize("source_class", MQTT5_SOURCES)
+async def test_a_retiring_source_unsubscribes_and_gives_up_what_its_session_held(
+        mosquitto: Broker, topic_prefix: str, source_class: SourceClass) -> None:
+    """`retire` (a cluster slot that is no more): the source connects as the slot, unsubscribes
+    instead of subscribing and delivers what the session queued while it was away; what is
+    published after the UNSUBACK is no longer routed to it."""
+    settings = load_settings(publish_settings(broker=mosquitto.url, topic_prefix=topic_prefix), {})
+    connected = asyncio.Event()
+    stop = asyncio.Event()
+    task = asyncio.create_task(source_class(settings, on_connected=lambda up: up and connected.set())
+                               .run(Recording(), stop))
+    await asyncio.wait_for(connected.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as publisher:
+        for i in range(5):
+            await publisher.publish(f"{topic_prefix}/acme/events", f"held{i}", qos=1)
+
+        recording = Recording()
+        connected.clear()
+        stop = asyncio.Event()
+        source = source_class(settings, on_connected=lambda up: up and connected.set())
+        source.retire = True
+        task = asyncio.create_task(source.run(recording, stop))
+        await asyncio.wait_for(connected.wait(), 10)
+        await until(lambda: len(recording.payloads) >= 5, "what the session held")
+        await publisher.publish(f"{topic_prefix}/acme/events", "after", qos=1)
+        await asyncio.sleep(0.5)  # it would have arrived by now
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert [f"held{i}" for i in range(5)] == [p for batch in recording.batches for p in batch]
