@@ -174,11 +174,12 @@ _SCHEMA_TABLE: Final = """
 # one for as long as it runs.
 _MIGRATE_LOCK: Final = 0x6D65746572_01  # "meter" 01
 DAEMON_LOCK: Final = 0x6D65746572_02
-# Every transaction that draws event seqs takes this one first and holds it to its commit, so
-# seqs become visible in the order they were drawn. Without it two writers (the daemon and
-# `meter ingest`) could commit seq 11-20 before 1-10: a reader would see 20 as the newest and
-# never look below it again, while a finalized report's `cutoff_seq` would count 1-10, which
-# it never read, as billed. One writer at a time, as SQLite has it.
+# Every transaction that draws event seqs takes this one before it draws one and holds it to
+# its commit, so seqs become visible in the order they were drawn. Without it two writers (the
+# daemon and `meter ingest`) could commit seq 11-20 before 1-10: a reader would see 20 as the
+# newest and never look below it again, while a finalized report's `cutoff_seq` would count
+# 1-10, which it never read, as billed. One writer at a time, as SQLite has it (a batch's COPY
+# into its staging table comes before, so only inserts and commits take turns).
 _WRITE_LOCK: Final = 0x6D65746572_03
 _TAKE_WRITE_LOCK: Final = "SELECT pg_advisory_xact_lock(%s)"
 
@@ -517,16 +518,19 @@ class PostgresStore(Store):
         for i, e in enumerate(events):
             first.setdefault((e.account, e.id), i)
         async with self._conn("batch not stored") as conn:
-            await conn.execute(_TAKE_WRITE_LOCK, (_WRITE_LOCK,))
             new: list[tuple[str, str]] = []
             if events:
                 async with conn.cursor() as cur:
+                    # Into this connection's own staging table: no seq is drawn yet, so the
+                    # write lock waits until the insert (writers' COPYs overlap; only the
+                    # inserts and commits take turns).
                     async with cur.copy(_COPY_BATCH) as copy:
                         copy.set_types(list(_BATCH_TYPES))
                         for i in first.values():
                             e = events[i]
                             await copy.write_row((i, e.account, e.id, e.type, e.user, e.pool,
                                                   e.session, e.ts_us, e.raw))
+                    await cur.execute(_TAKE_WRITE_LOCK, (_WRITE_LOCK,))
                     if which:
                         await cur.execute(_INSERT_BATCH + " RETURNING account, id", (received_us,))
                         new = [(str(a), str(x)) for a, x in await cur.fetchall()]
@@ -536,6 +540,7 @@ class PostgresStore(Store):
                         count = max(cur.rowcount, 0)
             else:
                 count = 0
+                await conn.execute(_TAKE_WRITE_LOCK, (_WRITE_LOCK,))
             if rejected:
                 keep = self.rejected_keep_bytes
                 async with conn.cursor() as cur:
