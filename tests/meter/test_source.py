@@ -20,7 +20,8 @@ import aiomqtt
 import pytest
 
 from meter.config import Settings, load_settings
-from meter.source import Delivery, MqttSource
+from meter.errors import ConfigError
+from meter.source import Delivery, MqttSource, make_source
 from meter.source_codec import CodecSource
 from tests.conftest import MOSQUITTO, Broker, free_port, wait_port
 from tests.missing import missing
@@ -460,3 +461,37 @@ async def test_a_retiring_source_unsubscribes_and_gives_up_what_its_session_held
     stop.set()
     await asyncio.wait_for(task, 10)
     assert [f"held{i}" for i in range(5)] == [p for batch in recording.batches for p in batch]
+
+
+@pytest.mark.parametrize(("version", "env", "expected"), [
+    ("5", None, CodecSource),
+    ("3.1.1", None, MqttSource),
+    ("5", "aiomqtt", MqttSource),
+    ("5", "codec", CodecSource),
+    ("3.1.1", "aiomqtt", MqttSource),
+    ("5", " Codec ", CodecSource),
+])
+def test_make_source_picks_the_codec_for_mqtt_5_unless_told(
+        monkeypatch: pytest.MonkeyPatch, version: str, env: str | None,
+        expected: SourceClass) -> None:
+    """MQTT 5 gets the codec source, 3.1.1 aiomqtt; METER_SOURCE overrides."""
+    if env is None:
+        monkeypatch.delenv("METER_SOURCE", raising=False)
+    else:
+        monkeypatch.setenv("METER_SOURCE", env)
+    settings = load_settings({"broker": "mqtt://127.0.0.1:1883", "mqtt_version": version}, {})
+    assert expected is type(make_source(settings))
+
+
+@pytest.mark.parametrize(("version", "env", "message"), [
+    ("3.1.1", "codec", "the mqtt5 codec source speaks MQTT 5 only, not 3.1.1"),
+    ("5", "paho", "METER_SOURCE: 'paho' is not one of codec, aiomqtt"),
+])
+def test_make_source_refuses_what_it_cannot_build(
+        monkeypatch: pytest.MonkeyPatch, version: str, env: str, message: str) -> None:
+    """A codec source for 3.1.1, or an unknown name, is one configuration error line."""
+    monkeypatch.setenv("METER_SOURCE", env)
+    settings = load_settings({"broker": "mqtt://127.0.0.1:1883", "mqtt_version": version}, {})
+    with pytest.raises(ConfigError) as caught:
+        make_source(settings)
+    assert message == str(caught.value)
