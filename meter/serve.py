@@ -31,7 +31,7 @@ from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.finalization import Link
 from meter.metrics import Metrics, Snapshot
 from meter.metrics_http import serve_metrics
-from meter.source import Delivery, MqttSource, backoff_delay, topic_account
+from meter.source import Delivery, Source, backoff_delay, make_source, topic_account
 from meter.store import RejectedMessage, Store, StoredEvent, open_store
 from meter.sys_topics import watch as watch_broker
 from meter.tracker import Tracker
@@ -506,8 +506,8 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
         def taken_over() -> None:
             metrics.session_takeovers += 1
 
-        source = MqttSource(settings, on_connected=connected, on_reconnect=reconnecting,
-                            on_takeover=taken_over)
+        source = make_source(settings, on_connected=connected, on_reconnect=reconnecting,
+                             on_takeover=taken_over)
         http: HttpServer | None = None
         if settings.http_addr is not None:
             from meter.http import start_http  # noqa: PLC0415 - aiohttp loads only when asked for
@@ -596,7 +596,7 @@ def _next_check(settings: Settings, waiting: dict[str, tuple[str, str]]) -> floa
     return every
 
 
-def source_link(source: MqttSource) -> Callable[[], Awaitable[Link]]:
+def source_link(source: Source) -> Callable[[], Awaitable[Link]]:
     """The broker link of a lone daemon's source, for `finalizer`."""
     async def link() -> Link:
         return Link(_when(source.connected_at), _when(source.received_at))

@@ -23,7 +23,7 @@ from meter.config import Settings, redact
 from meter.errors import StoreError
 from meter.finalization import Link
 from meter.metrics import Metrics
-from meter.source import MqttSource
+from meter.source import Source, make_source
 from meter.store import open_store
 from meter.store.leases import SLOT, Leases
 from meter.store.postgres import PostgresStore
@@ -135,7 +135,7 @@ class _Member:
         self.leases = leases
         self.ingestor = ingestor
         self.metrics = metrics
-        self.source: MqttSource | None = None
+        self.source: Source | None = None
 
     @property
     def acked(self) -> int:
@@ -175,8 +175,8 @@ class _Member:
         def taken_over() -> None:
             metrics.session_takeovers += 1
 
-        self.source = MqttSource(own, on_connected=connected, on_reconnect=reconnecting,
-                                 on_takeover=taken_over)
+        self.source = make_source(own, on_connected=connected, on_reconnect=reconnecting,
+                                  on_takeover=taken_over)
         links = asyncio.create_task(self.report_links(slot, stop), name="slot-link")
         try:
             await self.source.run(self.ingestor.handle, stop)
@@ -201,7 +201,7 @@ class _Member:
                 own = slot_settings(self.settings, k)
                 log.warning("retiring ingest slot %d (the cluster has %d slots now): draining "
                             "its broker session %s", k, self.settings.slots, own.client_id)
-                source = MqttSource(own)
+                source = make_source(own)
                 source.retire = True
                 done = asyncio.Event()
                 run = asyncio.create_task(source.run(self.ingestor.handle, done),
