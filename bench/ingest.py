@@ -458,7 +458,7 @@ class Daemon:
         self.broker_port = broker_port
         env = {**os.environ, "METER_TOPIC_PREFIX": PREFIX, "METER_CLIENT_ID": self.client_id}
         if source is not None:
-            env["METER_SOURCE"] = source  # meter.source.make_source: codec or aiomqtt
+            env["METER_SOURCE"] = source  # meter.sources.make_source: codec or aiomqtt
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "meter", "serve", "--broker", f"mqtt://127.0.0.1:{broker_port}",
              "--db", str(self.db), "--contracts", str(contracts),

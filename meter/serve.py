@@ -31,7 +31,8 @@ from meter.events import Event, Limits, Rejection, parse, to_us
 from meter.finalization import Link
 from meter.metrics import Metrics, Snapshot
 from meter.metrics_http import serve_metrics
-from meter.source import Delivery, Source, backoff_delay, make_source, topic_account
+from meter.source import Delivery, backoff_delay, topic_account
+from meter.sources import Source, make_source
 from meter.store import RejectedMessage, Store, StoredEvent, open_store
 from meter.sys_topics import watch as watch_broker
 from meter.tracker import Tracker

@@ -39,25 +39,20 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from meter.config import Settings
-from meter.errors import ConfigError
 
-if TYPE_CHECKING:
-    from meter.source_codec import CodecSource
-
-__all__ = ["SESSION_TAKEN_OVER", "SOURCES", "STALL_SECONDS", "Delivery", "Handler", "MqttSource",
-           "Source", "Takeovers", "backoff_delay", "make_source", "topic_account"]
+__all__ = ["SESSION_TAKEN_OVER", "STALL_SECONDS", "Delivery", "Handler", "MqttSource",
+           "Takeovers", "backoff_delay", "topic_account"]
 
 log = logging.getLogger("meter.source")
 
@@ -488,41 +483,3 @@ class MqttSource:
             paho.ack(m.mid, m.qos)
         self.acked += len(batch)
         return True
-
-
-class Source(Protocol):
-    """What `meter serve` uses of a source (`MqttSource`, `CodecSource`)."""
-
-    acked: int
-    generation: int
-    connected_at: float | None
-    received_at: float | None
-    takeovers: Takeovers
-    retire: bool
-
-    async def run(self, handle: Handler, stop: asyncio.Event) -> None: ...
-
-
-#: The implementations METER_SOURCE names.
-SOURCES: Final = ("codec", "aiomqtt")
-
-
-def make_source(settings: Settings, *,
-                on_connected: Callable[[bool], None] = lambda _: None,
-                on_reconnect: Callable[[], None] = lambda: None,
-                on_takeover: Callable[[], None] = lambda: None,
-                rng: random.Random | None = None) -> MqttSource | CodecSource:
-    """The source for `settings`: the codec one for MQTT 5, aiomqtt for 3.1.1, unless the
-    environment's METER_SOURCE names one."""
-    choice = os.environ.get("METER_SOURCE", "").strip().lower()
-    if choice and choice not in SOURCES:
-        raise ConfigError(f"METER_SOURCE: {choice!r} is not one of {', '.join(SOURCES)}")
-    if not choice:
-        choice = "codec" if settings.mqtt_version == "5" else "aiomqtt"
-    if choice == "aiomqtt":
-        return MqttSource(settings, on_connected=on_connected, on_reconnect=on_reconnect,
-                          on_takeover=on_takeover, rng=rng)
-    from meter.source_codec import CodecSource  # noqa: PLC0415 - it imports this module
-
-    return CodecSource(settings, on_connected=on_connected, on_reconnect=on_reconnect,
-                       on_takeover=on_takeover, rng=rng)

@@ -23,7 +23,7 @@ from meter.config import Settings, redact
 from meter.errors import StoreError
 from meter.finalization import Link
 from meter.metrics import Metrics
-from meter.source import Source, make_source
+from meter.sources import Source, make_source
 from meter.store import open_store
 from meter.store.leases import SLOT, Leases
 from meter.store.postgres import PostgresStore

@@ -21,8 +21,9 @@ import pytest
 
 from meter.config import Settings, load_settings
 from meter.errors import ConfigError
-from meter.source import Delivery, MqttSource, make_source
+from meter.source import Delivery, MqttSource
 from meter.source_codec import CodecSource
+from meter.sources import make_source
 from tests.conftest import MOSQUITTO, Broker, free_port, wait_port
 from tests.missing import missing
 from tests.rabbitmq import RabbitNode
