@@ -52,7 +52,7 @@ from paho.mqtt.properties import Properties
 from meter.config import Settings
 
 __all__ = ["SESSION_TAKEN_OVER", "STALL_SECONDS", "Delivery", "Handler", "MqttSource",
-           "Takeovers", "backoff_delay", "topic_account"]
+           "Reconnecting", "Takeovers", "backoff_delay", "topic_account"]
 
 log = logging.getLogger("meter.source")
 
@@ -204,8 +204,10 @@ class _Stopped(Exception):
     """Internal: stop was requested while waiting for the first message of a batch."""
 
 
-class MqttSource:
-    """Connects, subscribes, batches and acknowledges; reconnects on broker errors forever."""
+class Reconnecting:
+    """What both MQTT sources share (`MqttSource`, `meter.source_codec.CodecSource`): the state
+    `meter serve` reads, the callbacks, and the wait after a lost connection (capped, jittered
+    backoff; a longer one after a session takeover)."""
 
     def __init__(self, settings: Settings, *,
                  on_connected: Callable[[bool], None] = lambda _: None,
@@ -218,6 +220,7 @@ class MqttSource:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._on_takeover = on_takeover
         self.takeovers = Takeovers(settings.reconnect_max, self._rng)
+        # One number per connection attempt: a failed attempt uses one up, so they may skip.
         self._generations = itertools.count(1)
         self.generation = 0
         self.acked = 0
@@ -225,12 +228,52 @@ class MqttSource:
         self.connected_at: float | None = None
         #: Wall-clock time the last message was received, on any connection; None before one.
         self.received_at: float | None = None
-        #: Quiet spell on a 3.1.1 connection after which it reconnects (see STALL_SECONDS).
-        self.stall_seconds = STALL_SECONDS
-        self.stall_reconnects = 0
         #: Unsubscribe instead of subscribing: the session of a retired cluster slot stops
         #: getting its share of new messages and only gives up what it holds (meter.cluster).
         self.retire = False
+
+    def _took_over(self, how: str, delay: float) -> None:
+        self._on_takeover()
+        log.error("another client took over session `%s` on %s (%s, %d in a row); reconnecting "
+                  "in %.1fs instead of fighting: a client id belongs to one meter serve, give "
+                  "each database its own --client-id", self.settings.client_id,
+                  self.settings.broker.url, how, self.takeovers.streak, delay)
+
+    async def _wait_after_loss(self, why: str, hint: str, *, reason: int | None,
+                               lived: float | None, attempt: int, stop: asyncio.Event) -> int:
+        """Wait before connecting again after a connection was lost (`reason`: the broker's
+        DISCONNECT reason, if it sent one; `lived`: how long it was subscribed); returns the
+        attempt count to go on with."""
+        taken = self.takeovers.on_disconnect(reason, lived)
+        if taken is not None:
+            how = ("MQTT reason 0x8E" if reason == SESSION_TAKEN_OVER else
+                   "closed without a reason twice after reconnects the broker took at once")
+            self._took_over(how, taken)
+            delay, attempt = taken, 0
+        else:
+            delay = backoff_delay(attempt, self.settings.reconnect_min,
+                                  self.settings.reconnect_max, self._rng)
+            attempt += 1
+            log.warning("broker %s: %s; retrying in %.1fs%s", self.settings.broker.url, why,
+                        delay, hint)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        return attempt
+
+
+class MqttSource(Reconnecting):
+    """Connects, subscribes, batches and acknowledges; reconnects on broker errors forever."""
+
+    def __init__(self, settings: Settings, *,
+                 on_connected: Callable[[bool], None] = lambda _: None,
+                 on_reconnect: Callable[[], None] = lambda: None,
+                 on_takeover: Callable[[], None] = lambda: None,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(settings, on_connected=on_connected, on_reconnect=on_reconnect,
+                         on_takeover=on_takeover, rng=rng)
+        #: Quiet spell on a 3.1.1 connection after which it reconnects (see STALL_SECONDS).
+        self.stall_seconds = STALL_SECONDS
+        self.stall_reconnects = 0
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
@@ -305,25 +348,10 @@ class MqttSource:
                     return
                 if isinstance(exc, _Stall):
                     continue
-                reason = disconnect_reason(client)
-                taken = self.takeovers.on_disconnect(reason, lived)
-                if taken is not None:
-                    attempt = 0
-                    how = ("MQTT reason 0x8E" if reason == SESSION_TAKEN_OVER else
-                           "closed without a reason twice after reconnects the broker took at "
-                           "once")
-                    self._took_over(how, taken)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), taken)
-                    continue
-                delay = backoff_delay(attempt, self.settings.reconnect_min,
-                                      self.settings.reconnect_max, self._rng)
-                attempt += 1
-                log.warning("broker %s: %s; retrying in %.1fs%s", self.settings.broker.url,
-                            exc, delay, self._hint(exc, connected=client is not None
-                                                   and client._connected.done()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                attempt = await self._wait_after_loss(
+                    str(exc), self._hint(exc, connected=client is not None
+                                         and client._connected.done()),
+                    reason=disconnect_reason(client), lived=lived, attempt=attempt, stop=stop)
 
     def _hint(self, exc: aiomqtt.MqttError, *, connected: bool) -> str:
         """What to try when a CONNECT got no CONNACK: a broker without MQTT 5 (RabbitMQ before
@@ -332,13 +360,6 @@ class MqttSource:
             return ""
         return (" (no CONNACK to an MQTT 5 CONNECT: if this broker has no MQTT 5, such as "
                 "RabbitMQ before 3.13, use --mqtt-version 3.1.1)")
-
-    def _took_over(self, how: str, delay: float) -> None:
-        self._on_takeover()
-        log.error("another client took over session `%s` on %s (%s, %d in a row); reconnecting "
-                  "in %.1fs instead of fighting: a client id belongs to one meter serve, give "
-                  "each database its own --client-id", self.settings.client_id,
-                  self.settings.broker.url, how, self.takeovers.streak, delay)
 
     async def _subscribe(self, client: aiomqtt.Client) -> Sequence[object]:
         """Subscribe and wait for the SUBACK for as long as the connection lives. A broker that

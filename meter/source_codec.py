@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import ssl
@@ -32,11 +31,9 @@ from meter.config import Settings
 from meter.errors import ConfigError
 from meter.source import (
     _CLOSED_WITHOUT_REASON,
-    SESSION_TAKEN_OVER,
     Delivery,
     Handler,
-    Takeovers,
-    backoff_delay,
+    Reconnecting,
 )
 
 __all__ = ["CONNECT_TIMEOUT", "CodecSource"]
@@ -236,7 +233,7 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class CodecSource:
+class CodecSource(Reconnecting):
     """Connects, subscribes, batches and acknowledges over the `mqtt5` codec (MQTT 5 only);
     reconnects on broker errors forever. The public surface is `MqttSource`'s."""
 
@@ -248,23 +245,8 @@ class CodecSource:
         if settings.mqtt_version != "5":
             raise ConfigError(f"the mqtt5 codec source speaks MQTT 5 only, not "
                               f"{settings.mqtt_version}")
-        self.settings = settings
-        self._on_connected = on_connected
-        self._on_reconnect = on_reconnect
-        self._on_takeover = on_takeover
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self.takeovers = Takeovers(settings.reconnect_max, self._rng)
-        # One number per connection attempt: a failed attempt uses one up, so they may skip.
-        self._generations = itertools.count(1)
-        self.generation = 0
-        self.acked = 0
-        #: Wall-clock time (time.time()) the current connection was subscribed; None while down.
-        self.connected_at: float | None = None
-        #: Wall-clock time the last message was received, on any connection; None before one.
-        self.received_at: float | None = None
-        #: Unsubscribe instead of subscribing: the session of a retired cluster slot stops
-        #: getting its share of new messages and only gives up what it holds (meter.cluster).
-        self.retire = False
+        super().__init__(settings, on_connected=on_connected, on_reconnect=on_reconnect,
+                         on_takeover=on_takeover, rng=rng)
 
     async def run(self, handle: Handler, stop: asyncio.Event) -> None:
         """Deliver batches to `handle` until `stop` is set; then commit and acknowledge what had
@@ -308,24 +290,10 @@ class CodecSource:
                 self._on_connected(False)
                 if stop.is_set():
                     return
-                reason = conn.reason if conn is not None else None
-                taken = self.takeovers.on_disconnect(reason, lived)
-                if taken is not None:
-                    attempt = 0
-                    how = ("MQTT reason 0x8E" if reason == SESSION_TAKEN_OVER else
-                           "closed without a reason twice after reconnects the broker took at "
-                           "once")
-                    self._took_over(how, taken)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), taken)
-                    continue
-                delay = backoff_delay(attempt, self.settings.reconnect_min,
-                                      self.settings.reconnect_max, self._rng)
-                attempt += 1
-                log.warning("broker %s: %s; retrying in %.1fs%s", self.settings.broker.url,
-                            exc or type(exc).__name__, delay, self._hint(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                attempt = await self._wait_after_loss(
+                    str(exc), self._hint(exc),
+                    reason=conn.reason if conn is not None else None, lived=lived,
+                    attempt=attempt, stop=stop)
             finally:
                 if stopper is not None:
                     stopper.cancel()
@@ -342,13 +310,6 @@ class CodecSource:
             return ""
         return (" (no CONNACK to an MQTT 5 CONNECT: if this broker has no MQTT 5, such as "
                 "RabbitMQ before 3.13, use --mqtt-version 3.1.1)")
-
-    def _took_over(self, how: str, delay: float) -> None:
-        self._on_takeover()
-        log.error("another client took over session `%s` on %s (%s, %d in a row); reconnecting "
-                  "in %.1fs instead of fighting: a client id belongs to one meter serve, give "
-                  "each database its own --client-id", self.settings.client_id,
-                  self.settings.broker.url, how, self.takeovers.streak, delay)
 
     def _ssl(self) -> ssl.SSLContext | None:
         s = self.settings
