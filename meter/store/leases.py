@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, LiteralString
 
 import psycopg
@@ -145,15 +145,27 @@ class Leases:
         """Record that every slot of `retiring` was retired."""
         if not self.retiring:
             return
-        async with self._lock:
+        async with self._using():
             await self._conn.execute(
                 "UPDATE cluster SET retiring = 0 WHERE id = 1 AND retiring = %s AND slots = %s",
                 (self.retiring.stop, self.retiring.start))
         self.retiring = range(0)
 
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[None]:
+        """The connection, one statement at a time; a failure there loses every lease: `lost`
+        is set and it is a `StoreError` the member stops on (not a psycopg traceback)."""
+        async with self._lock:
+            try:
+                yield
+            except psycopg.Error as exc:
+                self.lost.set()
+                raise StoreError(f"{without_password(self.url)}: the lease connection failed "
+                                 f"({one_line(exc)}); every lease with it", retriable=False) from None
+
     async def holders(self, cls: int) -> dict[int, list[str]]:
         """Who holds each lock of class `cls` (objid -> application names)."""
-        async with self._lock:
+        async with self._using():
             cur = await self._conn.execute(_HOLDERS, (cls,))
             rows = await cur.fetchall()
         held: dict[int, list[str]] = {}
@@ -167,14 +179,14 @@ class Leases:
 
     async def take(self, cls: int, objid: int) -> bool:
         """Try to take one lease; True when this member holds it now."""
-        async with self._lock:
+        async with self._using():
             cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (cls, objid))
             row = await cur.fetchone()
         return bool(row and row[0])
 
     async def release(self, cls: int, objid: int) -> None:
         """Give one lease back."""
-        async with self._lock:
+        async with self._using():
             await self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", (cls, objid))
 
     async def take_slot(self, slots: int) -> int | None:

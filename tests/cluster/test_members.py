@@ -182,3 +182,29 @@ def test_the_usage_api_answers_for_the_accounts_a_member_tracks(
     finally:
         for d in members:
             d.stop()
+
+
+def test_a_member_whose_lease_connection_is_lost_stops_with_one_line(
+        broker_factory: type[Broker], tmp_path: Path, topic_prefix: str, pg_url: str) -> None:
+    """The server ends the member's lease connection (a failover, an operator's
+    pg_terminate_backend): every lease went with it, so the member exits 1 saying so, and its
+    restart joins again and takes a slot."""
+    broker = broker_factory.new()  # type: ignore[attr-defined]
+    d = member(broker, tmp_path / "a", topic_prefix, pg_url)
+    d.start()
+    try:
+        wait_for(lambda: d.value("meter_cluster_slot") == 0, 30, "slot 0 held")
+        assert d.proc is not None
+        # The member's only connection named after it: its lease connection.
+        [(terminated,)] = query(pg_url, "SELECT count(pg_terminate_backend(pid)) FROM "
+                                        "pg_stat_activity WHERE application_name LIKE "
+                                        "'meter serve pid %'")
+        assert 1 == terminated
+        assert 1 == d.proc.wait(30)
+        last = d.log_text().strip().splitlines()[-1]
+        assert "the lease connection" in last
+        assert "Traceback" not in d.log_text()
+        d.start()
+        wait_for(lambda: d.value("meter_cluster_slot") == 0, 30, "slot 0 held again")
+    finally:
+        d.stop()
