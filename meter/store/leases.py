@@ -110,14 +110,18 @@ class Leases:
 
     async def _set_shape(self, want: Shape) -> None:
         async with self._conn.transaction():
+            # Members starting together on a new database: the first insert wins, the others
+            # wait for it and then read its row (a plain insert failed them on the key).
+            cur = await self._conn.execute(
+                "INSERT INTO cluster (id, slots, partitions, changed_us) VALUES (1, %s, %s, %s) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                (want.slots, want.partitions, int(time.time() * 1e6)))
+            if await cur.fetchone() is not None:
+                return
             cur = await self._conn.execute(
                 "SELECT slots, partitions, retiring FROM cluster WHERE id = 1 FOR UPDATE")
             row = await cur.fetchone()
-            if row is None:
-                await self._conn.execute(
-                    "INSERT INTO cluster (id, slots, partitions, changed_us) VALUES (1, %s, %s, %s)",
-                    (want.slots, want.partitions, int(time.time() * 1e6)))
-                return
+            assert row is not None
             have = Shape(int(row[0]), int(row[1]))
             retiring = int(row[2])
             if (have.slots, have.partitions) == (want.slots, want.partitions):

@@ -3,6 +3,7 @@ joining, slots and standbys, and the shape every member must agree on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import urllib.error
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from meter.store import open_store
+from meter.store.leases import Leases
 from tests.conftest import Broker, free_port
 from tests.faults.harness import Daemon, Publisher, iter_events, stored_ids, wait_for
 from tests.pgserver import query
@@ -208,3 +211,21 @@ def test_a_member_whose_lease_connection_is_lost_stops_with_one_line(
         wait_for(lambda: d.value("meter_cluster_slot") == 0, 30, "slot 0 held again")
     finally:
         d.stop()
+
+
+
+async def test_members_joining_together_on_a_new_database_all_join(pg_url: str) -> None:
+    """Eight members' leases opened at once on a new (migrated) database: one records the
+    cluster's shape, the others read it; none fails on the shape row's key."""
+    async with await open_store(pg_url):
+        pass
+    joined = await asyncio.gather(*(Leases.open(pg_url, slots=2, partitions=4)
+                                    for _ in range(8)), return_exceptions=True)
+    try:
+        assert [] == [j for j in joined if not isinstance(j, Leases)]
+        assert [(2, 4, 0)] == query(pg_url, "SELECT slots, partitions, retiring FROM cluster")
+        assert 8 == await joined[0].members()  # type: ignore[union-attr]
+    finally:
+        for j in joined:
+            if isinstance(j, Leases):
+                await j.close()
