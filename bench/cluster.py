@@ -36,7 +36,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import MOSQUITTO, PYTHON, ROOT, Run, free_port, results_arg, table, wait_port
+import ingest  # the bench's own broker and publisher
+from _common import PYTHON, ROOT, Run, free_port, results_arg, table
 
 PREFIX = "bench"  # bench/ingest.py's publisher role publishes to bench/<account>/events
 TICK = os.sysconf("SC_CLK_TCK")
@@ -68,32 +69,10 @@ def server_cpu_s(pid: int) -> float:
     return total
 
 
-class Broker:
-    """A Mosquitto of our own on a free loopback port, no persistence, queues unbounded."""
-
-    def __init__(self, workdir: Path, inflight: int) -> None:
-        self.port = free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        f"max_queued_messages 0\nmax_inflight_messages {inflight}\n")
-        with (workdir / "mosquitto.log").open("ab") as log:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log,
-                                         stderr=subprocess.STDOUT)
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 class Member:
     """One `meter serve --slots N` process on the bench broker and database."""
 
-    def __init__(self, workdir: Path, broker: Broker, url: str, contracts: Path, *, slots: int,
+    def __init__(self, workdir: Path, broker: ingest.Broker, url: str, contracts: Path, *, slots: int,
                  partitions: int, client_id: str, name: str) -> None:
         self.metrics_port = free_port()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("METER_")},
@@ -162,7 +141,7 @@ def stored(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def one_round(server: Any, broker: Broker, workdir: Path, contracts: Path, *, members: int,
+def one_round(server: Any, broker: ingest.Broker, workdir: Path, contracts: Path, *, members: int,
               events: int, partitions: int, tag: str) -> dict[str, Any]:
     """N members take `events` from one publisher: the rate and where the CPU went."""
     import ingest  # bench/ingest.py: its publisher role and mqtt_connect
@@ -275,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(server.url(), autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET track_wal_io_timing = on")
             conn.execute("SELECT pg_reload_conf()")
-        broker = Broker(workdir, args.inflight)
+        broker = ingest.Broker(workdir, args.inflight)
         for n in sizes:
             print(f"{n} member(s): {args.events:,} events", file=sys.stderr)
             rounds.append(one_round(server, broker, workdir, contracts, members=n,
