@@ -522,7 +522,7 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), TICK_SECONDS)
 
-        try:
+        with one_error():
             async with contextlib.AsyncExitStack() as closing, asyncio.TaskGroup() as tg:
                 if http is not None:
                     closing.push_async_callback(http.close)  # stopped however the group ends
@@ -542,12 +542,6 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
                     tg.create_task(http.serve(stop), name="http-api")
                 tg.create_task(_deadline(stop, consumer, settings.shutdown_timeout + 1.0),
                                name="shutdown-deadline")
-        except BaseExceptionGroup as group:
-            # One failing task (a store that cannot be written, a bug) is the error to report;
-            # the CLI prints a MeterError as one line, anything else with its traceback.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
         if consumer.cancelled():
             # A batch may have committed without being applied: the next start replays from
             # the last checkpoint instead.
@@ -563,6 +557,18 @@ async def _run(settings: Settings, stop: asyncio.Event, *,
             server.shutdown()
             server.server_close()
         await store.close()
+
+
+@contextlib.contextmanager
+def one_error() -> Iterator[None]:
+    """A task group that failed by one task (a store that cannot be written, a bug) raises that
+    task's error: the CLI prints a MeterError as one line, anything else with its traceback."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def _deadline(stop: asyncio.Event, task: asyncio.Task[None], seconds: float) -> None:

@@ -23,6 +23,15 @@ from meter.config import Settings, redact
 from meter.errors import StoreError
 from meter.finalization import Link
 from meter.metrics import Metrics
+from meter.serve import (
+    Ingestor,
+    _deadline,
+    _serve_metrics,
+    finalizer,
+    load_contracts,
+    one_error,
+    rejected_pruner,
+)
 from meter.sources import Source, make_source
 from meter.store import open_store
 from meter.store.leases import SLOT, Leases
@@ -33,7 +42,6 @@ from .tracking import Tracking
 
 if TYPE_CHECKING:
     from meter.http import HttpServer
-    from meter.serve import Ingestor
 
 __all__ = ["SLOT_POLL_S", "run_cluster", "slot_settings"]
 
@@ -56,14 +64,6 @@ async def run_cluster(settings: Settings, stop: asyncio.Event, *,
                       registry: CollectorRegistry | None = None) -> None:
     """Run one member until `stop` is set; return after a clean drain. `StoreError` (exit 1)
     when the lease connection was lost."""
-    from meter.serve import (  # noqa: PLC0415 - serve imports this module
-        Ingestor,
-        _deadline,
-        _serve_metrics,
-        load_contracts,
-        rejected_pruner,
-    )
-
     assert settings.slots is not None
     url = str(settings.db)
     contracts = load_contracts(settings.contracts)
@@ -95,7 +95,7 @@ async def run_cluster(settings: Settings, stop: asyncio.Event, *,
 
             http = await start_http(settings, ingestor=ingestor, registry=registry)
         member = _Member(settings, leases=leases, ingestor=ingestor, metrics=metrics)
-        try:
+        with one_error():
             async with contextlib.AsyncExitStack() as closing, asyncio.TaskGroup() as tg:
                 if http is not None:
                     closing.push_async_callback(http.close)
@@ -110,10 +110,6 @@ async def run_cluster(settings: Settings, stop: asyncio.Event, *,
                     tg.create_task(http.serve(stop), name="http-api")
                 tg.create_task(_deadline(stop, consumer, settings.shutdown_timeout + 1.0),
                                name="shutdown-deadline")
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
         log.info("stopped: %d messages acknowledged this run", member.acked)
         if leases.lost.is_set():
             raise StoreError(f"--db {redact(url)}: the cluster's lease connection was lost; "
@@ -225,8 +221,6 @@ class _Member:
     async def finalize(self, stop: asyncio.Event) -> None:
         """Queue the periods due and work the job table beside the other members, waiting while
         any slot is not connected and drained (`jobs.link`)."""
-        from meter.serve import finalizer  # noqa: PLC0415 - serve imports this module
-
         settings = self.settings
         assert settings.slots is not None
         slots = settings.slots
