@@ -154,6 +154,7 @@ def test_a_worker_killed_mid_finalization_loses_nothing_and_freezes_nothing_twic
         assert victim.poll() is None, errs[0].read_text()
         assert time.monotonic() < deadline, "the first worker finalized nothing in 300 s"
         time.sleep(0.02)
+    killed_us = int(time.time() * 1e6)
     victim.send_signal(signal.SIGKILL)
     assert -signal.SIGKILL == victim.wait(60)
     assert 0 == survivor.wait(600), errs[1].read_text()
@@ -171,9 +172,18 @@ def test_a_worker_killed_mid_finalization_loses_nothing_and_freezes_nothing_twic
     assert len(by_worker[victim_name]) >= 10
     # attempts counts the takes that ended: the killed worker's last one was rolled back.
     assert {1} == {j[6] for j in jobs}
-    # The survivor names exactly the accounts it froze, in the old output's words.
-    assert sorted(f"finalized {a} {MONTH}" for a in by_worker[survivor_name]) == sorted(
-        line for line in errs[1].read_text().splitlines() if line.startswith("finalized "))
+    # The survivor names exactly the accounts it froze, in the old output's words. One more of
+    # its jobs may have been frozen by the victim, killed after storing the report and before
+    # marking the job done: the survivor only marked it done (it says nothing of it).
+    printed = {line.split()[1] for line in errs[1].read_text().splitlines()
+               if line.startswith("finalized ")}
+    assert printed <= by_worker[survivor_name]
+    only_marked = sorted(by_worker[survivor_name] - printed)
+    assert len(only_marked) <= 1
+    for frozen_account in only_marked:
+        (frozen_us,), = _sql(pg_url, "SELECT finalized_us FROM finalized WHERE account = %s",
+                             (frozen_account,))
+        assert frozen_us < killed_us
     (count, distinct), = _sql(pg_url, "SELECT count(*), count(DISTINCT account) FROM finalized")
     assert (ACCOUNTS, ACCOUNTS) == (count, distinct)
 
