@@ -118,13 +118,14 @@ def _windows(work: Path) -> list[tuple[str, int, int]]:
 def _read_share(db: str, share: list[tuple[str, int, int]]) -> int:
     """A ceiling worker: the six columns of its accounts' windows, as the store reads them."""
     sys.path.insert(0, str(ROOT))
-    from meter.store.sqlite import _WINDOW_ROWS  # the store's own query, not a copy
+    from meter.store.sqlite import _WINDOW_ROWS, _hours  # the store's own query, not a copy
 
     rows = 0
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         conn.execute("PRAGMA mmap_size = 4294967296")  # as the report opens it
         for account, lo, hi in share:
-            rows += len(conn.execute(_WINDOW_ROWS, (account, 2**62, lo, hi)).fetchall())
+            rows += len(conn.execute(_WINDOW_ROWS, (_hours(lo, hi), account, 2**62, lo,
+                                                    hi)).fetchall())
     return rows
 
 

@@ -110,7 +110,39 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     UPDATE rejected SET size = length(CAST(raw AS BLOB));
     CREATE INDEX rejected_by_time ON rejected (received_us);
     """,
+    # 6: inserts that stay local as the month fills. The (account, ts_us) index took one leaf
+    # page per account per batch, ~630 pages of a 1,000-row batch over 1,000 accounts, each
+    # written to the WAL and again at the checkpoint: without a dedupe index, 6.7 KB written
+    # per row against 0.55 with no index at all (bench/store_index.py, 1M rows). Keyed by the
+    # event's hour first, a batch writes into the few pages of the current hour: 0.67 KB per
+    # row. (`UNIQUE (account, id)` stays: its random pages are the rest.) A window is read as
+    # one seek per (hour, account); `account_span` (kept by the trigger, for every insert path)
+    # bounds those hours and answers an account's first and latest event time without an index
+    # on account; seat events, rare, keep an (account, ts_us) index of their own for the seats
+    # held before a window, which has no lower bound.
+    """
+    CREATE TABLE account_span (
+        account     TEXT    PRIMARY KEY,
+        first_us    INTEGER NOT NULL,       -- min(ts_us) of the account's events
+        last_us     INTEGER NOT NULL        -- max(ts_us)
+    ) WITHOUT ROWID;
+    INSERT INTO account_span SELECT account, min(ts_us), max(ts_us) FROM events GROUP BY account;
+    CREATE TRIGGER events_span AFTER INSERT ON events BEGIN
+        INSERT INTO account_span (account, first_us, last_us)
+        VALUES (NEW.account, NEW.ts_us, NEW.ts_us)
+        ON CONFLICT (account) DO UPDATE SET first_us = min(first_us, excluded.first_us),
+                                            last_us = max(last_us, excluded.last_us);
+    END;
+    CREATE INDEX events_by_hour ON events (ts_us / 3600000000, account, ts_us);
+    CREATE INDEX events_seats ON events (account, ts_us) WHERE type IN ('assign', 'unassign');
+    DROP INDEX events_by_time;
+    """,
 )
+
+#: The bucket of `events_by_hour`: `ts_us / _HOUR_US`, as SQLite divides (toward zero). Every
+#: query that seeks it spells the expression as the index does, or SQLite does not use it.
+_HOUR_US: Final = 3_600_000_000
+_BY_HOUR: Final = "ts_us / 3600000000 IN (SELECT value FROM json_each(?))"
 
 # ON CONFLICT DO NOTHING, not INSERT OR IGNORE: only a uniqueness conflict (a duplicate) is
 # skipped; OR IGNORE would also drop a row violating NOT NULL and count it as a duplicate.
@@ -162,17 +194,19 @@ _SEAT_EVENTS: Final = (
     f"SELECT {_EVENT_COLUMNS} FROM events "  # noqa: S608 - a fixed column list
     "WHERE type IN ('assign', 'unassign') AND ts_us < ? ORDER BY ts_us, seq"
 )
-# Two ranges of the (account, ts_us) index: the window, and (for `seats_before`) the seat events
-# before it. Each is ordered by (ts_us, id), and the second lies wholly before the first, so their
-# concatenation is in (ts_us, id) order. SQLite compares text by its UTF-8 bytes, which is
-# code-point order, the order Python sorts the ids in.
+# Two reads: the window (the hours it meets, `_hours`, each one seek of `events_by_hour`), and
+# (for `seats_before`) the seat events before it (`events_seats`). Each is ordered by (ts_us, id),
+# and the second lies wholly before the first, so their concatenation is in (ts_us, id) order.
+# SQLite compares text by its UTF-8 bytes, which is code-point order, the order Python sorts the
+# ids in.
 _WINDOW_ROWS: Final = (
-    "SELECT id, type, user, pool, session, ts_us FROM events "
-    "WHERE account = ? AND seq <= ? AND ts_us >= ? AND ts_us < ? ORDER BY ts_us, id"
+    "SELECT id, type, user, pool, session, ts_us FROM events "  # noqa: S608 - fixed clauses
+    f"WHERE {_BY_HOUR} AND account = ? AND seq <= ? AND ts_us >= ? AND ts_us < ? "
+    "ORDER BY ts_us, id"
 )
 _WINDOW_LAST: Final = (
-    "SELECT coalesce(max(seq), 0) FROM events "
-    "WHERE account = ? AND seq <= ? AND ts_us >= ? AND ts_us < ?"
+    "SELECT coalesce(max(seq), 0) FROM events "  # noqa: S608 - fixed clauses
+    f"WHERE {_BY_HOUR} AND account = ? AND seq <= ? AND ts_us >= ? AND ts_us < ?"
 )
 _SEATS_BEFORE_ROWS: Final = (
     "SELECT id, type, user, pool, session, ts_us FROM events "
@@ -183,21 +217,11 @@ _SEATS_BEFORE_LAST: Final = (
     "SELECT coalesce(max(seq), 0) FROM events "
     "WHERE account = ? AND seq <= ? AND ts_us < ? AND type IN ('assign', 'unassign')"
 )
-# Each account's newest event time by a skip-scan of the (account, ts_us) index: one seek per
-# account instead of GROUP BY's walk over every row (10M rows: 8 ms against 1.3 s), so a restart
-# from a checkpoint does not pay for the month after all.
-_LATEST_PER_ACCOUNT: Final = (
-    "WITH RECURSIVE a(account) AS ("
-    " SELECT min(account) FROM events"
-    " UNION ALL SELECT (SELECT min(account) FROM events WHERE account > a.account) FROM a"
-    " WHERE a.account IS NOT NULL) "
-    "SELECT account, (SELECT max(ts_us) FROM events AS e WHERE e.account = a.account) "
-    "FROM a WHERE account IS NOT NULL"
-)
 _ARRIVED: Final = (
-    "SELECT count(*) FROM events WHERE account = ? AND seq > ? AND seq <= ? "
-    "AND ts_us >= ? AND ts_us < ?"
+    "SELECT count(*) FROM events "  # noqa: S608 - fixed clauses
+    f"WHERE {_BY_HOUR} AND account = ? AND seq > ? AND seq <= ? AND ts_us >= ? AND ts_us < ?"
 )
+_SPAN: Final = "SELECT first_us, last_us FROM account_span WHERE account = ?"
 _FINALIZED_COLUMNS: Final = (
     "account, period_start_us, period_end_us, report, charts, input_hash, cutoff_seq, finalized_us"
 )
@@ -276,6 +300,20 @@ def _tables_at(version: int) -> set[str]:
                 tables.discard(old)
                 tables.add(new)
     return tables
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration, one by one (one `execute` each, inside the caller's
+    transaction): split at each `;` that ends a complete statement, so a trigger's body stays
+    whole."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            out.append(pending)
+            pending = ""
+    return [s for s in out if s.strip(" \n;")]
 
 
 def _check_file(path: Path) -> int | None:
@@ -404,9 +442,8 @@ class SqliteStore(Store):
         for step in range(version, len(MIGRATIONS)):
             await _run(db, "BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        await _run(db, statement)
+                for statement in _statements(MIGRATIONS[step]):
+                    await _run(db, statement)
                 await _run(db, f"PRAGMA user_version = {step + 1}")
                 await _run(db, "COMMIT")
             except BaseException:
@@ -442,20 +479,23 @@ class SqliteStore(Store):
         """
         batch = _json_rows(events) if events and one_statement and self._json else None
         known: set[tuple[str, str]] = set()
+        # `new` is the insert's own count (a cursor's rowcount): `total_changes` would also
+        # count the rows the `events_span` trigger writes.
+        new = 0
         async with self._transaction("batch"):
-            before = self._db.total_changes
             if batch is not None:
                 if which:
                     async with self._db.execute(_KNOWN_JSON, (batch,)) as cur:
                         known.update((str(a), str(i)) for a, i in await cur.fetchall())
-                await self._db.execute(_INSERT_EVENTS_JSON, (received_us, batch))
+                async with self._db.execute(_INSERT_EVENTS_JSON, (received_us, batch)) as cur:
+                    new = cur.rowcount
             elif events:
                 if which:
                     known = await self._known(events)
-                await self._db.executemany(_INSERT_EVENT, [
-                    (e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, received_us,
-                     e.raw) for e in events])
-            new = self._db.total_changes - before
+                async with self._db.executemany(_INSERT_EVENT, [
+                        (e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us,
+                         received_us, e.raw) for e in events]) as cur:
+                    new = cur.rowcount
             if rejected:
                 keep = self.rejected_keep_bytes
                 await self._db.executemany(_INSERT_REJECTED, [
@@ -496,20 +536,42 @@ class SqliteStore(Store):
                      end_us: int | None = None) -> list[StoredEvent]:
         """Accepted events, optionally of one account and with `start_us <= ts_us < end_us`,
         in event-time order (ties by arrival)."""
-        where, params = _where(("account = ?", account), ("ts_us >= ?", start_us),
-                               ("ts_us < ?", end_us))
+        hours = None
+        if account is not None:
+            window = await self._window(account, start_us, end_us)
+            if window is None:
+                return []
+            hours = _hours(*window)
+        where, params = _where((_BY_HOUR, hours), ("account = ?", account),
+                               ("ts_us >= ?", start_us), ("ts_us < ?", end_us))
+        if account is None and start_us is not None:
+            # A range of the index's first column: only the hours from the start are read.
+            where += " AND ts_us / 3600000000 >= ?"
+            params.append(_bucket(start_us))
         sql = ("SELECT seq, account, id, type, user, pool, session, ts_us, received_us "  # noqa: S608 - clauses are fixed strings, values are bound
                f"FROM events {where} ORDER BY ts_us, seq")
         async with self._db.execute(sql, params) as cur:
             return [StoredEvent(*row) for row in await cur.fetchall()]
+
+    async def _window(self, account: str, start_us: int | None, end_us: int | None
+                      ) -> tuple[int, int] | None:
+        """`[start_us, end_us)` narrowed to the account's stored event times, or None where it
+        holds none of them (or the account has no events)."""
+        rows = await self.execute_fetchall(_SPAN, (account,))
+        if not rows:
+            return None
+        first, last = _as_int(rows[0][0]), _as_int(rows[0][1]) + 1
+        lo = first if start_us is None else max(first, start_us)
+        hi = last if end_us is None else min(last, end_us)
+        return (lo, hi) if lo < hi else None
 
     async def seat_events_before(self, end_us: int) -> list[StoredEvent]:
         async with self._db.execute(_SEAT_EVENTS, (end_us,)) as cur:
             return [StoredEvent(*row) for row in await cur.fetchall()]
 
     async def latest_event_times(self) -> dict[str, int]:
-        rows = await self.execute_fetchall(_LATEST_PER_ACCOUNT)
-        return {str(a): int(t) for a, t in rows if isinstance(t, int)}
+        rows = await self.execute_fetchall("SELECT account, last_us FROM account_span")
+        return {str(a): _as_int(t) for a, t in rows}
 
     async def rating_rows(self, account: str, start_us: int, end_us: int, *, through_seq: int,
                           seats_before: bool = False) -> RatingRows:
@@ -519,18 +581,24 @@ class SqliteStore(Store):
             seats = (account, through_seq, start_us)
             rows += await self.execute_fetchall(_SEATS_BEFORE_ROWS, seats)
             last = await self._int(_SEATS_BEFORE_LAST, seats)
-        window = (account, through_seq, start_us, end_us)
-        rows += await self.execute_fetchall(_WINDOW_ROWS, window)
-        return RatingRows(rows=tuple(rows), last_seq=max(last, await self._int(_WINDOW_LAST, window)))
+        window = await self._window(account, start_us, end_us)
+        if window is not None:
+            by_hour = (_hours(*window), account, through_seq, *window)
+            rows += await self.execute_fetchall(_WINDOW_ROWS, by_hour)
+            last = max(last, await self._int(_WINDOW_LAST, by_hour))
+        return RatingRows(rows=tuple(rows), last_seq=last)
 
     async def has_events_before(self, account: str, end_us: int) -> bool:
-        rows = await self.execute_fetchall(
-            "SELECT 1 FROM events WHERE account = ? AND ts_us < ? LIMIT 1", (account, end_us))
-        return bool(rows)
+        rows = await self.execute_fetchall(_SPAN, (account,))
+        return bool(rows) and _as_int(rows[0][0]) < end_us
 
     async def count_arrived(self, account: str, start_us: int, end_us: int, *, after_seq: int,
                             through_seq: int) -> int:
-        return await self._int(_ARRIVED, (account, after_seq, through_seq, start_us, end_us))
+        window = await self._window(account, start_us, end_us)
+        if window is None:
+            return 0
+        return await self._int(_ARRIVED, (_hours(*window), account, after_seq, through_seq,
+                                          *window))
 
     async def last_seq(self) -> int:
         return await self._int("SELECT coalesce(max(seq), 0) FROM events")
@@ -599,10 +667,10 @@ class SqliteStore(Store):
                     row = await cur.fetchone()
                 if row is None:
                     continue  # moved (or pruned) already
-                before = self._db.total_changes
-                await self._db.execute(_INSERT_EVENT, (
-                    e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, row[0], e.raw))
-                duplicates += self._db.total_changes == before
+                async with self._db.execute(_INSERT_EVENT, (
+                        e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, row[0],
+                        e.raw)) as cur:
+                    duplicates += cur.rowcount == 0
                 await self._db.execute("DELETE FROM rejected WHERE seq = ?", (seq,))
                 moved += 1
         return moved, duplicates
@@ -704,6 +772,17 @@ class SqliteStore(Store):
         """The one integer a query answers."""
         rows = await self.execute_fetchall(sql, params)
         return _as_int(rows[0][0])
+
+
+def _bucket(ts_us: int) -> int:
+    """The `events_by_hour` bucket of `ts_us`, divided toward zero as SQLite divides."""
+    q = abs(ts_us) // _HOUR_US
+    return -q if ts_us < 0 else q
+
+
+def _hours(start_us: int, end_us: int) -> str:
+    """The buckets a non-empty `[start_us, end_us)` meets, as the JSON array `_BY_HOUR` binds."""
+    return msgspec.json.encode(list(range(_bucket(start_us), _bucket(end_us - 1) + 1))).decode()
 
 
 def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:

@@ -14,6 +14,7 @@ import pytest
 from meter.errors import NotMeterDatabase, StoreError
 from meter.events import Event
 from meter.store import RejectedMessage, Store, StoredEvent, open_store
+from meter.store import sqlite as sqlite_store
 from meter.store.sqlite import MIGRATIONS
 
 T0 = datetime(2026, 11, 12, 15, 0, tzinfo=UTC)
@@ -276,3 +277,51 @@ async def test_a_version_4_database_keeps_its_rejected_payloads_whole(db_path: P
         assert len(MIGRATIONS) == await store.schema_version()
         (row,) = await store.rejected()
         assert (5000, 5000, None, False) == (len(row.raw), row.size, row.sha256, row.truncated)
+
+
+async def test_a_version_5_database_gains_hour_keyed_inserts_and_account_spans(
+        db_path: Path) -> None:
+    """Migration 6 swaps the (account, ts_us) index for (hour, account, ts_us) and a seat-event
+    index, and fills each account's span from the events it has; later inserts keep it."""
+    _make(db_path, 5, f"""
+        INSERT INTO events (account, id, type, user, pool, session, ts_us, received_us, raw)
+        VALUES ('acme', 'e1', 'login', 'u1', 'agents', 's1', {T0_US + 7}, 1, x'7b7d'),
+               ('acme', 'e2', 'assign', 'u1', 'named', NULL, {T0_US - 5}, 1, x'7b7d'),
+               ('globex', 'g1', 'login', 'u2', 'agents', NULL, {T0_US}, 1, x'7b7d');
+    """)  # noqa: S608 - a test's own constant, no input
+    async with await open_store(db_path) as store:
+        assert len(MIGRATIONS) == await store.schema_version()
+        assert [("acme", T0_US - 5, T0_US + 7), ("globex", T0_US, T0_US)] == (
+            await store.execute_fetchall("SELECT * FROM account_span ORDER BY account"))
+        assert [("events_by_hour",), ("events_seats",), ("sqlite_autoindex_events_1",)] == (
+            await store.execute_fetchall("SELECT name FROM sqlite_schema WHERE type = 'index' "
+                                         "AND tbl_name = 'events' ORDER BY name"))
+        assert 2 == (await store.add([event(3, minutes=-60), event(1, account="globex")],
+                                     received_us=T0_US)).new
+        assert [("acme", T0_US - 3_600_000_000, T0_US + 7), ("globex", T0_US, T0_US)] == (
+            await store.execute_fetchall("SELECT * FROM account_span ORDER BY account"))
+        assert {"acme": T0_US + 7, "globex": T0_US} == await store.latest_event_times()
+        assert ["e3", "e2", "e1"] == [e.id for e in await store.events(account="acme")]
+        assert ["e2"] == [e.id for e in await store.seat_events_before(T0_US)]
+
+
+async def test_each_read_of_a_window_seeks_the_index_it_was_built_for(store: Store) -> None:
+    """The plans the layout is for: an account's window and its arrivals seek events_by_hour
+    per hour, seats before a window seek events_seats, a dedupe probe the (account, id) key,
+    so none of them scans the month."""
+    plans = {}
+    for name in ("_WINDOW_ROWS", "_WINDOW_LAST", "_ARRIVED", "_SEATS_BEFORE_ROWS", "_SEAT_EVENTS",
+                 "_KNOWN_JSON"):
+        text = getattr(sqlite_store, name)
+        rows = await store.execute_fetchall(  # type: ignore[attr-defined]
+            f"EXPLAIN QUERY PLAN {text}", [None] * text.count("?"))
+        plans[name] = " | ".join(str(r[-1]) for r in rows)
+    assert "SEARCH events USING INDEX events_by_hour (<expr>=? AND account=?" in plans[
+        "_WINDOW_ROWS"]
+    assert "USING COVERING INDEX events_by_hour (<expr>=? AND account=?" in plans["_WINDOW_LAST"]
+    assert "USING COVERING INDEX events_by_hour (<expr>=? AND account=?" in plans["_ARRIVED"]
+    assert "SEARCH events USING INDEX events_seats (account=? AND ts_us<?)" in plans[
+        "_SEATS_BEFORE_ROWS"]
+    assert "SCAN events USING INDEX events_seats" in plans["_SEAT_EVENTS"]
+    assert "SEARCH e USING COVERING INDEX sqlite_autoindex_events_1 (account=? AND id=?)" in (
+        plans["_KNOWN_JSON"])

@@ -184,6 +184,54 @@ async def test_has_events_before_and_count_arrived(store: Store) -> None:
                                           through_seq=2)
 
 
+async def test_events_resent_from_the_first_and_last_hour_of_a_month_add_nothing(
+        store: Store) -> None:
+    """Dedupe is exact at any age: a month of events (three accounts, one every 20 minutes, in
+    batches of 500) re-sent from its first and its last hour adds nothing, copied whole or
+    under the same (account, id) at another time and user; the first copy is what stays."""
+    month = [event(f"{a}-{m}", account=a, minutes=m, user=f"u{m % 7}")
+             for m in range(0, 30 * 24 * 60, 20) for a in ("acme", "globex", "initech")]
+    for i in range(0, len(month), 500):
+        assert len(month[i:i + 500]) == (await store.add(month[i:i + 500],
+                                                         received_us=T0_US)).new
+    before = await store.events()
+    edges = [e for e in month if e.ts_us < month[0].ts_us + 60 * MIN_US
+             or e.ts_us >= month[-1].ts_us - 59 * MIN_US]
+    assert 18 == len(edges)  # 3 events per account in each of the two hours
+    moved = [event(e.id, account=e.account, minutes=m, user="someone else")
+             for e, m in zip(edges, (-9999, 77_777) * 9, strict=True)]
+    again = await store.add(edges + moved, received_us=T0_US + 1)
+    assert (0, 36, ()) == (again.new, again.duplicates, again.fresh)
+    assert before == await store.events()
+    assert len(month) == len(before) == (await store.counts())["events"]
+    rows = await store.rating_rows("globex", month[0].ts_us, month[-1].ts_us + 1,
+                                   through_seq=10**9)
+    assert [(e.id, e.user, e.ts_us) for e in month if e.account == "globex"] == [
+        (r[0], r[2], r[5]) for r in rows.rows]
+    assert len(month) - 1 == rows.last_seq  # globex has the month's second-last event
+
+
+async def test_windows_reach_late_and_early_events_in_any_hour(store: Store) -> None:
+    """A late event written into an old hour, and one before everything stored, are in the
+    windows, counts, spans and newest times like any other."""
+    await store.add([event("e1", minutes=600), event("e2", minutes=601)], received_us=T0_US)
+    await store.add([event("late", minutes=5), event("early", minutes=-3000)],
+                    received_us=T0_US + 1)
+    assert ["early", "late", "e1", "e2"] == [e.id for e in await store.events(account="acme")]
+    assert ["late", "e1"] == [e.id for e in await store.events(
+        account="acme", start_us=T0_US, end_us=T0_US + 601 * MIN_US)]
+    assert ["e1", "e2"] == [e.id for e in await store.events(start_us=T0_US + 6 * MIN_US)]
+    assert 2 == await store.count_arrived("acme", T0_US - 3000 * MIN_US, T0_US + 10 * MIN_US,
+                                          after_seq=2, through_seq=4)
+    assert (True, False) == (await store.has_events_before("acme", T0_US - 2999 * MIN_US),
+                             await store.has_events_before("acme", T0_US - 3000 * MIN_US))
+    assert {"acme": T0_US + 601 * MIN_US} == await store.latest_event_times()
+    rows = await store.rating_rows("acme", T0_US - 3000 * MIN_US, T0_US + 600 * MIN_US,
+                                   through_seq=3)
+    assert (("late", T0_US + 5 * MIN_US),) == tuple((r[0], r[5]) for r in rows.rows)
+    assert 3 == rows.last_seq
+
+
 async def test_a_finalized_report_is_stored_once_and_never_replaced(store: Store) -> None:
     """The first finalization of an account's period wins; a second one changes nothing and
     says so; other accounts and periods are separate."""
