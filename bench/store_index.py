@@ -73,7 +73,17 @@ def _with_day_key(row: tuple[object, ...]) -> tuple[object, ...]:
     return ((day << 40) | (key & ((1 << 40) - 1)), *row)
 
 
+def _store_schema() -> str:
+    """The schema `meter` ships (every SQLite migration), for the `store` variant."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # meter's `rating`, not ours
+    from meter.store.sqlite import MIGRATIONS
+    return ";".join(MIGRATIONS)
+
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("store", "the schema meter ships (UNIQUE (account, id), hour-keyed time index)",
+            True, _store_schema(),
+            f"INSERT INTO events ({_COLS}) VALUES ({_Q9}) ON CONFLICT DO NOTHING", _plain),
     Variant("v1", "UNIQUE (account, id) text index (schema v1)", True,
             _EVENTS_V1.format(unique=", UNIQUE (account, id)"),
             f"INSERT OR IGNORE INTO events ({_COLS}) VALUES ({_Q9})", _plain),
@@ -115,6 +125,24 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             _EVENTS_V1.format(unique=", UNIQUE (ts_us, account, id)").replace(
                 "CREATE INDEX events_by_time ON events (account, ts_us);", ""),
             f"INSERT OR IGNORE INTO events ({_COLS}) VALUES ({_Q9})", _plain),
+    Variant("hour", "no dedupe index; time index (hour of ts_us, account, ts_us)", False,
+            _EVENTS_V1.format(unique="").replace(
+                "CREATE INDEX events_by_time ON events (account, ts_us);",
+                "CREATE INDEX events_by_hour ON events (ts_us / 3600000000, account, ts_us);"),
+            f"INSERT INTO events ({_COLS}) VALUES ({_Q9})", _plain),
+    Variant("v1hour", "UNIQUE (account, id) + time index (hour of ts_us, account, ts_us)", True,
+            _EVENTS_V1.format(unique=", UNIQUE (account, id)").replace(
+                "CREATE INDEX events_by_time ON events (account, ts_us);",
+                "CREATE INDEX events_by_hour ON events (ts_us / 3600000000, account, ts_us);"),
+            f"INSERT OR IGNORE INTO events ({_COLS}) VALUES ({_Q9})", _plain),
+    Variant("hourhash", "hour time index + INTEGER dkey index; exact check on a hit", True,
+            _EVENTS_V1.format(unique=", dkey INTEGER NOT NULL").replace(
+                "CREATE INDEX events_by_time ON events (account, ts_us);",
+                "CREATE INDEX events_by_hour ON events (ts_us / 3600000000, account, ts_us);") +
+            "CREATE INDEX events_by_dkey ON events (dkey);",
+            f"INSERT INTO events (dkey, {_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 "
+            "WHERE NOT EXISTS (SELECT 1 FROM events WHERE dkey = ?1 AND account = ?2 AND id = ?3)",
+            _with_key),
     Variant("dayhash", "index on (event day << 40 | 40-bit hash): hot tail, exact per day only",
             False,
             _EVENTS_V1.format(unique=", dkey INTEGER NOT NULL") +

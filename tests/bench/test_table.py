@@ -152,7 +152,7 @@ def test_rows_from_an_earlier_table_are_derived_again(tmp_path: Path) -> None:
 
 def test_store_tracker_report_pg_http_rows() -> None:
     store = table.store_rows({"params": {"rows": 1_000_000, "batch": 1000}, "results": {
-        "variants": [{"variant": "v1", "ids": "uuid4", "rows": 1_000_000, "rows_per_s": 15_000.0,
+        "variants": [{"variant": "store", "ids": "uuid4", "rows": 1_000_000, "rows_per_s": 15_000.0,
                       "first_tenth_rows_per_s": 40_000.0, "last_tenth_rows_per_s": 12_000.0,
                       "last_tenth_written_bytes_per_row": 19_500, "last_tenth_cpu_us_per_row": 50,
                       "exact": True, "added_on_replay_of_stored": 0, "db_mb": 300.0}]}})
