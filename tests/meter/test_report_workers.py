@@ -25,7 +25,7 @@ def _events(path: Path) -> None:
     """Enough logins and logouts per account that rating takes a while."""
     with path.open("w") as f:
         for a in range(ACCOUNTS):
-            for i in range(300):
+            for i in range(1200):
                 for kind, minute in (("login", i % 50), ("logout", i % 50 + 7)):
                     day = 2 + i % 25
                     f.write(json.dumps({
