@@ -166,12 +166,8 @@ _INSERT_EVENTS_JSON: Final = (
     "CAST(json_extract(value, '$[7]') AS BLOB) "
     "FROM json_each(?) WHERE true ON CONFLICT DO NOTHING"
 )
-# Which (account, id) of the batch are stored already; in the insert's transaction.
-_KNOWN_JSON: Final = (
-    "SELECT e.account, e.id FROM "
-    "(SELECT json_extract(value, '$[0]') AS account, json_extract(value, '$[1]') AS id "
-    "FROM json_each(?)) AS b CROSS JOIN events AS e ON e.account = b.account AND e.id = b.id"
-)
+# The same, naming the rows it inserted (RETURNING gives only those, in no set order).
+_INSERT_EVENTS_JSON_RETURNING: Final = f"{_INSERT_EVENTS_JSON} RETURNING account, id"
 _SQL_PARAMS: Final = 998  # bound parameters per existence query (SQLite's lowest limit is 999)
 _INSERT_REJECTED: Final = (
     "INSERT INTO rejected (received_us, topic, account, reason, detail, raw, size, sha256, "
@@ -479,14 +475,19 @@ class SqliteStore(Store):
         """
         batch = _json_rows(events) if events and one_statement and self._json else None
         known: set[tuple[str, str]] = set()
+        inserted: set[tuple[str, str]] | None = None  # the one statement's RETURNING rows
         # `new` is the insert's own count (a cursor's rowcount): `total_changes` would also
         # count the rows the `events_span` trigger writes.
         new = 0
         async with self._transaction("batch"):
-            if batch is not None:
-                if which:
-                    async with self._db.execute(_KNOWN_JSON, (batch,)) as cur:
-                        known.update((str(a), str(i)) for a, i in await cur.fetchall())
+            if batch is not None and which:
+                # RETURNING names the rows the insert kept, in the statement itself: no lookup
+                # of the batch's ids before it (a second pass over the batch and the index).
+                async with self._db.execute(_INSERT_EVENTS_JSON_RETURNING,
+                                            (received_us, batch)) as cur:
+                    inserted = {(str(a), str(i)) for a, i in await cur.fetchall()}
+                new = len(inserted)
+            elif batch is not None:
                 async with self._db.execute(_INSERT_EVENTS_JSON, (received_us, batch)) as cur:
                     new = cur.rowcount
             elif events:
@@ -503,11 +504,18 @@ class SqliteStore(Store):
         if not which:
             return BatchResult(new=new, duplicates=len(events) - new, rejected=len(rejected))
         fresh: list[int] = []
-        for i, e in enumerate(events):
-            key = (e.account, e.id)
-            if key not in known:
-                known.add(key)  # a second copy within the batch is a duplicate too
-                fresh.append(i)
+        if inserted is not None:
+            for i, e in enumerate(events):
+                key = (e.account, e.id)
+                if key in inserted:
+                    inserted.discard(key)  # the first copy in the batch is the one stored
+                    fresh.append(i)
+        else:
+            for i, e in enumerate(events):
+                key = (e.account, e.id)
+                if key not in known:
+                    known.add(key)  # a second copy within the batch is a duplicate too
+                    fresh.append(i)
         if len(fresh) != new:
             # Committed, but the lookup disagrees with SQLite: a bug. Not retriable: the daemon
             # stops loudly and its restart rebuilds the live view from what was stored.
