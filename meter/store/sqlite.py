@@ -117,21 +117,26 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # event's hour first, a batch writes into the few pages of the current hour: 0.67 KB per
     # row. (`UNIQUE (account, id)` stays: its random pages are the rest.) A window is read as
     # one seek per (hour, account); `account_span` (kept by the trigger, for every insert path)
-    # bounds those hours and answers an account's first and latest event time without an index
-    # on account; seat events, rare, keep an (account, ts_us) index of their own for the seats
-    # held before a window, which has no lower bound.
+    # bounds those hours and leads to an account's first and latest event without an index on
+    # account. It holds hours, not times, so a row changes once an hour at most: the trigger
+    # writes nothing for an event inside the span, and a batch dirties no span page (with event
+    # times, each batch rewrote the pages of every account in it, and the WAL grew a quarter).
+    # Seat events, rare, keep an (account, ts_us) index of their own for the seats held before
+    # a window, which has no lower bound.
     """
     CREATE TABLE account_span (
         account     TEXT    PRIMARY KEY,
-        first_us    INTEGER NOT NULL,       -- min(ts_us) of the account's events
-        last_us     INTEGER NOT NULL        -- max(ts_us)
+        first_hour  INTEGER NOT NULL,       -- min(ts_us / 3600000000) of the account's events
+        last_hour   INTEGER NOT NULL        -- max(ts_us / 3600000000)
     ) WITHOUT ROWID;
-    INSERT INTO account_span SELECT account, min(ts_us), max(ts_us) FROM events GROUP BY account;
+    INSERT INTO account_span
+    SELECT account, min(ts_us / 3600000000), max(ts_us / 3600000000) FROM events GROUP BY account;
     CREATE TRIGGER events_span AFTER INSERT ON events BEGIN
-        INSERT INTO account_span (account, first_us, last_us)
-        VALUES (NEW.account, NEW.ts_us, NEW.ts_us)
-        ON CONFLICT (account) DO UPDATE SET first_us = min(first_us, excluded.first_us),
-                                            last_us = max(last_us, excluded.last_us);
+        INSERT INTO account_span (account, first_hour, last_hour)
+        VALUES (NEW.account, NEW.ts_us / 3600000000, NEW.ts_us / 3600000000)
+        ON CONFLICT (account) DO UPDATE SET first_hour = min(first_hour, excluded.first_hour),
+                                            last_hour = max(last_hour, excluded.last_hour)
+        WHERE excluded.first_hour < first_hour OR excluded.last_hour > last_hour;
     END;
     CREATE INDEX events_by_hour ON events (ts_us / 3600000000, account, ts_us);
     CREATE INDEX events_seats ON events (account, ts_us) WHERE type IN ('assign', 'unassign');
@@ -217,7 +222,17 @@ _ARRIVED: Final = (
     "SELECT count(*) FROM events "  # noqa: S608 - fixed clauses
     f"WHERE {_BY_HOUR} AND account = ? AND seq > ? AND seq <= ? AND ts_us >= ? AND ts_us < ?"
 )
-_SPAN: Final = "SELECT first_us, last_us FROM account_span WHERE account = ?"
+_SPAN: Final = "SELECT first_hour, last_hour FROM account_span WHERE account = ?"
+# An account's newest event time: one seek of its last hour. (Written as a correlated subquery
+# over account_span, SQLite does not match the index's expression and walks the (account, id)
+# index instead: one query per account, at a restart only.)
+_LATEST_IN_HOUR: Final = (
+    "SELECT max(ts_us) FROM events WHERE ts_us / 3600000000 = ? AND account = ?"
+)
+# Whether the account has an event before a time: its first hour holds its earliest events.
+_ANY_BEFORE: Final = (
+    "SELECT 1 FROM events WHERE ts_us / 3600000000 = ? AND account = ? AND ts_us < ? LIMIT 1"
+)
 _FINALIZED_COLUMNS: Final = (
     "account, period_start_us, period_end_us, report, charts, input_hash, cutoff_seq, finalized_us"
 )
@@ -546,10 +561,9 @@ class SqliteStore(Store):
         in event-time order (ties by arrival)."""
         hours = None
         if account is not None:
-            window = await self._window(account, start_us, end_us)
-            if window is None:
+            hours = await self._hours_of(account, start_us, end_us)
+            if hours is None:
                 return []
-            hours = _hours(*window)
         where, params = _where((_BY_HOUR, hours), ("account = ?", account),
                                ("ts_us >= ?", start_us), ("ts_us < ?", end_us))
         if account is None and start_us is not None:
@@ -561,25 +575,27 @@ class SqliteStore(Store):
         async with self._db.execute(sql, params) as cur:
             return [StoredEvent(*row) for row in await cur.fetchall()]
 
-    async def _window(self, account: str, start_us: int | None, end_us: int | None
-                      ) -> tuple[int, int] | None:
-        """`[start_us, end_us)` narrowed to the account's stored event times, or None where it
-        holds none of them (or the account has no events)."""
+    async def _hours_of(self, account: str, start_us: int | None, end_us: int | None
+                        ) -> str | None:
+        """The hours of `[start_us, end_us)` (unbounded where None) that hold events of the
+        account, as the JSON array `_BY_HOUR` binds; None where there are none."""
         rows = await self.execute_fetchall(_SPAN, (account,))
         if not rows:
             return None
-        first, last = _as_int(rows[0][0]), _as_int(rows[0][1]) + 1
-        lo = first if start_us is None else max(first, start_us)
-        hi = last if end_us is None else min(last, end_us)
-        return (lo, hi) if lo < hi else None
+        lo, hi = _as_int(rows[0][0]), _as_int(rows[0][1])
+        if start_us is not None:
+            lo = max(lo, _bucket(start_us))
+        if end_us is not None:
+            hi = min(hi, _bucket(end_us - 1))
+        return msgspec.json.encode(list(range(lo, hi + 1))).decode() if lo <= hi else None
 
     async def seat_events_before(self, end_us: int) -> list[StoredEvent]:
         async with self._db.execute(_SEAT_EVENTS, (end_us,)) as cur:
             return [StoredEvent(*row) for row in await cur.fetchall()]
 
     async def latest_event_times(self) -> dict[str, int]:
-        rows = await self.execute_fetchall("SELECT account, last_us FROM account_span")
-        return {str(a): _as_int(t) for a, t in rows}
+        spans = await self.execute_fetchall("SELECT account, last_hour FROM account_span")
+        return {str(a): await self._int(_LATEST_IN_HOUR, (hour, a)) for a, hour in spans}
 
     async def rating_rows(self, account: str, start_us: int, end_us: int, *, through_seq: int,
                           seats_before: bool = False) -> RatingRows:
@@ -589,24 +605,25 @@ class SqliteStore(Store):
             seats = (account, through_seq, start_us)
             rows += await self.execute_fetchall(_SEATS_BEFORE_ROWS, seats)
             last = await self._int(_SEATS_BEFORE_LAST, seats)
-        window = await self._window(account, start_us, end_us)
-        if window is not None:
-            by_hour = (_hours(*window), account, through_seq, *window)
-            rows += await self.execute_fetchall(_WINDOW_ROWS, by_hour)
-            last = max(last, await self._int(_WINDOW_LAST, by_hour))
+        hours = await self._hours_of(account, start_us, end_us)
+        if hours is not None:
+            window = (hours, account, through_seq, start_us, end_us)
+            rows += await self.execute_fetchall(_WINDOW_ROWS, window)
+            last = max(last, await self._int(_WINDOW_LAST, window))
         return RatingRows(rows=tuple(rows), last_seq=last)
 
     async def has_events_before(self, account: str, end_us: int) -> bool:
         rows = await self.execute_fetchall(_SPAN, (account,))
-        return bool(rows) and _as_int(rows[0][0]) < end_us
+        return bool(rows) and bool(await self.execute_fetchall(
+            _ANY_BEFORE, (rows[0][0], account, end_us)))
 
     async def count_arrived(self, account: str, start_us: int, end_us: int, *, after_seq: int,
                             through_seq: int) -> int:
-        window = await self._window(account, start_us, end_us)
-        if window is None:
+        hours = await self._hours_of(account, start_us, end_us)
+        if hours is None:
             return 0
-        return await self._int(_ARRIVED, (_hours(*window), account, after_seq, through_seq,
-                                          *window))
+        return await self._int(_ARRIVED, (hours, account, after_seq, through_seq, start_us,
+                                          end_us))
 
     async def last_seq(self) -> int:
         return await self._int("SELECT coalesce(max(seq), 0) FROM events")

@@ -282,7 +282,8 @@ async def test_a_version_4_database_keeps_its_rejected_payloads_whole(db_path: P
 async def test_a_version_5_database_gains_hour_keyed_inserts_and_account_spans(
         db_path: Path) -> None:
     """Migration 6 swaps the (account, ts_us) index for (hour, account, ts_us) and a seat-event
-    index, and fills each account's span from the events it has; later inserts keep it."""
+    index, and fills each account's span of hours from the events it has; later inserts keep
+    it. (T0 is on the hour, so T0 - 5 us is in the hour before.)"""
     _make(db_path, 5, f"""
         INSERT INTO events (account, id, type, user, pool, session, ts_us, received_us, raw)
         VALUES ('acme', 'e1', 'login', 'u1', 'agents', 's1', {T0_US + 7}, 1, x'7b7d'),
@@ -291,14 +292,15 @@ async def test_a_version_5_database_gains_hour_keyed_inserts_and_account_spans(
     """)  # noqa: S608 - a test's own constant, no input
     async with await open_store(db_path) as store:
         assert len(MIGRATIONS) == await store.schema_version()
-        assert [("acme", T0_US - 5, T0_US + 7), ("globex", T0_US, T0_US)] == (
+        hour = T0_US // 3_600_000_000
+        assert [("acme", hour - 1, hour), ("globex", hour, hour)] == (
             await store.execute_fetchall("SELECT * FROM account_span ORDER BY account"))
         assert [("events_by_hour",), ("events_seats",), ("sqlite_autoindex_events_1",)] == (
             await store.execute_fetchall("SELECT name FROM sqlite_schema WHERE type = 'index' "
                                          "AND tbl_name = 'events' ORDER BY name"))
         assert 2 == (await store.add([event(3, minutes=-60), event(1, account="globex")],
                                      received_us=T0_US)).new
-        assert [("acme", T0_US - 3_600_000_000, T0_US + 7), ("globex", T0_US, T0_US)] == (
+        assert [("acme", hour - 1, hour), ("globex", hour, hour)] == (  # within the span
             await store.execute_fetchall("SELECT * FROM account_span ORDER BY account"))
         assert {"acme": T0_US + 7, "globex": T0_US} == await store.latest_event_times()
         assert ["e3", "e2", "e1"] == [e.id for e in await store.events(account="acme")]
@@ -309,7 +311,8 @@ async def test_each_read_of_a_window_seeks_the_index_it_was_built_for(store: Sto
     """The plans the layout is for: an account's window and its arrivals seek events_by_hour
     per hour, seats before a window seek events_seats, so none of them scans the month."""
     plans = {}
-    for name in ("_WINDOW_ROWS", "_WINDOW_LAST", "_ARRIVED", "_SEATS_BEFORE_ROWS", "_SEAT_EVENTS"):
+    for name in ("_WINDOW_ROWS", "_WINDOW_LAST", "_ARRIVED", "_SEATS_BEFORE_ROWS", "_SEAT_EVENTS",
+                 "_LATEST_IN_HOUR", "_ANY_BEFORE"):
         text = getattr(sqlite_store, name)
         rows = await store.execute_fetchall(  # type: ignore[attr-defined]
             f"EXPLAIN QUERY PLAN {text}", [None] * text.count("?"))
@@ -321,3 +324,22 @@ async def test_each_read_of_a_window_seeks_the_index_it_was_built_for(store: Sto
     assert "SEARCH events USING INDEX events_seats (account=? AND ts_us<?)" in plans[
         "_SEATS_BEFORE_ROWS"]
     assert "SCAN events USING INDEX events_seats" in plans["_SEAT_EVENTS"]
+    assert "SEARCH events USING COVERING INDEX events_by_hour (<expr>=? AND account=?)" in plans[
+        "_LATEST_IN_HOUR"]
+    assert "SEARCH events USING COVERING INDEX events_by_hour (<expr>=? AND account=? AND " \
+           "ts_us<?)" in plans["_ANY_BEFORE"]
+
+
+async def test_an_event_inside_an_accounts_hours_writes_no_span(store: Store) -> None:
+    """The span holds hours: an event inside them changes no row (and dirties no page), one
+    outside widens it."""
+    await store.add([event(1), event(2, minutes=59)], received_us=T0_US)
+    sql = store.execute_fetchall  # type: ignore[attr-defined]
+    hour = T0_US // 3_600_000_000
+    assert [("acme", hour, hour)] == await sql("SELECT * FROM account_span")
+    (before,) = await sql("SELECT total_changes()")
+    await store.add([event(3, minutes=30)], received_us=T0_US)
+    (after,) = await sql("SELECT total_changes()")
+    assert 1 == after[0] - before[0]  # the event's own row, nothing in account_span
+    await store.add([event(4, minutes=60), event(5, minutes=-1)], received_us=T0_US)
+    assert [("acme", hour - 1, hour + 1)] == await sql("SELECT * FROM account_span")
