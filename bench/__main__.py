@@ -552,6 +552,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="run nothing: print the median table of several earlier runs (the "
                          "table and its Markdown; with --out, also their rows as JSON)")
     args = ap.parse_args(argv)
+    for kept in [args.rows_from] if args.rows_from else args.median or []:
+        try:
+            json.loads(kept.read_text())["benches"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not a bench table JSON"
+            print(f"{kept}: {why}", file=sys.stderr)
+            return 2
     if args.rows_from:
         return rederive(args.rows_from)
     if args.median:

@@ -132,6 +132,16 @@ def test_ingest_rows_without_a_deferred_ack_client_say_so() -> None:
     assert (45_000.0 / 16_000.0, True) == (rows[2].ratio, rows[2].met)
 
 
+def test_a_missing_or_foreign_table_file_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--median` and `--rows-from` name the file they cannot read, in one line, and run nothing."""
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    assert 2 == table.main(["--median", str(tmp_path / "none.json")])
+    assert f"{tmp_path / 'none.json'}: No such file or directory\n" == capsys.readouterr().err
+    assert 2 == table.main(["--rows-from", str(tmp_path / "other.json")])
+    assert f"{tmp_path / 'other.json'}: not a bench table JSON\n" == capsys.readouterr().err
+
+
 def test_rows_from_an_earlier_table_are_derived_again(tmp_path: Path) -> None:
     path = tmp_path / "table.json"
     path.write_text(json.dumps({"rows": [], "benches": {
