@@ -196,7 +196,7 @@ _SEAT_EVENTS: Final = (
     f"SELECT {_EVENT_COLUMNS} FROM events "  # noqa: S608 - a fixed column list
     "WHERE type IN ('assign', 'unassign') AND ts_us < ? ORDER BY ts_us, seq"
 )
-# Two reads: the window (the hours it meets, `_hours`, each one seek of `events_by_hour`), and
+# Two reads: the window (the hours it meets, `_hours_of`, each one seek of `events_by_hour`), and
 # (for `seats_before`) the seat events before it (`events_seats`). Each is ordered by (ts_us, id),
 # and the second lies wholly before the first, so their concatenation is in (ts_us, id) order.
 # SQLite compares text by its UTF-8 bytes, which is code-point order, the order Python sorts the
@@ -490,8 +490,7 @@ class SqliteStore(Store):
         says whether a retry can succeed.
         """
         batch = _json_rows(events) if events and one_statement and self._json else None
-        known: set[tuple[str, str]] = set()
-        inserted: set[tuple[str, str]] | None = None  # the one statement's RETURNING rows
+        known: set[tuple[str, str]] = set()  # of the batch's keys, those stored before it
         # `new` is the insert's own count (a cursor's rowcount): `total_changes` would also
         # count the rows the `events_span` trigger writes.
         new = 0
@@ -503,6 +502,7 @@ class SqliteStore(Store):
                                             (received_us, batch)) as cur:
                     inserted = {(str(a), str(i)) for a, i in await cur.fetchall()}
                 new = len(inserted)
+                known = {(e.account, e.id) for e in events} - inserted
             elif batch is not None:
                 async with self._db.execute(_INSERT_EVENTS_JSON, (received_us, batch)) as cur:
                     new = cur.rowcount
@@ -520,18 +520,11 @@ class SqliteStore(Store):
         if not which:
             return BatchResult(new=new, duplicates=len(events) - new, rejected=len(rejected))
         fresh: list[int] = []
-        if inserted is not None:
-            for i, e in enumerate(events):
-                key = (e.account, e.id)
-                if key in inserted:
-                    inserted.discard(key)  # the first copy in the batch is the one stored
-                    fresh.append(i)
-        else:
-            for i, e in enumerate(events):
-                key = (e.account, e.id)
-                if key not in known:
-                    known.add(key)  # a second copy within the batch is a duplicate too
-                    fresh.append(i)
+        for i, e in enumerate(events):
+            key = (e.account, e.id)
+            if key not in known:
+                known.add(key)  # a second copy within the batch is a duplicate too
+                fresh.append(i)
         if len(fresh) != new:
             # Committed, but the lookup disagrees with SQLite: a bug. Not retriable: the daemon
             # stops loudly and its restart rebuilds the live view from what was stored.
