@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,17 +74,37 @@ def _with_day_key(row: tuple[object, ...]) -> tuple[object, ...]:
     return ((day << 40) | (key & ((1 << 40) - 1)), *row)
 
 
-def _store_schema() -> str:
-    """The schema `meter` ships (every SQLite migration), for the `store` variant."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # meter's `rating`, not ours
-    from meter.store.sqlite import MIGRATIONS
-    return ";".join(MIGRATIONS)
+class _RealStore:
+    """The `store` variant: meter's own `SqliteStore` (its migrations, pragmas and `add`, the
+    JSON batch with RETURNING that `meter serve` writes), driven through asyncio as the daemon
+    drives it. Its rows/s include making `Event`s of the rows, as the daemon makes them."""
+
+    def __init__(self, path: Path, *, mmap: bool = False) -> None:
+        import asyncio
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # meter's `rating`
+        from meter.store.sqlite import SqliteStore
+        self._loop = asyncio.new_event_loop()
+        self.store = self._loop.run_until_complete(SqliteStore.connect(path, mmap=mmap))
+
+    def add(self, rows: list[tuple[object, ...]]) -> int:
+        from meter.events import Event
+        events = [Event(id=str(r[1]), type=r[2], account=str(r[0]), user=str(r[3]),  # type: ignore[arg-type]
+                        ts=datetime.fromtimestamp(int(r[6]) / 1e6, UTC),  # type: ignore[call-overload]
+                        pool=str(r[4]), session=str(r[5]), raw=r[8])  # type: ignore[arg-type]
+                  for r in rows]
+        return self._loop.run_until_complete(self.store.add(events, received_us=1)).new
+
+    def count(self) -> int:
+        return int(self._loop.run_until_complete(self.store.counts())["events"])
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self.store.close())
+        self._loop.close()
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("store", "the schema meter ships (UNIQUE (account, id), hour-keyed time index)",
-            True, _store_schema(),
-            f"INSERT INTO events ({_COLS}) VALUES ({_Q9}) ON CONFLICT DO NOTHING", _plain),
+    Variant("store", "meter's SqliteStore.add as shipped (its schema, pragmas and upkeep)",
+            True, "", "", _plain),
     Variant("v1", "UNIQUE (account, id) text index (schema v1)", True,
             _EVENTS_V1.format(unique=", UNIQUE (account, id)"),
             f"INSERT OR IGNORE INTO events ({_COLS}) VALUES ({_Q9})", _plain),
@@ -193,7 +214,8 @@ def run_variant(variant: Variant, n: int, *, ordered: bool, batch: int, accounts
                 cache_mb: int, workdir: Path, pragmas: tuple[str, ...] = ()) -> dict[str, object]:
     """Insert n rows with one variant; rows/s per tenth of the run, then an exact-replay check."""
     path = workdir / f"{variant.name}-{'v7' if ordered else 'v4'}.db"
-    db = sqlite3.connect(path, isolation_level=None)
+    real = _RealStore(path, mmap="mmap" in pragmas) if variant.name == "store" else None
+    db = sqlite3.connect(":memory:" if real else path, isolation_level=None)
     for pragma in pragmas:
         if pragma.startswith("page_size"):
             db.execute(f"PRAGMA {pragma}")  # only before WAL and the first table
@@ -214,11 +236,16 @@ def run_variant(variant: Variant, n: int, *, ordered: bool, batch: int, accounts
     inserted_rows = 0
     t_slice = t0 = time.perf_counter()
 
+    added = 0
+
     def flush() -> None:
-        nonlocal inserted_rows
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(variant.insert, pending)
-        db.execute("COMMIT")
+        nonlocal inserted_rows, added
+        if real is not None:
+            added += real.add(pending)
+        else:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(variant.insert, pending)
+            db.execute("COMMIT")
         inserted_rows += len(pending)
         pending.clear()
 
@@ -239,12 +266,16 @@ def run_variant(variant: Variant, n: int, *, ordered: bool, batch: int, accounts
     if pending:
         flush()
     elapsed = time.perf_counter() - t0
-    before = db.total_changes
+    before = db.total_changes + added
     if variant.exact:
         pending.extend(sample)
         flush()
-    added_on_replay = db.total_changes - before if variant.exact else None
-    count = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    added_on_replay = db.total_changes + added - before if variant.exact else None
+    if real is not None:
+        count = real.count()
+        real.close()
+    else:
+        count = db.execute("SELECT count(*) FROM events").fetchone()[0]
     db.close()
     size_mb = sum(f.stat().st_size for f in workdir.glob(path.name + "*")) / 1e6
     for f in workdir.glob(path.name + "*"):
@@ -272,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="v1,none,hashidx,hashtrig,dayhash")
     ap.add_argument("--ids", default="uuid4,uuid7", help="uuid4 (random), uuid7 (time-ordered)")
     ap.add_argument("--pragma", action="append", default=[],
-                    help="extra PRAGMA for every variant, e.g. wal_autocheckpoint=10000")
+                    help="extra PRAGMA for every variant, e.g. wal_autocheckpoint=10000 (the "
+                         "`store` variant takes only `mmap`: the store's own mmap option)")
     ap.add_argument("--dir", help="where the databases go (default: a temp folder)")
     ap.add_argument("--out", help="results JSON (default bench/results/store_index.json)")
     args = ap.parse_args(argv)
