@@ -215,17 +215,18 @@ def run_variant(variant: Variant, n: int, *, ordered: bool, batch: int, accounts
     """Insert n rows with one variant; rows/s per tenth of the run, then an exact-replay check."""
     path = workdir / f"{variant.name}-{'v7' if ordered else 'v4'}.db"
     real = _RealStore(path, mmap="mmap" in pragmas) if variant.name == "store" else None
-    db = sqlite3.connect(":memory:" if real else path, isolation_level=None)
-    for pragma in pragmas:
-        if pragma.startswith("page_size"):
-            db.execute(f"PRAGMA {pragma}")  # only before WAL and the first table
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute(f"PRAGMA cache_size = -{cache_mb * 1024}")
-    for pragma in pragmas:
-        if not pragma.startswith("page_size"):
-            db.execute(f"PRAGMA {pragma}")
-    db.executescript(variant.schema)
+    db = sqlite3.connect(":memory:" if real else path, isolation_level=None)  # unused for `store`
+    if real is None:
+        for pragma in pragmas:
+            if pragma.startswith("page_size"):
+                db.execute(f"PRAGMA {pragma}")  # only before WAL and the first table
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA cache_size = -{cache_mb * 1024}")
+        for pragma in pragmas:
+            if not pragma.startswith("page_size"):
+                db.execute(f"PRAGMA {pragma}")
+        db.executescript(variant.schema)
     tenth = max(n // 10, batch)
     slices: list[float] = []
     cpu_us: list[float] = []
@@ -266,11 +267,11 @@ def run_variant(variant: Variant, n: int, *, ordered: bool, batch: int, accounts
     if pending:
         flush()
     elapsed = time.perf_counter() - t0
-    before = db.total_changes + added
+    before = added if real else db.total_changes
     if variant.exact:
         pending.extend(sample)
         flush()
-    added_on_replay = db.total_changes + added - before if variant.exact else None
+    added_on_replay = (added if real else db.total_changes) - before if variant.exact else None
     if real is not None:
         count = real.count()
         real.close()
