@@ -8,6 +8,7 @@ Commands are imported lazily so `meter ingest` never pays for MQTT or the PDF wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sqlite3
@@ -233,6 +234,20 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
+def _printers(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """`meter report` writing PDFs: its printer processes (`meter.printer`), started before the
+    report's modules are imported, so that WeasyPrint's import on another core is over when the
+    first page is ready; the report prints with them (`args.printers`)."""
+    formats = [f.strip() for f in str(getattr(args, "format", "")).split(",")]
+    if args.command != "report" or "pdf" not in formats:
+        return contextlib.nullcontext()
+    from meter.printer import Printers, printers_for  # noqa: PLC0415 - only a PDF run needs it
+
+    printers = Printers(printers_for(1 if args.account else 4))
+    args.printers = printers
+    return printers
+
+
 def _secrets(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(text, replacement) pairs that hide the passwords of the PostgreSQL URLs among `args`."""
     pairs: list[tuple[str, str]] = []
@@ -266,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     try:
-        return _handler(args.command)(args)
+        with _printers(args):
+            return _handler(args.command)(args)
     except (MeterError, RatingError) as exc:
         # Each error class says what it exits with (2 for bad input, 1 otherwise).
         _say(args, str(exc))

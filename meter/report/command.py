@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 from meter.config import is_postgres, share_password
 from meter.errors import UsageError
 from meter.instants import parse_instant
+from meter.printer import Printers, printers_for
 from meter.report.build import chosen_period, make_report, parse_month, verify
 from meter.report.document import Report
 from meter.report.late import period_label
@@ -78,14 +80,14 @@ def _write_csv(report: Report, out: Path | None) -> list[Path]:
     return paths
 
 
-def _lazy(module: str, function: str) -> Callable[[Report, Path | None], list[Path]]:
-    """A writer `module.function(report, out_dir)` imported on first use (the HTML and PDF
-    renderers import heavy libraries that JSON and CSV runs should not pay for)."""
+def _lazy(module: str, function: str) -> Callable[..., list[Path]]:
+    """A writer `module.function(report, out_dir, **options)` imported on first use (the HTML
+    and PDF renderers import heavy libraries that JSON and CSV runs should not pay for)."""
 
-    def write(report: Report, out: Path | None) -> list[Path]:
+    def write(report: Report, out: Path | None, **options: Any) -> list[Path]:
         assert out is not None  # the format `needs_out`: checked before rating
         writer = getattr(importlib.import_module(module), function)
-        paths: list[Path] = writer(report, out)
+        paths: list[Path] = writer(report, out, **options)
         return paths
 
     return write
@@ -94,11 +96,13 @@ def _lazy(module: str, function: str) -> Callable[[Report, Path | None], list[Pa
 @dataclass(frozen=True, slots=True)
 class Format:
     """An output format: its writer (the report, the --out directory or None for stdout ->
-    the files written), whether it draws charts, and whether it needs --out."""
+    the files written), whether it draws charts, whether it needs --out, and whether it prints
+    with `meter.printer.Printers` (passed to the writer as `printers=`)."""
 
-    write: Callable[[Report, Path | None], list[Path]]
+    write: Callable[..., list[Path]]
     charts: bool = False
     needs_out: bool = False
+    printed: bool = False
 
 
 #: The formats `--format` takes, in the order a comma list is written.
@@ -106,7 +110,8 @@ FORMATS: dict[str, Format] = {
     "json": Format(_write_json),
     "csv": Format(_write_csv),
     "html": Format(_lazy("meter.report.render_html", "write_html"), charts=True, needs_out=True),
-    "pdf": Format(_lazy("meter.report.render_pdf", "write_pdf"), charts=True, needs_out=True),
+    "pdf": Format(_lazy("meter.report.render_pdf", "write_pdf"), charts=True, needs_out=True,
+                  printed=True),
 }
 
 
@@ -120,13 +125,17 @@ def parse_formats(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def write_outputs(report: Report, fmt: str, out: Path | None) -> list[Path]:
-    """Render `report` as `fmt` into `out` (or JSON/CSV to stdout when `out` is None)."""
+def write_outputs(report: Report, fmt: str, out: Path | None,
+                  printers: Printers | None = None) -> list[Path]:
+    """Render `report` as `fmt` into `out` (or JSON/CSV to stdout when `out` is None); a
+    printed format (PDF) prints with `printers`, or starts its own."""
     spec = FORMATS.get(fmt)
     if spec is None:
         raise UsageError(f"--format: unknown format {fmt!r}")
     if spec.needs_out and out is None:
         raise UsageError(f"--format {fmt} writes one file per account: give --out DIR")
+    if spec.printed:
+        return spec.write(report, out, printers=printers)
     return spec.write(report, out)
 
 
@@ -229,7 +238,12 @@ async def _report(args: argparse.Namespace) -> int:
     chosen = 1 if args.account else len(contracts.accounts)
     mine: set[str] = set()
     others: list[tuple[str, str]] = []
-    with _progress(chosen + len(formats)) as bar:
+    # Started now (or by the CLI, sooner), the printers import WeasyPrint on other cores while
+    # this process rates.
+    printing: contextlib.AbstractContextManager[Printers | None] = contextlib.nullcontext()
+    if any(FORMATS[f].printed for f in formats):
+        printing = getattr(args, "printers", None) or Printers(printers_for(chosen))
+    with printing as printers, _progress(chosen + len(formats)) as bar:
         store = await _open(args.db)
         async with store:
             bar.set_description("rating")
@@ -245,10 +259,14 @@ async def _report(args: argparse.Namespace) -> int:
             # Read back above (the jobs stored them); named as this run's where it stored them.
             report = replace(report, finalized_now=tuple(a.account for a in report.accounts
                                                          if a.account in mine))
+        if printers is not None:  # a missing WeasyPrint is one line before any file is written
+            from meter.report.render_pdf import ready  # noqa: PLC0415 - lazy: the HTML renderer
+
+            ready(printers)
         paths: list[Path] = []
         for name in formats:  # rated once, written in every format asked for
             bar.set_description(f"writing {name}")
-            paths += write_outputs(report, name, Path(args.out) if args.out else None)
+            paths += write_outputs(report, name, Path(args.out) if args.out else None, printers)
             bar.update(1)
     for path in paths:
         print(path)

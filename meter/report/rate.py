@@ -1,23 +1,14 @@
 """Rating accounts for a report: one account from the store, or many in worker processes.
 
-Many accounts are spread over processes (spawned: a forked asyncio program is not safe), each
-with a store connection of its own; the result is the same as rating them one by one.
+Many accounts are spread over worker processes (`meter.workers`), each with a store connection
+of its own; the result is the same as rating them one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import functools
-import multiprocessing
-import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +17,7 @@ from meter.report.document import AccountDoc, Charts
 from meter.report.inputs import account_contracts, load_inputs
 from meter.report.late import late_adjustments
 from meter.store import Store, open_store
+from meter.workers import cores, spawn_pool
 from rating.bill import rate_columns
 from rating.contracts import Account, parse_contracts
 from rating.periods import Period, period_of_month
@@ -85,39 +77,9 @@ def _rate_shard(shard: _Shard) -> list[tuple[str, Rated]]:
     return asyncio.run(rate())
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with(parent: int) -> None:
-    """Worker initializer: end this worker when `parent` (the `meter report` process) dies.
-
-    A worker blocks reading its call queue, whose write end it holds itself, so a parent killed
-    with SIGKILL (no atexit, no pool shutdown) left it waiting forever. On Linux the kernel sends
-    SIGKILL on the parent's death (PR_SET_PDEATHSIG): immediate, and it fires in the middle of a
-    rating as well. It is tied to the thread that spawned the worker (the event loop's, which
-    lives as long as the process) and is not inherited across fork; where it is not available,
-    and against that thread caveat, a daemon thread watches for the re-parenting once a second.
-    The check after setting it covers a parent that died before the worker got here.
-    """
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
 def workers_for(todo: int) -> int:
     """How many processes rate `todo` accounts: one per core, up to 4, from `PARALLEL_MIN`."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(cores or 1, 4) if todo >= PARALLEL_MIN else 1
+    return min(cores(), 4) if todo >= PARALLEL_MIN else 1
 
 
 def _tick(progress: Callable[[int], None], count: int, _: object) -> None:
@@ -133,9 +95,7 @@ async def rate_parallel(store: Store, contracts_text: str, year: int, month: int
     loop = asyncio.get_running_loop()
     shards = [_Shard(store.location, contracts_text, year, month, tuple(ids[i::workers]), cutoff,
                      charts, as_of) for i in range(workers)]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with,
-                             initargs=(os.getpid(),)) as pool:
+    with spawn_pool(workers) as pool:
         futures = [loop.run_in_executor(pool, _rate_shard, shard) for shard in shards]
         if progress is not None:
             for shard, future in zip(shards, futures, strict=True):

@@ -19,9 +19,9 @@ METER = ROOT / "meter"
 #: SQL statements and the DB-API call that runs them (DML and the read every report needs).
 SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b|\bexecute(many)?\(|\bPRAGMA\b")
 RENDERERS = ("render_csv", "render_html", "render_json", "render_pdf", "render_text")
-#: What a renderer may import of `meter` besides the document: the PDF prints the HTML page and
-#: says which extra to install with a UsageError.
-RENDERER_EXTRAS = {"render_pdf": {"meter.report.render_html", "meter.errors"}}
+#: What a renderer may import of `meter` besides the document: the PDF prints the HTML page (in
+#: the printer processes) and says which extra to install with a UsageError.
+RENDERER_EXTRAS = {"render_pdf": {"meter.report.render_html", "meter.errors", "meter.printer"}}
 
 
 def _module(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -103,17 +104,19 @@ def test_acme_total_on_page_one_adds_up(report: dict[str, Any]) -> None:
 
 def test_without_weasyprint_pdf_is_one_line_and_exit_2(report: dict[str, Any],
                                                         tmp_path: Path) -> None:
-    """With WeasyPrint not importable, `--format pdf` says which extra to install (exit 2) and
-    writes no PDF."""
-    code = ("import sys; sys.modules['weasyprint'] = None\n"  # makes `import weasyprint` fail
-            "from meter.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
+    """With WeasyPrint not importable (shadowed on PYTHONPATH, so the printer processes see it
+    too), `--format json,pdf` says which extra to install (exit 2) and writes no file: not the
+    PDF, nor the JSON asked before it."""
+    hide = tmp_path / "hide" / "weasyprint"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": f"{hide.parent}{os.pathsep}{ROOT}"}
     proc = subprocess.run(
-        [sys.executable, "-c", code, "report", "--db", str(report["db"]), "--contracts",
-         str(CONTRACTS), "--period", "2026-11", "--account", "acme", "--format", "pdf", "--out",
-         str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL, check=False)
+        [sys.executable, "-m", "meter", "report", "--db", str(report["db"]), "--contracts",
+         str(CONTRACTS), "--period", "2026-11", "--account", "acme", "--format", "json,pdf",
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL, check=False, env=env)
     assert 2 == proc.returncode
     assert f"meter report: {MISSING}\n" == proc.stderr
     assert "pip install 'license-meter[pdf]'" in MISSING
-    assert [] == sorted((tmp_path / "out").glob("*.pdf"))
+    assert not (tmp_path / "out").exists()
