@@ -4,11 +4,8 @@ a failure in one is one line from the report. (A missing WeasyPrint: `test_repor
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ pytest.importorskip("weasyprint", reason="the 'pdf' extra (in 'test' too) is not
 
 from meter.printer import Printers, printers_for
 from meter.workers import cores
-from tests.meter.test_report_workers import _alive, _children, _is_worker
+from tests.meter.test_report_workers import kill_report_and_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_sessions"
@@ -88,20 +85,6 @@ def test_sigkill_of_report_leaves_no_printer(db: Path, tmp_path: Path) -> None:
     """Printers seen at work are all gone within 5 s of the report's SIGKILL."""
     with subprocess.Popen(_report(db, tmp_path / "out"), cwd=ROOT, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as report:
-        printers: set[int] = set()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and report.poll() is None and not (
-                printers and all(_printing(p) for p in printers)):
-            printers |= {p for p in _children(report.pid) if _is_worker(p)}
-            time.sleep(0.01)
-        assert printers, "the report finished or never started a printer"
-        assert report.poll() is None, "the report ended before it could be killed"
-        os.kill(report.pid, signal.SIGKILL)
-        report.wait(timeout=10)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in printers):
-        time.sleep(0.1)
-    survivors = {p for p in printers if _alive(p)}
-    for p in survivors:
-        os.kill(p, signal.SIGKILL)
+        printers, survivors = kill_report_and_wait(report, _printing)
+    assert printers
     assert set() == survivors

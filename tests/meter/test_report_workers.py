@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,30 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def kill_report_and_wait(report: subprocess.Popen[bytes], at_work: Callable[[int], bool]
+                         ) -> tuple[set[int], set[int]]:
+    """Wait (up to 60 s) until the report's spawned workers are all `at_work`, SIGKILL the
+    report, and give the workers 5 s to follow it. Returns the workers seen and the survivors
+    (killed here, so none outlives the test)."""
+    workers: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and report.poll() is None and not (
+            workers and all(at_work(p) for p in workers)):
+        workers |= {p for p in _children(report.pid) if _is_worker(p)}
+        time.sleep(0.01)
+    assert workers, "the report finished or never spawned workers"
+    assert report.poll() is None, "the report ended before it could be killed"
+    os.kill(report.pid, signal.SIGKILL)
+    report.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    survivors = {p for p in workers if _alive(p)}
+    for p in survivors:
+        os.kill(p, signal.SIGKILL)
+    return workers, survivors
+
+
 def test_sigkill_of_report_leaves_no_worker(tmp_path: Path) -> None:
     """Workers seen while the report rates are all gone within 5 s of its SIGKILL (before the fix
     they blocked on their call queue and stayed alive)."""
@@ -90,20 +116,5 @@ def test_sigkill_of_report_leaves_no_worker(tmp_path: Path) -> None:
                            "--out", str(tmp_path / "out")],
                           cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL) as report:
-        workers: set[int] = set()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and report.poll() is None and not (
-                workers and all(_rating(p, db) for p in workers)):
-            workers |= {p for p in _children(report.pid) if _is_worker(p)}
-            time.sleep(0.01)
-        assert workers, "the report finished or never spawned workers"
-        assert report.poll() is None, "the report ended before it could be killed"
-        os.kill(report.pid, signal.SIGKILL)
-        report.wait(timeout=10)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
-        time.sleep(0.1)
-    survivors = {p for p in workers if _alive(p)}
-    for p in survivors:
-        os.kill(p, signal.SIGKILL)
+        _, survivors = kill_report_and_wait(report, functools.partial(_rating, db=db))
     assert set() == survivors
