@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import json
 import os
@@ -19,7 +18,7 @@ from typing import Any
 from meter.config import is_postgres, share_password
 from meter.errors import UsageError
 from meter.instants import parse_instant
-from meter.printer import Printers, printers_for
+from meter.printer import Printers
 from meter.report.build import chosen_period, make_report, parse_month, verify
 from meter.report.document import Report
 from meter.report.late import period_label
@@ -238,12 +237,10 @@ async def _report(args: argparse.Namespace) -> int:
     chosen = 1 if args.account else len(contracts.accounts)
     mine: set[str] = set()
     others: list[tuple[str, str]] = []
-    # Started now (or by the CLI, sooner), the printers import WeasyPrint on other cores while
-    # this process rates.
-    printing: contextlib.AbstractContextManager[Printers | None] = contextlib.nullcontext()
-    if any(FORMATS[f].printed for f in formats):
-        printing = getattr(args, "printers", None) or Printers(printers_for(chosen))
-    with printing as printers, _progress(chosen + len(formats)) as bar:
+    # Started by the CLI before this module was imported, the printers import WeasyPrint on
+    # other cores while this process rates (without them, the PDF writer starts its own).
+    printers: Printers | None = getattr(args, "printers", None)
+    with _progress(chosen + len(formats)) as bar:
         store = await _open(args.db)
         async with store:
             bar.set_description("rating")
