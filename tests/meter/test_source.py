@@ -1,8 +1,10 @@
 """The MQTT source contract against real brokers, for both implementations (`MqttSource` on
 aiomqtt, `CodecSource` on the mqtt5 codec, MQTT 5 only) and both protocols: Mosquitto at MQTT 5 and
-3.1.1, and a private RabbitMQ node (MQTT plugin, 3.1.1 only). Batches are handed over one at a time
-in arrival order, and only a batch whose commit has returned is acknowledged (the rest come back to
-the next connection of the same client id)."""
+3.1.1, and a private RabbitMQ node (MQTT plugin, 3.1.1 only). Batches are handed over in arrival
+order, at most one ahead of the batch committing (`MqttSource` none: one at a time; `CodecSource`
+one: it validates the next while the store commits), and only a batch whose commit has returned
+is acknowledged, after every batch before it (the rest come back to the next connection of the
+same client id)."""
 
 from __future__ import annotations
 
@@ -94,17 +96,31 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_batches_commit_one_at_a_time_and_only_committed_ones_are_acknowledged(
+#: What each implementation has handed over while batch 0 commits, and once batch 0 has
+#: committed while batch 1 still commits (the log of `Recording`).
+HANDED_OVER = {
+    MqttSource: ([("commit", 0)], [("commit", 0), ("committed", 0), ("commit", 1)]),
+    CodecSource: ([("commit", 0), ("commit", 1)],
+                  [("commit", 0), ("commit", 1), ("committed", 0), ("commit", 2)]),
+}
+
+
+def messages(first: int, last: int) -> list[str]:
+    return [f"m{i:02d}" for i in range(first, last + 1)]
+
+
+async def test_batches_commit_in_order_and_only_committed_ones_are_acknowledged(
         target: Target, topic_prefix: str) -> None:
-    """15 messages in batches of 5: batch 1 is handed over only after batch 0's commit returned.
-    The daemon dies while batch 1 commits: the next connection of the same client id gets
+    """15 messages in batches of 5: while batch 0 commits, `MqttSource` hands over nothing more
+    and `CodecSource` batch 1 alone (never batch 2). The daemon dies while batch 1 commits
+    (and, on the codec, batch 2 waits on it): the next connection of the same client id gets
     exactly batches 1 and 2 back, and nothing of batch 0."""
     settings = load_settings({
         "broker": target.url, "topic_prefix": topic_prefix, "batch_max": "5",
         "batch_wait": "2s", "client_id": f"src-{uuid.uuid4().hex[:8]}",
         "mqtt_version": target.mqtt_version}, {})
     connected = asyncio.Event()
-    first = Recording(hold=(0, 1))
+    first = Recording(hold=(0, 1, 2))
     task = asyncio.create_task(target.new(settings, on_connected=lambda up: up and connected.set())
                                .run(first, asyncio.Event()))
     await asyncio.wait_for(connected.wait(), 10)
@@ -112,14 +128,15 @@ async def test_batches_commit_one_at_a_time_and_only_committed_ones_are_acknowle
         for i in range(15):
             await publisher.publish(f"{topic_prefix}/acme/events", f"m{i:02d}", qos=1)
 
+    while_first, after_first = HANDED_OVER[target.source]
     await until(lambda: ("commit", 0) in first.log, "batch 0")
-    await asyncio.sleep(0.3)  # time enough to (wrongly) hand over batch 1 already
-    assert [("commit", 0)] == first.log
+    await asyncio.sleep(0.3)  # time enough to (wrongly) hand over another batch already
+    assert while_first == first.log
     first.gates[0].set()
-    await until(lambda: ("commit", 1) in first.log, "batch 1")
+    await until(lambda: ("commit", 1) in first.log and ("committed", 0) in first.log, "batch 1")
     await asyncio.sleep(0.3)
-    assert [("commit", 0), ("committed", 0), ("commit", 1)] == first.log
-    assert [[f"m{i:02d}" for i in range(b * 5, b * 5 + 5)] for b in range(2)] == first.batches
+    assert after_first == first.log
+    assert [messages(b * 5, b * 5 + 4) for b in range(len(first.batches))] == first.batches
     task.cancel()  # the daemon dies while batch 1 commits
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -131,7 +148,42 @@ async def test_batches_commit_one_at_a_time_and_only_committed_ones_are_acknowle
     await asyncio.sleep(0.5)  # anything acknowledged would have come back by now, too
     stop.set()
     await asyncio.wait_for(task, 10)
-    assert {f"m{i:02d}" for i in range(5, 15)} == second.payloads
+    assert set(messages(5, 14)) == second.payloads
+
+
+async def test_the_codec_source_acknowledges_a_batch_only_after_the_one_before_it(
+        mosquitto: Broker, topic_prefix: str) -> None:
+    """Batch 1's commit returns while batch 0's still runs (a handler that does not keep its
+    commits in order, unlike the daemon's): nothing is acknowledged and batch 2 is not handed
+    over. The daemon dies then: all 15 messages come back, batch 1's too."""
+    settings = load_settings({
+        "broker": mosquitto.url, "topic_prefix": topic_prefix, "batch_max": "5",
+        "batch_wait": "2s", "client_id": f"src-{uuid.uuid4().hex[:8]}"}, {})
+    connected = asyncio.Event()
+    first = Recording(hold=(0, 1))
+    task = asyncio.create_task(CodecSource(settings, on_connected=lambda up: up and connected.set())
+                               .run(first, asyncio.Event()))
+    await asyncio.wait_for(connected.wait(), 10)
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as publisher:
+        for i in range(15):
+            await publisher.publish(f"{topic_prefix}/acme/events", f"m{i:02d}", qos=1)
+    await until(lambda: ("commit", 1) in first.log, "batch 1")
+    first.gates[1].set()
+    await until(lambda: ("committed", 1) in first.log, "batch 1's commit")
+    await asyncio.sleep(0.3)  # time enough to (wrongly) acknowledge batch 1 and take batch 2
+    assert [("commit", 0), ("commit", 1), ("committed", 1)] == first.log
+    task.cancel()  # the daemon dies while batch 0 commits
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    second = Recording()
+    stop = asyncio.Event()
+    task = asyncio.create_task(CodecSource(settings).run(second, stop))
+    await until(lambda: len(second.payloads) >= 15, "the redelivery")
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert set(messages(0, 14)) == second.payloads
 
 
 #: How each implementation words a CONNECT RabbitMQ 3.10 closes without a CONNACK (paho reports
