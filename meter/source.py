@@ -102,6 +102,8 @@ class Delivery:
 
 #: Commits a batch; returns True once it is durable (then it is acknowledged), False when it was
 #: not stored (shutdown with the store down): nothing is acknowledged and the broker redelivers.
+#: `CodecSource` calls it for the next batch while the last one's call is still running (at most
+#: one ahead), so a handler commits in call order (`meter.serve.Ingestor` does, under its lock).
 Handler = Callable[[Sequence[Delivery]], Awaitable[bool]]
 
 
