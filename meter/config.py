@@ -293,14 +293,14 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("topic_prefix", _topic_prefix, "meter", "topics are PREFIX/<account>/events", "PREFIX"),
     Setting("synchronous", _choice("OFF", "NORMAL", "FULL", "EXTRA"), "FULL",
             "SQLite synchronous mode: OFF, NORMAL, FULL or EXTRA"),
-    Setting("batch_max", _positive_int, "1000", "most messages per commit", "N"),
+    Setting("batch_max", _positive_int, "4000", "most messages per commit", "N"),
     Setting("batch_wait", _seconds, "5ms", "longest wait to fill a batch", "DURATION"),
     Setting("batch_max_bytes", _positive_int, "8388608", "most payload bytes per commit (with "
             "--batch-max, what a batch holds in memory)", "N"),
     Setting("mqtt_version", _choice("5", "3.1.1"), "5", "MQTT protocol: 5, or 3.1.1 for brokers "
             "without MQTT 5 (RabbitMQ before 3.13); 3.1.1 keeps the session with clean_session "
             "off", "5|3.1.1"),
-    Setting("receive_maximum", _receive_maximum, "4000",
+    Setting("receive_maximum", _receive_maximum, "8000",
             "messages the broker may have in flight to the meter (MQTT 5 Receive Maximum)", "N"),
     Setting("max_future", _seconds, "5m", "how far ahead of receipt an event may be", "DURATION"),
     Setting("max_bytes", _positive_int, "8192", "largest event payload accepted, in bytes", "N"),

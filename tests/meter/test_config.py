@@ -26,7 +26,7 @@ def test_defaults_need_only_a_broker() -> None:
     assert ("license-meter", "meter", "meter/+/events") == (s.client_id, s.topic_prefix,
                                                               s.subscription)
     assert ("127.0.0.1", 9464) == s.metrics_addr
-    assert (1000, 0.005, 300.0) == (s.batch_max, s.batch_wait, s.max_future)
+    assert (4000, 0.005, 300.0) == (s.batch_max, s.batch_wait, s.max_future)
     assert (None, None) == (s.username, s.password)
 
 
@@ -180,7 +180,7 @@ def test_the_table_names_flags_variables_and_settings_fields() -> None:
 def test_defaults_are_the_tables() -> None:
     """Every default in SETTINGS is what a Settings has when nothing sets it."""
     s = load_settings({"broker": "mqtt://b"}, {})
-    assert (0xFFFFFFFF, 15, 0.2, 30.0, 2.0, 3.0, 3600.0, 4000, 8192) == (
+    assert (0xFFFFFFFF, 15, 0.2, 30.0, 2.0, 3.0, 3600.0, 8000, 8192) == (
         s.session_expiry, s.keepalive, s.reconnect_min, s.reconnect_max, s.reorder_window,
         s.shutdown_timeout, s.finalize_after, s.receive_maximum, s.max_bytes)
     assert (Path("meter.db"), "FULL", "wall", "INFO") == (s.db, s.synchronous, s.tracker_clock,

@@ -27,12 +27,12 @@ async def test_a_batch_is_capped_by_payload_bytes(mosquitto: Broker, topic_prefi
                                                   source_class: SourceClass) -> None:
     """Every batch holds at most CAP bytes plus the one message that crossed it (3 of these
     messages), and every message is delivered once, in order (old code: the count cap alone,
-    so batches of up to 1000 such messages, 100 MB)."""
+    so batches of up to 1000 such messages, 100 MB, at the count cap of then)."""
     settings = load_settings({
         "broker": mosquitto.url, "topic_prefix": topic_prefix, "batch_max_bytes": str(CAP),
         "batch_wait": "1s", "max_bytes": str(2 * SIZE),
         "client_id": f"src-{uuid.uuid4().hex[:8]}"}, {})
-    assert 1000 == settings.batch_max
+    assert 4000 == settings.batch_max
     batches: list[list[int]] = []
     gate = asyncio.Event()
 
