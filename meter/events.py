@@ -7,7 +7,7 @@ has a reason from the fixed set `REASONS`; `schema` rejections name the field.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
@@ -68,11 +68,12 @@ class Event:
     pool: str | None
     session: str | None
     raw: bytes
+    #: Event time in microseconds since the epoch (UTC), from `ts` once: the store, the tracker
+    #: and the counters each read it (four conversions per event in `meter serve` before).
+    ts_us: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def ts_us(self) -> int:
-        """Event time in microseconds since the epoch (UTC)."""
-        return to_us(self.ts)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ts_us", to_us(self.ts))
 
 
 @dataclass(frozen=True, slots=True)
