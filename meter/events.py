@@ -59,8 +59,8 @@ class Limits:
 class Event(msgspec.Struct, frozen=True):
     """A validated event. `ts` is aware UTC; `pool` is None where the account resolves it later.
 
-    A frozen `msgspec.Struct`, not a dataclass: built in C, ten times faster than a frozen
-    dataclass's eight `object.__setattr__` calls (0.3 against 3 us; `meter serve` builds one per
+    A frozen `msgspec.Struct`, not a dataclass: built in C, without a frozen dataclass's eight
+    `object.__setattr__` calls (1.1 us with `ts_us` against 3.05; `meter serve` builds one per
     event)."""
 
     id: str

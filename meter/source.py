@@ -91,7 +91,7 @@ _use_fast_publish_properties()
 
 class Delivery(msgspec.Struct, frozen=True):
     """One message as handed to the handler (a `msgspec.Struct`: one is built per message, in
-    0.15 us against a frozen dataclass's 1.2)."""
+    0.17 us against a frozen dataclass's 1.2)."""
 
     topic: str
     payload: bytes
