@@ -22,7 +22,7 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -57,7 +57,6 @@ class _Pending:
     """A batch handed to the handler: acknowledged once `committed` says True."""
 
     batch: list[Delivery]
-    generation: int  # the connection's, when the batch was taken off its queue
     committed: asyncio.Future[bool]
 
 
@@ -427,15 +426,15 @@ class CodecSource(Reconnecting):
             while True:
                 if conn.lost:
                     raise _Lost(conn.why)
+                if pending is not None and (stop.is_set() or not queue):
+                    # Nothing to validate meanwhile: acknowledge it as soon as it commits.
+                    done, pending = pending, None
+                    if not await self._acknowledge(conn, done.batch, done.committed):
+                        return
+                    continue
                 if stop.is_set():
                     break
                 if not queue:
-                    if pending is not None:
-                        # Nothing to validate meanwhile: acknowledge it as soon as it commits.
-                        previous, pending = pending, None
-                        if not await self._acknowledge(conn, previous):
-                            return
-                        continue
                     await conn.wait(None)
                     continue
                 first = queue.popleft()
@@ -456,13 +455,9 @@ class CodecSource(Reconnecting):
                     conn.took()
                     await conn.wait(deadline)
                 conn.took()
-                current = _Pending(batch, conn.generation, asyncio.ensure_future(handle(batch)))
-                earlier, pending = pending, current
-                if earlier is not None and not await self._acknowledge(conn, earlier):
-                    return
-            if pending is not None:
-                previous, pending = pending, None
-                if not await self._acknowledge(conn, previous):
+                before, pending = pending, _Pending(batch, asyncio.ensure_future(handle(batch)))
+                if before is not None and not await self._acknowledge(conn, before.batch,
+                                                                      before.committed):
                     return
         except asyncio.CancelledError:
             if pending is not None:
@@ -486,18 +481,17 @@ class CodecSource(Reconnecting):
                 batch.append(queue.popleft())
                 size += len(batch[-1].payload)
             left -= len(batch)
-            if not await self._acknowledge(
-                    conn, _Pending(batch, conn.generation, asyncio.ensure_future(handle(batch)))):
+            if not await self._acknowledge(conn, batch, handle(batch)):
                 return
         await self._barrier(conn)
 
-    async def _acknowledge(self, conn: _Connection, pending: _Pending) -> bool:
+    async def _acknowledge(self, conn: _Connection, batch: list[Delivery],
+                           committed: Awaitable[bool]) -> bool:
         """Wait for the batch's commit, then PUBACK it; False if the handler gave up (nothing is
         acknowledged then)."""
-        batch = pending.batch
-        if not await pending.committed:
+        if not await committed:
             return False
-        if conn.lost or pending.generation != self.generation:
+        if conn.lost or conn.generation != self.generation:
             # Committed, but the connection that delivered it is gone: the broker redelivers to
             # the next connection and the store counts those as duplicates.
             raise _Lost("connection lost before acknowledging a committed batch")
