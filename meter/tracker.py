@@ -755,11 +755,15 @@ class Tracker:
         for clock in self._clocks.values():
             self._advance(clock, to_us)
 
-    def advance_each(self, now_us: int | None, window_us: int) -> None:
+    def advance_each(self, now_us: int | None, window_us: int,
+                     accounts: Iterable[str] | None = None) -> None:
         """Move each account's watermark (never backwards) to its own "now" minus `window_us`,
         where an account's now is the later of `now_us` and its newest event, or with `now_us`
-        None its newest event alone. An account's events never move another's watermark."""
-        for clock in self._clocks.values():
+        None its newest event alone. An account's events never move another's watermark.
+        `accounts` limits it to those (ones it does not know are skipped); None: every account."""
+        clocks = (self._clocks.values() if accounts is None
+                  else filter(None, map(self._clocks.get, accounts)))
+        for clock in clocks:
             latest = clock.latest if now_us is None or clock.latest > now_us else now_us
             self._advance(clock, latest - window_us)
 

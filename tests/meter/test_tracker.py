@@ -497,7 +497,8 @@ def test_one_accounts_future_event_does_not_move_another_accounts_clock() -> Non
 
 def test_each_account_has_its_own_watermark() -> None:
     """With the wall clock an account's watermark is max(wall, its newest event) minus the
-    window; with the events clock its newest event minus the window; `advance` moves all."""
+    window; with the events clock its newest event minus the window; `advance` moves all, and
+    `accounts` limits `advance_each` to those."""
     t = Tracker(parse_contracts(TWO_TENANTS), at(0))
     t.apply(Ev("login", "x", at(5), "s", pool="desk", account="a"))
     t.apply(Ev("login", "y", at(1), "s", pool="desk", account="b"))
@@ -512,6 +513,8 @@ def test_each_account_has_its_own_watermark() -> None:
     t.advance(at(6))
     assert (at(6), at(6), 0) == (t.watermark_of("a"), t.watermark_of("b"), t.pending)
     assert {"a": at(6), "b": at(6)} == {v.account: v.at_us for v in t.views()}
+    t.advance_each(at(9), WINDOW, accounts=["b", "not-an-account"])  # b alone; unknown skipped
+    assert (at(6), at(9) - WINDOW) == (t.watermark_of("a"), t.watermark_of("b"))
 
 
 def test_events_clock_is_per_account_too() -> None:
