@@ -22,7 +22,7 @@ Contract (tests/meter/test_store_contract.py runs it against every implementatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
@@ -171,12 +171,15 @@ class Store(ABC):
 
     @abstractmethod
     async def add(self, events: Sequence[Event], rejected: Sequence[RejectedMessage] = (),
-                  *, received_us: int = 0, which: bool = True,
-                  one_statement: bool = True) -> BatchResult:
+                  *, received_us: int = 0, which: bool = True, one_statement: bool = True,
+                  meanwhile: Callable[[], None] | None = None) -> BatchResult:
         """Store a batch in one transaction; duplicates of (account, id) are skipped and counted.
 
         With `which`, `fresh` says which events were new. `one_statement` is a hint for callers
         whose thread stays busy meanwhile (the daemon); an implementation may ignore it.
+        `meanwhile` is called once, on the caller's thread, while the batch is being written
+        where the store can overlap the two (else before it writes): the daemon's tracker
+        applies the batch before this one then.
         Returns only after the commit; on failure nothing of the batch is stored and
         `StoreError.retriable` says whether trying again can succeed.
         """

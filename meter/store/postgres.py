@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, LiteralString
 
 import psycopg
@@ -508,12 +508,14 @@ class PostgresStore(Store):
     # --- ingest -------------------------------------------------------------------------------
 
     async def add(self, events: Sequence[Event], rejected: Sequence[RejectedMessage] = (),
-                  *, received_us: int = 0, which: bool = True,
-                  one_statement: bool = True) -> BatchResult:
+                  *, received_us: int = 0, which: bool = True, one_statement: bool = True,
+                  meanwhile: Callable[[], None] | None = None) -> BatchResult:
         """Store a batch in one transaction: the first copy of each (account, id) of the batch by
         binary COPY into the staging table, then one insert of those not stored yet, which
         returns what it stored. `one_statement` changes nothing here (the server does the work
-        off this thread either way). Returns only after COMMIT."""
+        off this thread either way); `meanwhile` is called first. Returns only after COMMIT."""
+        if meanwhile is not None:
+            meanwhile()
         first: dict[tuple[str, str], int] = {}
         for i, e in enumerate(events):
             first.setdefault((e.account, e.id), i)

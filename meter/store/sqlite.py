@@ -13,9 +13,10 @@ import contextlib
 import hashlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 import msgspec
@@ -34,6 +35,9 @@ from meter.store.base import (
 )
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 #: Schema migrations, applied in order; `PRAGMA user_version` is how many have run.
 #: Append new steps; never edit a step that has shipped.
@@ -172,8 +176,10 @@ _INSERT_EVENTS_JSON: Final = (
     "CAST(json_extract(value, '$[7]') AS BLOB) "
     "FROM json_each(?) WHERE true ON CONFLICT DO NOTHING"
 )
-# The same, naming the rows it inserted (RETURNING gives only those, in no set order).
-_INSERT_EVENTS_JSON_RETURNING: Final = f"{_INSERT_EVENTS_JSON} RETURNING account, id"
+_NEWEST_SEQ: Final = "SELECT coalesce(max(seq), 0) FROM events"
+# The (account, id) of the rows after a seq, as one JSON array of pairs.
+_KEYS_AFTER: Final = "SELECT json_group_array(json_array(account, id)) FROM events WHERE seq > ?"
+_KEYS: Final = msgspec.json.Decoder(list[tuple[str, str]])
 #: SQLite's page cache per connection, in KiB (its default is 2 MiB). A batch over 1,000 accounts
 #: dirties a page per account in each account-keyed index; with 2 MiB those pages are read back
 #: from the OS for every batch (more system than user time). 64 MiB: 35-37 -> 26-31 us CPU per
@@ -264,6 +270,65 @@ def _json_rows(events: Sequence[Event]) -> str | None:
     except (UnicodeError, msgspec.EncodeError):
         return None
     return None if b"\\u0000" in text else text.decode()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What `_add_batch` writes: the events (`json`: as `_json_rows`, or None to bind them row
+    by row), whether to find which were new, and the rejected messages' rows."""
+
+    received_us: int
+    events: Sequence[Event]
+    json: str | None
+    which: bool
+    rejected: list[tuple[object, ...]]
+
+
+def _add_batch(conn: sqlite3.Connection, b: _Batch) -> tuple[int, set[tuple[str, str]]]:
+    """On the connection's thread, inside the batch's transaction: insert it; returns how many
+    events were new and (with `which`) the batch's (account, id) keys stored before it."""
+    known: set[tuple[str, str]] = set()
+    # `new` is the insert's own count (a cursor's rowcount): `total_changes` would also count
+    # the rows the `events_span` trigger writes.
+    new = 0
+    if b.json is not None and b.which:
+        # The rows the insert kept are the ones above the newest seq before it (this
+        # transaction is the only writer), read back as one JSON text: one row to step, where
+        # RETURNING steps once per row and the thread takes the GIL back each time, waiting on
+        # a busy event loop (4,000 rows beside a busy thread: 159-228 us a row, 28 like this).
+        before = conn.execute(_NEWEST_SEQ).fetchone()[0]
+        new = conn.execute(_INSERT_EVENTS_JSON, (b.received_us, b.json)).rowcount
+        inserted = {(a, i) for a, i in _KEYS.decode(
+            conn.execute(_KEYS_AFTER, (before,)).fetchone()[0])}
+        known = {(e.account, e.id) for e in b.events} - inserted
+    elif b.json is not None:
+        new = conn.execute(_INSERT_EVENTS_JSON, (b.received_us, b.json)).rowcount
+    elif b.events:
+        if b.which:
+            known = _known(conn, b.events)
+        new = conn.executemany(_INSERT_EVENT, [
+            (e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us, b.received_us, e.raw)
+            for e in b.events]).rowcount
+    if b.rejected:
+        conn.executemany(_INSERT_REJECTED, b.rejected)
+    return new, known
+
+
+def _known(conn: sqlite3.Connection, events: Sequence[Event]) -> set[tuple[str, str]]:
+    """Which (account, id) of `events` are stored already, by bound parameters (the path for a
+    batch that JSON cannot carry)."""
+    known: set[tuple[str, str]] = set()
+    step = _SQL_PARAMS // 2
+    for i in range(0, len(events), step):
+        chunk = events[i:i + step]
+        values = ",".join(["(?, ?)"] * len(chunk))
+        rows = conn.execute(
+            f"WITH batch(account, id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
+            "SELECT e.account, e.id FROM batch JOIN events e "
+            "ON e.account = batch.account AND e.id = batch.id",
+            [v for e in chunk for v in (e.account, e.id)]).fetchall()
+        known.update((str(a), str(x)) for a, x in rows)
+    return known
 
 
 def _rejected_row(r: RejectedMessage, keep: int) -> tuple[object, ...]:
@@ -480,8 +545,8 @@ class SqliteStore(Store):
 
     async def add(self, events: Sequence[Event],
                   rejected: Sequence[RejectedMessage] = (),
-                  *, received_us: int = 0, which: bool = True,
-                  one_statement: bool = True) -> BatchResult:
+                  *, received_us: int = 0, which: bool = True, one_statement: bool = True,
+                  meanwhile: Callable[[], None] | None = None) -> BatchResult:
         """Insert a batch in one transaction; duplicates of (account, id) are ignored and counted,
         and `fresh` says which events were new (with `which`; without, it is empty and the
         lookup of the stored ids is skipped).
@@ -492,37 +557,16 @@ class SqliteStore(Store):
         a caller that mostly waits on the store (`meter ingest`: 71% against 60% of the ceiling
         with one statement, bench/ingest_file.py).
 
+        `meanwhile` runs on the event loop once the transaction is on the connection's thread.
+
         Returns only after COMMIT; on any error the whole batch is rolled back and `StoreError`
         says whether a retry can succeed.
         """
         batch = _json_rows(events) if events and one_statement and self._json else None
-        known: set[tuple[str, str]] = set()  # of the batch's keys, those stored before it
-        # `new` is the insert's own count (a cursor's rowcount): `total_changes` would also
-        # count the rows the `events_span` trigger writes.
-        new = 0
-        async with self._transaction("batch"):
-            if batch is not None and which:
-                # RETURNING names the rows the insert kept, in the statement itself: no lookup
-                # of the batch's ids before it (a second pass over the batch and the index).
-                async with self._db.execute(_INSERT_EVENTS_JSON_RETURNING,
-                                            (received_us, batch)) as cur:
-                    inserted = {(str(a), str(i)) for a, i in await cur.fetchall()}
-                new = len(inserted)
-                known = {(e.account, e.id) for e in events} - inserted
-            elif batch is not None:
-                async with self._db.execute(_INSERT_EVENTS_JSON, (received_us, batch)) as cur:
-                    new = cur.rowcount
-            elif events:
-                if which:
-                    known = await self._known(events)
-                async with self._db.executemany(_INSERT_EVENT, [
-                        (e.account, e.id, e.type, e.user, e.pool, e.session, e.ts_us,
-                         received_us, e.raw) for e in events]) as cur:
-                    new = cur.rowcount
-            if rejected:
-                keep = self.rejected_keep_bytes
-                await self._db.executemany(_INSERT_REJECTED, [
-                    _rejected_row(r, keep) for r in rejected])
+        keep = self.rejected_keep_bytes
+        new, known = await self._in_one_call("batch", _add_batch, _Batch(
+            received_us=received_us, events=events, json=batch, which=which,
+            rejected=[_rejected_row(r, keep) for r in rejected]), meanwhile=meanwhile)
         if not which:
             return BatchResult(new=new, duplicates=len(events) - new, rejected=len(rejected))
         fresh: list[int] = []
@@ -538,22 +582,6 @@ class SqliteStore(Store):
                              f"lookup expected {len(fresh)}; this is a bug", retriable=False)
         return BatchResult(new=new, duplicates=len(events) - new, rejected=len(rejected),
                            fresh=tuple(fresh))
-
-    async def _known(self, events: Sequence[Event]) -> set[tuple[str, str]]:
-        """Which (account, id) of `events` are stored already, by bound parameters (the path for
-        a batch that JSON cannot carry)."""
-        known: set[tuple[str, str]] = set()
-        step = _SQL_PARAMS // 2
-        for i in range(0, len(events), step):
-            chunk = events[i:i + step]
-            values = ",".join(["(?, ?)"] * len(chunk))
-            async with self._db.execute(
-                f"WITH batch(account, id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
-                "SELECT e.account, e.id FROM batch JOIN events e "
-                "ON e.account = batch.account AND e.id = batch.id",
-                [v for e in chunk for v in (e.account, e.id)]) as cur:
-                known.update((str(a), str(x)) for a, x in await cur.fetchall())
-        return known
 
     async def events(self, account: str | None = None, start_us: int | None = None,
                      end_us: int | None = None) -> list[StoredEvent]:
@@ -788,6 +816,49 @@ class SqliteStore(Store):
                 except BaseException:
                     if self._db.in_transaction:
                         await self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {what} not stored: {exc}",
+                             retriable=_retriable(exc)) from None
+
+    async def _in_one_call(self, what: str, fn: Callable[[sqlite3.Connection, _T], _R],
+                           arg: _T, *, meanwhile: Callable[[], None] | None = None) -> _R:
+        """`fn(connection, arg)` as one write transaction (BEGIN IMMEDIATE .. COMMIT, rolled back
+        whole on any error), all of it in one call on the connection's thread: `_transaction`
+        hands each statement to the thread and waits for the event loop to send the next, and a
+        busy loop (validating the next batch) kept the thread idle between them. An SQLite error
+        becomes a `StoreError` naming `what` and whether a retry can succeed.
+
+        `meanwhile()` is called on the event loop once the call is in the thread's queue, to
+        overlap work with it. Once handed over the transaction runs to its end, committed or
+        rolled back: a caller cancelled (or a `meanwhile` failing) waits for that end, so a
+        batch is never committed behind the back of an ingest lock already given up.
+        """
+        def transaction(conn: sqlite3.Connection) -> _R:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn, arg)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return out
+
+        try:
+            async with self._writing:
+                # aiosqlite runs every call of a connection on its own thread; `_execute` is how
+                # its public methods hand one over (there is no public form for a callable).
+                execute: Callable[..., Awaitable[_R]] = self._db._execute
+                done = asyncio.ensure_future(execute(transaction, self._db._conn))
+                try:
+                    if meanwhile is not None:
+                        await asyncio.sleep(0)  # `done` runs first: it queues the call
+                        meanwhile()
+                    return await asyncio.shield(done)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(done)
                     raise
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {what} not stored: {exc}",

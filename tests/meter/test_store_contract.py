@@ -80,6 +80,20 @@ async def test_events_are_unique_on_account_and_id(store: Store) -> None:
     assert 3 == await store.last_seq()
 
 
+async def test_meanwhile_is_called_once_per_batch_before_it_returns(store: Store) -> None:
+    """`add(meanwhile=f)` calls f exactly once, before the batch's result comes back; a batch
+    that fails still calls it (the daemon's tracker must apply the last commit either way) and
+    stores nothing."""
+    calls: list[int] = []
+    result = await store.add([event("e1")], received_us=T0_US,
+                             meanwhile=lambda: calls.append(len(calls)))
+    assert ([0], 1) == (calls, result.new)
+    with pytest.raises(StoreError):
+        await store.add([event("e2"), event("e3", account=None)],  # type: ignore[arg-type]
+                        received_us=T0_US, meanwhile=lambda: calls.append(len(calls)))
+    assert ([0, 1], ["e1"]) == (calls, [e.id for e in await store.events()])
+
+
 async def test_rejected_messages_are_kept_and_counted(store: Store) -> None:
     """Rejected messages are stored with their reason beside accepted events of the batch."""
     bad = [RejectedMessage(T0_US, "meter/acme/events", "acme", reason, "detail", b"x")
