@@ -35,28 +35,31 @@ def _login(account_id: str, user: str, ts: datetime, now: datetime) -> Event:
 
 async def test_a_commit_applies_its_own_accounts_events_the_reorder_window_has_passed(
         tmp_path: Path) -> None:
-    """Events a minute old (the reorder window is 2 s) are applied on the loop's next turn
-    after the commit that stores them, for the batch's accounts only: account b's buffered
-    event waits for the next refresh, which applies it. (Left to the once-a-second refresh, a
-    second's events were applied in one go: a stall of the loop every second at 5,000
-    events/s.)"""
+    """Events a minute old (the reorder window is 2 s) are applied (and counted: two new, one
+    duplicate) on the loop's next turn after the commit that stores them, for the batch's
+    accounts only: account b's buffered event waits for the next refresh, which applies it.
+    (Left to the once-a-second refresh, a second's events were applied in one go: a stall of
+    the loop every second at 5,000 events/s.)"""
     now = datetime.now(UTC).replace(microsecond=0)
     minute_ago = now - timedelta(minutes=1)
     settings = load_settings({"broker": "mqtt://x"}, {})
     tracker = Tracker(CONTRACTS, to_us(now - timedelta(hours=1)))
     async with await open_store(tmp_path / "m.db") as store:
+        metrics = Metrics(CONTRACTS, CollectorRegistry())
         ingestor = Ingestor(settings, contracts=CONTRACTS, store=store, tracker=tracker,
-                            metrics=Metrics(CONTRACTS, CollectorRegistry()), stop=asyncio.Event())
+                            metrics=metrics, stop=asyncio.Event())
         ingestor._snapshot_at = time.monotonic() + 3600  # no refresh inside the commit
         tracker.apply(_login("b", "u1", minute_ago, now))
         fresh = await ingestor.commit([_login("a", "u1", minute_ago, now),
+                                       _login("a", "u2", minute_ago, now),
                                        _login("a", "u2", minute_ago, now)], (), to_us(now))
         await asyncio.sleep(0)  # the loop's next turn applies a commit no other one follows
         after_commit = ({v.account: v.active_users for v in tracker.views()}, tracker.pending)
+        counted = (metrics.received["a"], metrics.duplicates["a"])
         ingestor.refresh(force=True)
         after_refresh = ({v.account: v.active_users for v in tracker.views()}, tracker.pending)
     assert 2 == len(fresh or [])
-    assert ({"a": 2, "b": 0}, 1) == after_commit
+    assert ({"a": 2, "b": 0}, 1, (2, 1)) == (*after_commit, counted)
     assert ({"a": 2, "b": 1}, 0) == after_refresh
 
 
