@@ -290,8 +290,8 @@ async def _rerate(account: str, *, store: Store, ingestor: Ingestor) -> tuple[in
     read = {e.seq for e in events}
     async with ingestor.settled():
         held = time.perf_counter()
-        since = [e for e in await store.events_after(after)
-                 if e.account == account and e.seq not in read]
+        since = [e for e in await store.events_after(after, account=account)
+                 if e.seq not in read]
         tracker.install(replay, since)
         return len(events) + len(since), time.perf_counter() - held
 

@@ -236,9 +236,11 @@ class Store(ABC):
         """The newest arrival `seq` (0 for an empty store)."""
 
     @abstractmethod
-    async def events_after(self, seq: int, *, limit: int | None = None) -> list[StoredEvent]:
+    async def events_after(self, seq: int, *, limit: int | None = None,
+                           account: str | None = None) -> list[StoredEvent]:
         """Accepted events with `seq` greater than `seq`, in arrival (`seq`) order; at most
-        `limit` of them (the replay after a checkpoint reads them in pages)."""
+        `limit` of them (the replay after a checkpoint reads them in pages); only `account`'s
+        where it is given (a re-rate, under the ingest lock)."""
 
     # --- the live tracker's checkpoint --------------------------------------------------------
 

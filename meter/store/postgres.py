@@ -607,10 +607,12 @@ class PostgresStore(Store):
     async def last_seq(self) -> int:
         return await self._int("SELECT coalesce(max(seq), 0) FROM events")
 
-    async def events_after(self, seq: int, *, limit: int | None = None) -> list[StoredEvent]:
-        query = sql.SQL("SELECT {} FROM events WHERE seq > %s ORDER BY seq LIMIT %s").format(
-            sql.SQL(_EVENT_COLUMNS))
-        return [_stored_event(r) for r in await self._all(query, (seq, limit))]
+    async def events_after(self, seq: int, *, limit: int | None = None,
+                           account: str | None = None) -> list[StoredEvent]:
+        query = sql.SQL("SELECT {} FROM events WHERE seq > %s {} ORDER BY seq LIMIT %s").format(
+            sql.SQL(_EVENT_COLUMNS), sql.SQL("" if account is None else "AND account = %s"))
+        params = (seq, limit) if account is None else (seq, account, limit)
+        return [_stored_event(r) for r in await self._all(query, params)]
 
     # --- many daemons: tracking fed from committed rows (`meter.cluster.tracking`) ------------
 

@@ -656,10 +656,11 @@ class SqliteStore(Store):
     async def last_seq(self) -> int:
         return await self._int("SELECT coalesce(max(seq), 0) FROM events")
 
-    async def events_after(self, seq: int, *, limit: int | None = None) -> list[StoredEvent]:
+    async def events_after(self, seq: int, *, limit: int | None = None,
+                           account: str | None = None) -> list[StoredEvent]:
         sql = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? "  # noqa: S608 - a fixed column list
-               "ORDER BY seq LIMIT ?")
-        async with self._db.execute(sql, (seq, -1 if limit is None else limit)) as cur:
+               "AND (?2 IS NULL OR account = ?2) ORDER BY seq LIMIT ?3")
+        async with self._db.execute(sql, (seq, account, -1 if limit is None else limit)) as cur:
             return [StoredEvent(*row) for row in await cur.fetchall()]
 
     async def save_checkpoint(self, seq: int, blob: bytes) -> None:

@@ -260,7 +260,7 @@ async def test_a_finalized_report_is_stored_once_and_never_replaced(store: Store
 
 async def test_events_after_a_seq_come_in_arrival_order(store: Store) -> None:
     """`events_after(seq)` is every event with a larger seq, in arrival order even where event
-    times run backwards, and `limit` pages through them."""
+    times run backwards, `limit` pages through them, and `account` keeps one account's."""
     await store.add([event("e1", minutes=5), event("e2", minutes=-5)], received_us=T0_US)
     await store.add([event("g1", account="globex", minutes=1), event("e3", minutes=-9)],
                     received_us=T0_US + 1)
@@ -272,6 +272,10 @@ async def test_events_after_a_seq_come_in_arrival_order(store: Store) -> None:
                         T0_US + 1)] == await store.events_after(2)
     assert ["e2", "g1"] == [e.id for e in await store.events_after(1, limit=2)]
     assert [] == await store.events_after(4)
+    assert (["e2", "e3"], ["g1"], ["e2"]) == (
+        [e.id for e in await store.events_after(1, account="acme")],
+        [e.id for e in await store.events_after(0, account="globex")],
+        [e.id for e in await store.events_after(1, account="acme", limit=1)])
 
 
 async def test_one_checkpoint_replaced_by_each_save(store: Store) -> None:
