@@ -76,8 +76,9 @@ def _with_day_key(row: tuple[object, ...]) -> tuple[object, ...]:
 
 class _RealStore:
     """The `store` variant: meter's own `SqliteStore` (its migrations, pragmas and `add`, the
-    JSON batch with RETURNING that `meter serve` writes), driven through asyncio as the daemon
-    drives it. Its rows/s include making `Event`s of the rows, as the daemon makes them."""
+    JSON batch that `meter serve` writes, its new rows read back as one JSON text), driven
+    through asyncio as the daemon drives it. Its rows/s include making `Event`s of the rows, as
+    the daemon makes them."""
 
     def __init__(self, path: Path, *, mmap: bool = False) -> None:
         import asyncio
