@@ -110,6 +110,10 @@ class Ingestor:
         #: while its own batch is in the store's hands (or `settled`, or the loop's next turn
         #: when no commit follows).
         self._unapplied: _Committed | None = None
+        #: A commit was cancelled while the store had its batch: it may be stored without the
+        #: tracker having it, so no checkpoint is saved from here on (a restart replays from the
+        #: last one, which is exact).
+        self.unsure = False
 
     @contextlib.asynccontextmanager
     async def settled(self) -> AsyncIterator[None]:
@@ -223,6 +227,9 @@ class Ingestor:
             # idle for ~9 us an event (4,000-event batches, 1,000 accounts).
             try:
                 fresh = await self._write(events, rejected, received_us)
+            except asyncio.CancelledError:
+                self.unsure = True
+                raise
             finally:
                 self._apply_committed()  # where the store failed before it called `meanwhile`
             if fresh is None:
@@ -402,6 +409,10 @@ async def save_checkpoint(store: Store, ingestor: Ingestor, *,
     after the lock is released, so a batch waits only for the copy of the state.
     """
     async with ingestor.settled():
+        if ingestor.unsure:
+            log.warning("checkpoint not saved: a batch was cancelled while the store had it, so "
+                        "the tracker may lack it; the next start replays from the last checkpoint")
+            return None
         seq = await store.last_seq()
         if seq == unless_seq:
             return None

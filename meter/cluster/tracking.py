@@ -205,10 +205,9 @@ class Tracking:
                 applied += self._apply(parts, rows)
                 # As a lone daemon's commit does: the rows' accounts apply what their
                 # watermarks passed now, not a second's worth at once in `publish`.
-                touched = {e.account for e in rows}
+                touched, wall = {e.account for e in rows}, self._wall(_now_us())
                 for part in parts:
-                    part.tracker.advance_each(self._wall(_now_us()), self._window_us,
-                                              accounts=touched)
+                    part.tracker.advance_each(wall, self._window_us, accounts=touched)
                 for e in rows:
                     self.metrics.saw_event(e.account, e.ts_us)
                 for part in parts:

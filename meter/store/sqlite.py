@@ -832,8 +832,9 @@ class SqliteStore(Store):
 
         `meanwhile()` is called on the event loop once the call is in the thread's queue, to
         overlap work with it. Once handed over the transaction runs to its end, committed or
-        rolled back: a caller cancelled (or a `meanwhile` failing) waits for that end, so a
-        batch is never committed behind the back of an ingest lock already given up.
+        rolled back: a caller cancelled (or a `meanwhile` failing) waits for that end before
+        the cancellation goes on, so the store is never written behind the back of a lock
+        already given up (the batch may be committed all the same: `Ingestor.unsure`).
         """
         def transaction(conn: sqlite3.Connection) -> _R:
             conn.execute("BEGIN IMMEDIATE")

@@ -7,12 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from meter.config import load_settings
 from meter.events import Event, parse
 from meter.metrics import Metrics
-from meter.serve import Ingestor
+from meter.serve import Ingestor, save_checkpoint
 from meter.store import open_store
 from meter.tracker import Tracker
 from rating.contracts import parse_contracts
@@ -86,3 +87,28 @@ async def test_the_next_commit_applies_the_one_before_it_and_readers_see_both_ap
                        await store.last_seq())
     assert {"a": 1, "b": 0} == between
     assert ({"a": 1, "b": 2}, 3) == settled
+
+
+async def test_a_commit_cancelled_while_the_store_has_it_saves_no_checkpoint(
+        tmp_path: Path) -> None:
+    """A commit cancelled once its batch is in the store's hands: the cancellation waits for the
+    transaction (the row is stored, and the ingest lock is free only after it), and from then on
+    no checkpoint is saved, since the tracker may lack that batch; a restart replays from the
+    store instead."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    settings = load_settings({"broker": "mqtt://x"}, {})
+    async with await open_store(tmp_path / "m.db") as store:
+        ingestor = Ingestor(settings, contracts=CONTRACTS, store=store,
+                            tracker=Tracker(CONTRACTS, to_us(now - timedelta(hours=1))),
+                            metrics=Metrics(CONTRACTS, CollectorRegistry()), stop=asyncio.Event())
+        commit = asyncio.create_task(ingestor.commit(
+            [_login("a", "u1", now - timedelta(minutes=1), now)], (), to_us(now)))
+        for _ in range(3):  # to the store's `await asyncio.sleep(0)`: the call is queued
+            await asyncio.sleep(0)
+        commit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await commit
+        stored = [e.id for e in await store.events()]
+        saved = await save_checkpoint(store, ingestor)
+        kept = await store.load_checkpoint()
+    assert (["a-u1"], True, None, None) == (stored, ingestor.unsure, saved, kept)
