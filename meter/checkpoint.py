@@ -154,6 +154,7 @@ def _restore_pool(state: _PoolState, p: _Pool) -> None:
     state.shown_peak, state.shown_peak_at = p.shown_peak, p.shown_peak_at
     state.billable = p.billable
     state.dirty = p.dirty
+    state._settled_at = None  # settled again at the restored clock, with what it restored
 
 
 def load(contracts: Contracts, blob: bytes) -> tuple[Tracker, int]:

@@ -48,7 +48,7 @@ import heapq
 import itertools
 import threading
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -153,6 +153,7 @@ class AddonView:
 _SLOT_INTS: list[int] = []
 _SLOT_LOCK = threading.Lock()
 _NIL: Final = -1  # "no slot" in the slot arrays
+_NEVER: Final = 1 << 62  # a time after every event (us)
 
 
 def _slot_int(i: int) -> int:
@@ -212,7 +213,14 @@ class _PoolState:
         self.oldest = self.newest = _NIL
         self.free_session = _NIL
         self.assigned: set[str] = set()
-        self.licensed = quantity_at(self.schedule, now_us)
+        # The licence count in force over [_licence_from, _licence_until): the schedule is read
+        # again only when the clock leaves that span, not at every event.
+        self._licence_from = self._licence_until = 0
+        self._span_licensed = 0
+        self.licensed = self._licensed_at(now_us)
+        self._settled_at: int | None = None  # the clock `_settle` last ran at
+        self._concurrent = pool.model == "concurrent"
+        self._continuous = pool.grace_mode == "continuous"
         self.since: list[int] = []  # since[k-1]: start of the current stretch with x >= k
         self.cumulative: list[int] = []  # cumulative[k-1]: time with x >= k this period
         self.unknown_logouts = 0
@@ -403,15 +411,24 @@ class _PoolState:
 
     # --- time ----------------------------------------------------------------------------------
 
-    def _next_boundary(self) -> int | None:
-        """The next time after the clock where the state changes without an event."""
-        candidates = [self.period_end]
+    def _licensed_at(self, at_us: int) -> int:
+        """The licence count in force at `at_us`, the span it holds over cached."""
+        if not self._licence_from <= at_us < self._licence_until:
+            schedule = self.schedule
+            i = bisect_right(schedule, (at_us, _NEVER))
+            self._licence_from = schedule[i - 1][0] if i else -_NEVER
+            self._licence_until = schedule[i][0] if i < len(schedule) else _NEVER
+            self._span_licensed = schedule[i - 1][1] if i else 0
+        return self._span_licensed
+
+    def _next_boundary(self) -> int:
+        """The next time after the clock where the state changes without an event (the clock
+        settled: every session and licence step due at it applied)."""
+        boundary = self.period_end
         if self.oldest >= 0:
-            candidates.append(self.last[self.oldest] + self.expiry)
-        i = bisect_right(self.schedule, (self.clock, 1 << 62))
-        if i < len(self.schedule):
-            candidates.append(self.schedule[i][0])
-        return min(candidates)
+            boundary = min(boundary, self.last[self.oldest] + self.expiry)
+        self._licensed_at(self.clock)
+        return min(boundary, self._licence_until)
 
     def _segment(self, until: int) -> None:
         """Account for [clock, until) with the state constant, then move the clock."""
@@ -420,16 +437,18 @@ class _PoolState:
             return
         # Levels change only when time moves on, so a dip and a rise at the same instant (a
         # handover) never restarts a grace stretch.
-        self._levels()
+        x = self.count - self.licensed
+        x = max(x, 0)
+        if x != len(self.since) or x > len(self.cumulative):
+            self._levels(x)
         if self.count > self.peak:
             self.peak, self.peak_at = self.count, self.clock
-        x = self.excess
-        if x and self.pool.model == "concurrent":
-            if self.pool.grace_mode == "continuous":
-                for k in range(x, self.billable, -1):
-                    if until - self.since[k - 1] > self.grace:
-                        self.billable = k
-                        break
+        if x and self._concurrent:
+            if self._continuous:
+                # since[] rises with the level (a level is held only while every lower one is),
+                # so the levels held longer than the grace are its first n entries.
+                n = bisect_left(self.since, until - self.grace)
+                self.billable = max(self.billable, n)
             else:
                 for k in range(1, x + 1):
                     self.cumulative[k - 1] += span
@@ -438,7 +457,11 @@ class _PoolState:
         self.clock = until
 
     def _settle(self) -> None:
-        """Apply what happens at the clock without an event: rollover, timeouts, licence changes."""
+        """Apply what happens at the clock without an event: rollover, timeouts, licence changes.
+        Once done at a clock it has nothing more to do there (an event never opens a session
+        already timed out), so it runs again only when the clock moves."""
+        if self._settled_at == self.clock:
+            return
         while self.clock >= self.period_end:
             self._start_period(self.period_end)
         due = self.clock - self.expiry  # sessions whose last event is not newer have timed out
@@ -449,10 +472,11 @@ class _PoolState:
                                        self.last[s]))
             self._close(s)
             self.dirty = True
-        self.licensed = quantity_at(self.schedule, self.clock)
+        self.licensed = self._licensed_at(self.clock)
+        self._settled_at = self.clock
 
-    def _levels(self) -> None:
-        x = self.excess
+    def _levels(self, x: int) -> None:
+        """Make `since` hold the `x` levels now above the licence (`cumulative` at least as many)."""
         if x > len(self.cumulative):
             self.cumulative.extend([0] * (x - len(self.cumulative)))
         if x > len(self.since):
@@ -466,8 +490,7 @@ class _PoolState:
         self._settle()
         while self.clock < to_us:
             boundary = self._next_boundary()
-            until = to_us if boundary is None or boundary <= self.clock else min(to_us, boundary)
-            self._segment(until)
+            self._segment(to_us if boundary <= self.clock or boundary > to_us else boundary)
             self._settle()
 
     # --- events ---------------------------------------------------------------------------------

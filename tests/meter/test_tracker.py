@@ -157,6 +157,29 @@ def test_continuous_grace_counts_each_level(contracts: Contracts) -> None:
     assert (2, 0.0) == (view(t).billable_overage, view(t).grace_remaining_s)
 
 
+def test_continuous_grace_bills_every_level_held_past_it_among_many(
+        contracts: Contracts) -> None:
+    """Forty users over two licences, one more each minute, and a dip in the middle: at each
+    instant the billable overage is the number of levels held unbroken longer than the grace
+    (the tracker finds them by bisection of the levels' start times, not a walk over them)."""
+    t = Tracker(contracts, at(0))
+    for i in range(40):  # user i signs in at minute i: excess level k is reached at minute k+1
+        t.apply(Ev("login", f"u{i:02d}", at(i), "s"))
+    # At minute 39 (the newest event): levels 1..38 held, those reached before minute 9 for
+    # longer than 30 min.
+    assert (38, 7) == (view(t).excess, view(t).billable_overage)
+    t.advance(at(50) + 1_000_000)  # levels 1..19 (reached by minute 20) past 30 min
+    assert 19 == view(t).billable_overage
+    for i in range(30, 40):  # ten sign out at minute 51: levels 29..38 end
+        t.apply(Ev("logout", f"u{i:02d}", at(51), "s"))
+    t.apply(Ev("login", "u30", at(52), "s"))  # level 29 again, a new stretch from minute 52
+    t.advance(at(59) + 1_000_000)  # levels 1..28 past 30 min; 29 held 7 min 1 s
+    v = view(t)
+    assert (29, 28, 1379.0) == (v.excess, v.billable_overage, v.grace_remaining_s)
+    t.advance(at(82) + 1_000_000)
+    assert (29, 0.0) == (view(t).billable_overage, view(t).grace_remaining_s)
+
+
 def test_cumulative_grace_adds_up_separate_stretches(contracts: Contracts) -> None:
     """Cumulative grace: 10-minute excesses add up; at 30 min in total the level is billable."""
     t = Tracker(contracts, at(0))
