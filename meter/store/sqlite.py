@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -804,11 +804,21 @@ class SqliteStore(Store):
                 r.cutoff_seq, r.finalized_us))
             return self._db.total_changes > before
 
+    @contextlib.contextmanager
+    def _not_stored(self, what: str) -> Iterator[None]:
+        """An SQLite error inside becomes a `StoreError` naming `what` and whether a retry can
+        succeed."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {what} not stored: {exc}",
+                             retriable=_retriable(exc)) from None
+
     @contextlib.asynccontextmanager
     async def _transaction(self, what: str) -> AsyncIterator[None]:
         """One write transaction (BEGIN IMMEDIATE .. COMMIT), rolled back whole on any error; an
         SQLite error becomes a `StoreError` naming `what` and whether a retry can succeed."""
-        try:
+        with self._not_stored(what):
             async with self._writing:
                 await self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -818,9 +828,6 @@ class SqliteStore(Store):
                     if self._db.in_transaction:
                         await self._db.execute("ROLLBACK")
                     raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {what} not stored: {exc}",
-                             retriable=_retriable(exc)) from None
 
     async def _in_one_call(self, what: str, fn: Callable[[sqlite3.Connection, _T], _R],
                            arg: _T, *, meanwhile: Callable[[], None] | None = None) -> _R:
@@ -847,7 +854,7 @@ class SqliteStore(Store):
                 raise
             return out
 
-        try:
+        with self._not_stored(what):
             async with self._writing:
                 # aiosqlite runs every call of a connection on its own thread; `_execute` is how
                 # its public methods hand one over (there is no public form for a callable).
@@ -862,9 +869,6 @@ class SqliteStore(Store):
                     with contextlib.suppress(Exception):
                         await asyncio.shield(done)
                     raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {what} not stored: {exc}",
-                             retriable=_retriable(exc)) from None
 
     async def _int(self, sql: str, params: Iterable[object] = ()) -> int:
         """The one integer a query answers."""
