@@ -119,6 +119,10 @@ def test_single_machine_profile_keeps_a_backlog_across_a_broker_restart(
         shutil.rmtree(data, ignore_errors=True)
 
 
+def _tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path}: none)"
+
+
 def test_durable_profile_loses_nothing_it_acknowledged_when_the_broker_is_killed(
         rabbit_factory: Callable[..., RabbitNode], tmp_path: Path, topic_prefix: str) -> None:
     """RabbitMQ with quorum queues, SIGKILLed (beam and epmd) while 20,000 events are published
@@ -150,7 +154,10 @@ def test_durable_profile_loses_nothing_it_acknowledged_when_the_broker_is_killed
         verdict = set_check(publisher.sent, publisher.acked(), stored_ids(daemon.db))
         print(f"\nPUBACKed before the kill: {acked_before}; {verdict.summary()}")
         assert 0 < acked_before < 20_000
-        assert (20_000, 20_000, 20_000) == (verdict.sent, verdict.acked, stored)
+        # Seen once in CI (8 December, not reproduced in 10 runs since): every event PUBACKed,
+        # only those queued before the kill stored. The logs say which side lost the rest.
+        assert (20_000, 20_000, 20_000) == (verdict.sent, verdict.acked, stored), (
+            f"daemon log:\n{_tail(daemon.log)}\nbroker log:\n{_tail(node.log)}")
         assert (frozenset(), frozenset(), frozenset()) == (
             verdict.lost, verdict.unexpected, verdict.double_counted)
     finally:
