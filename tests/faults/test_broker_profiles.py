@@ -154,7 +154,7 @@ def test_durable_profile_loses_nothing_it_acknowledged_when_the_broker_is_killed
         verdict = set_check(publisher.sent, publisher.acked(), stored_ids(daemon.db))
         print(f"\nPUBACKed before the kill: {acked_before}; {verdict.summary()}")
         assert 0 < acked_before < 20_000
-        # Seen once in CI (8 December, not reproduced in 10 runs since): every event PUBACKed,
+        # Seen once in CI (8 December, not reproduced in 8 runs since): every event PUBACKed,
         # only those queued before the kill stored. The logs say which side lost the rest.
         assert (20_000, 20_000, 20_000) == (verdict.sent, verdict.acked, stored), (
             f"daemon log:\n{_tail(daemon.log)}\nbroker log:\n{_tail(node.log)}")
