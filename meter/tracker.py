@@ -422,12 +422,11 @@ class _PoolState:
         return self._span_licensed
 
     def _next_boundary(self) -> int:
-        """The next time after the clock where the state changes without an event (the clock
-        settled: every session and licence step due at it applied)."""
+        """The next time after the clock where the state changes without an event. Called on a
+        settled clock, so the cached licence span is the clock's own."""
         boundary = self.period_end
         if self.oldest >= 0:
             boundary = min(boundary, self.last[self.oldest] + self.expiry)
-        self._licensed_at(self.clock)
         return min(boundary, self._licence_until)
 
     def _segment(self, until: int) -> None:
@@ -437,8 +436,7 @@ class _PoolState:
             return
         # Levels change only when time moves on, so a dip and a rise at the same instant (a
         # handover) never restarts a grace stretch.
-        x = self.count - self.licensed
-        x = max(x, 0)
+        x = self.excess
         if x != len(self.since) or x > len(self.cumulative):
             self._levels(x)
         if self.count > self.peak:

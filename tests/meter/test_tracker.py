@@ -160,8 +160,8 @@ def test_continuous_grace_counts_each_level(contracts: Contracts) -> None:
 def test_continuous_grace_bills_every_level_held_past_it_among_many(
         contracts: Contracts) -> None:
     """Forty users over two licences, one more each minute, and a dip in the middle: at each
-    instant the billable overage is the number of levels held unbroken longer than the grace
-    (the tracker finds them by bisection of the levels' start times, not a walk over them)."""
+    instant the billable overage is the number of levels held unbroken longer than the grace,
+    and the grace left is the top level's."""
     t = Tracker(contracts, at(0))
     for i in range(40):  # user i signs in at minute i: excess level k is reached at minute k+1
         t.apply(Ev("login", f"u{i:02d}", at(i), "s"))
